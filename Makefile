@@ -1,0 +1,35 @@
+# moo-opt: `make demo` runs the main job, `make test` runs the suite; both install first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+
+.PHONY: install demo test test-thorough bench docs clean
+
+install: $(STAMP)
+
+# Re-install only when the project's dependency files change: a second `make install` is quick.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) examples/solvers_demo.py
+
+test: install
+	$(PY) -m pytest
+
+test-thorough: install
+	MOO_OPT_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest tests/solvers
+
+bench: install
+	$(PY) benchmarks/solvers.py
+
+docs: install
+	$(PY) -m sphinx -W -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .hypothesis

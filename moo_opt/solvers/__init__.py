@@ -1,0 +1,11 @@
+"""Pure math on Gram matrices: the equality-constrained QP (Solution 2) and the simplex QP (MGDA).
+
+No autograd here: a solver takes ``Q = GᵀG`` (N×N) and returns a :class:`SolveResult` whose
+weights, status and KKT certificate say exactly what was solved.
+"""
+
+from moo_opt.solvers.equality import solve_equality_qp
+from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
+from moo_opt.solvers.simplex import solve_simplex_qp
+
+__all__ = ["KKTReport", "SolveResult", "SolveStatus", "solve_equality_qp", "solve_simplex_qp"]

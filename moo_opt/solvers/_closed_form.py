@@ -1,0 +1,71 @@
+"""The N = 2 closed forms, on host floats and on device tensors (no host synchronisation).
+
+For Q = [[q11, q12], [q12, q22]] the equality-constrained optimum is
+``w1 = (q22 − q12) / D``, ``w2 = (q11 − q12) / D`` with ``D = q11 + q22 − 2 q12 = |g1 − g2|²``;
+the simplex optimum clips ``w1`` to [0, 1]. In equilibrated coordinates the reduced Hessian is the
+scalar ``h = (q11 + q22 − 2 q12) / (q11 + q22)``: the problem is degenerate (g1 ≈ g2, every w
+optimal) when ``h ≤ rcond·max(1, h)``, and the minimum-norm answer is then w = (½, ½), exactly
+what the general null-space path returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from moo_opt.solvers._input import not_psd_error
+from moo_opt.solvers.result import SolveStatus, status_code
+
+
+def closed_form_host(
+    q11: float, q12: float, q22: float, rcond: float, simplex: bool
+) -> tuple[float, float, bool, float]:
+    """``(w1, w2, degenerate, condition)``; raises ``ValueError`` when Q is not PSD.
+
+    ``w1 = (q22 − q12)/D`` and ``w2 = (q11 − q12)/D`` are computed separately (not ``1 − w1``), so
+    that a weight near zero keeps its relative precision when the gradients' scales differ a lot.
+    """
+    if q11 * q22 < q12 * q12 * (1.0 - 1e3 * rcond) and q12 * q12 > 0.0:
+        raise not_psd_error(f"q11·q22 = {q11 * q22:.6g} < q12² = {q12 * q12:.6g}")
+    tr = q11 + q22
+    denom = tr - 2.0 * q12
+    h = denom / tr if tr > 0.0 else 0.0
+    if h <= rcond * max(1.0, h):
+        return 0.5, 0.5, True, math.inf
+    a, b = q22 - q12, q11 - q12
+    if simplex and a < 0.0:
+        a, b = 0.0, 1.0
+    elif simplex and b < 0.0:
+        a, b = 1.0, 0.0
+    return a / (a + b), b / (a + b), False, max(1.0, h) / h
+
+
+def closed_form_device(q: Tensor, rcond: float, simplex: bool, base: SolveStatus) -> tuple[Tensor, Tensor]:
+    """Weights and status code for a symmetric float64 2×2 tensor, without leaving the device.
+
+    Invalid input (NaN/Inf, not PSD) yields uniform weights and the ``INVALID_INPUT`` code.
+    """
+    q11, q12, q22 = q[0, 0], q[0, 1], q[1, 1]
+    tr = q11 + q22
+    denom = tr - 2.0 * q12
+    h = torch.where(tr > 0.0, denom / torch.where(tr > 0.0, tr, 1.0), 0.0)
+    degenerate = h <= rcond * torch.clamp(h, min=1.0)
+    ab = torch.stack((q22 - q12, q11 - q12))
+    if simplex:  # a clipped weight is exactly 0 or 1
+        ab = torch.where(ab < 0.0, 0.0, torch.where(ab.flip(0) < 0.0, 1.0, ab))
+    w = ab / torch.where(degenerate, 1.0, ab.sum())
+    invalid = (
+        ~torch.isfinite(q).all()
+        | (q11 < 0.0)
+        | (q22 < 0.0)
+        | ((q11 * q22 < q12 * q12 * (1.0 - 1e3 * rcond)) & (q12 != 0.0))
+    )
+    w = torch.where(degenerate | invalid, 0.5, w)
+    code = torch.where(
+        invalid,
+        status_code(SolveStatus.INVALID_INPUT),
+        torch.where(degenerate, status_code(SolveStatus.DEGENERATE), status_code(base)),
+    )
+    return w, code

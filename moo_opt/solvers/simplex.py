@@ -1,0 +1,144 @@
+"""MGDA's problem: ``minimise 1/2 wᵀQw`` over the probability simplex ``w ≥ 0, Σw = 1``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from moo_opt.solvers._closed_form import closed_form_device, closed_form_host
+from moo_opt.solvers._core import equality_core
+from moo_opt.solvers._input import prepare, to_weights
+from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers, status_code
+
+SimplexMethod = Literal["auto", "closed-form", "wolfe"]
+
+
+def solve_simplex_qp(
+    q: Tensor | np.ndarray,
+    *,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+    max_iter: int | None = None,
+    method: SimplexMethod = "auto",
+    validate: bool | None = None,
+) -> SolveResult:
+    r"""Minimise :math:`\tfrac12 w^\top Q w` over the simplex: MGDA's min-norm point.
+
+    :math:`d = Gw^*` is the point of minimum norm in the convex hull of the gradients
+    (Désidéri 2012; Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", 2018).
+    KKT: with :math:`\mu = w^\top Q w`, :math:`\nu = Qw - \mu\mathbf 1 \ge 0`, :math:`w \ge 0`,
+    :math:`w_i\nu_i = 0`.
+
+    N = 2: the closed form ``w1 = clip((q22 − q12) / |g1 − g2|², 0, 1)``. N > 2: when the
+    equality-constrained optimum is already non-negative it is returned (no iterations);
+    otherwise Wolfe's exact active-set algorithm for the nearest point of a polytope (Wolfe,
+    "Finding the nearest point in a polytope", Math. Programming 1976), whose affine sub-problems
+    are solved by the equilibrated solver of :func:`solve_equality_qp`. It stops when the relative
+    dual infeasibility ``max(−νᵢ)/scaleᵢ`` (see :class:`KKTReport`) is at most ``tol``, or at
+    ``max_iter`` (default ``50·N``) with status ``MAX_ITER``, never silently.
+
+    [decision] When the optimal weights are not unique (affinely dependent gradients on the
+    optimal face, e.g. duplicated gradients), Wolfe's method returns an optimum of minimal support
+    and the status is ``DEGENERATE`` if the final support's sub-problem is singular; for N = 2 with
+    g1 ≈ g2 the weights are (½, ½).
+
+    Args and cost as for :func:`solve_equality_qp` (N = 2 never synchronises on CUDA).
+    """
+    if method not in ("auto", "closed-form", "wolfe"):
+        raise ValueError(f"method must be 'auto', 'closed-form' or 'wolfe', got {method!r}")
+    if tol <= 0.0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    g = prepare(q, validate)
+    rc = g.default_rcond() if rcond is None else float(rcond)
+    if method == "closed-form" and g.n > 2:
+        raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
+    cap = 50 * g.n if max_iter is None else int(max_iter)
+    if cap < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+
+    if g.dev is not None:  # N ≤ 2 on an accelerator: stay on the device
+        qd = g.dev
+        if g.n == 1:
+            ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
+            code = torch.where(ok, status_code(SolveStatus.OPTIMAL), status_code(SolveStatus.INVALID_INPUT))
+            return SolveResult(torch.ones(1, dtype=torch.float64, device=g.device), "simplex", "closed-form", 0, qd, code)
+        w, code = closed_form_device(qd, rc, simplex=True, base=SolveStatus.OPTIMAL)
+        return SolveResult(w, "simplex", "closed-form", 0, qd, code)
+
+    host = g.host
+    assert host is not None
+    if g.n == 1:
+        return SolveResult(to_weights(np.ones(1), g.device), "simplex", "closed-form", 0, host, SolveStatus.OPTIMAL, 1.0)
+    if g.n == 2 and method != "wolfe":
+        w1, w2, degenerate, _ = closed_form_host(float(host[0, 0]), float(host[0, 1]), float(host[1, 1]), rc, simplex=True)
+        weights = torch.tensor((w1, w2), dtype=torch.float64)
+        if g.device.type != "cpu":
+            weights = weights.to(g.device)
+        status = SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
+        return SolveResult(weights, "simplex", "closed-form", 0, host, status)
+
+    if method == "auto":
+        eq = equality_core(host, rc)
+        if not eq.degenerate and bool((eq.weights >= 0.0).all()):
+            w = np.maximum(eq.weights, 0.0)
+            return SolveResult(to_weights(w, g.device), "simplex", eq.method, 0, host, SolveStatus.OPTIMAL, eq.condition)
+    w, iterations, status = wolfe(host, rc, tol, cap)
+    return SolveResult(to_weights(w, g.device), "simplex", "wolfe", iterations, host, status)
+
+
+def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np.ndarray, int, SolveStatus]:
+    """Wolfe's nearest-point algorithm on a Gram matrix: ``(weights, iterations, status)``.
+
+    Major cycle: add the most violating vertex to the corral S. Minor cycle: move to the affine
+    minimiser of S, or as far towards it as the simplex allows, dropping vertices whose weight
+    reaches zero, until the affine minimiser lies in the relative interior of S.
+    """
+    n = gram.shape[0]
+    w = np.zeros(n)
+    start = int(np.argmin(np.diag(gram)))
+    w[start] = 1.0
+    corral = [start]
+    iterations = 0
+    degenerate = False
+    while True:
+        viol = relative_multipliers(gram, w)
+        j = int(np.argmin(viol))
+        if viol[j] >= -tol or j in corral:
+            break
+        if iterations >= max_iter:
+            return w, iterations, SolveStatus.MAX_ITER
+        corral.append(j)
+        while True:  # minor cycles
+            iterations += 1
+            idx = np.asarray(corral)
+            sub = equality_core(gram[np.ix_(idx, idx)], rcond)
+            degenerate = sub.degenerate
+            alpha = sub.weights
+            if bool((alpha > 0.0).all()):
+                w[:] = 0.0
+                w[idx] = alpha
+                break
+            cur = w[idx]
+            neg = alpha <= 0.0
+            theta = float(np.min(cur[neg] / (cur[neg] - alpha[neg])))
+            new = cur + theta * (alpha - cur)
+            drop = new <= 0.0
+            drop[np.argmin(np.where(neg, cur / np.where(neg, cur - alpha, 1.0), np.inf))] = True
+            w[idx] = np.where(drop, 0.0, new)
+            corral = [int(i) for i, d in zip(idx, drop) if not d]
+            if len(corral) == 0:  # cannot happen in exact arithmetic; keep the best vertex
+                corral = [int(np.argmax(w))]
+            if theta == 0.0 and idx[-1] not in corral and len(idx) == len(corral) + 1 and j == idx[-1]:
+                # the new vertex was dropped at once: no progress is possible in floating point
+                w = w / w.sum()
+                return w, iterations, SolveStatus.DEGENERATE
+            w = np.maximum(w, 0.0)
+            w /= w.sum()
+            if iterations >= max_iter:
+                return w, iterations, SolveStatus.MAX_ITER
+    w = np.maximum(w, 0.0)
+    w /= w.sum()
+    return w, iterations, SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
