@@ -2,7 +2,8 @@
 
 For Q = [[q11, q12], [q12, q22]] the equality-constrained optimum is
 ``w1 = (q22 − q12) / D``, ``w2 = (q11 − q12) / D`` with ``D = q11 + q22 − 2 q12 = |g1 − g2|²``;
-the simplex optimum clips ``w1`` to [0, 1]. In equilibrated coordinates the reduced Hessian is the
+the simplex optimum clips ``w1`` to [0, 1] (decided by the signs of the numerators first, so a
+vertex answer is exact even when g1 ≈ g2). In equilibrated coordinates the reduced Hessian is the
 scalar ``h = (q11 + q22 − 2 q12) / (q11 + q22)``: the problem is degenerate (g1 ≈ g2, every w
 optimal) when ``h ≤ rcond·max(1, h)``, and the minimum-norm answer is then w = (½, ½), exactly
 what the general null-space path returns.
@@ -31,14 +32,12 @@ def closed_form_host(
         raise not_psd_error(f"q11·q22 = {q11 * q22:.6g} < q12² = {q12 * q12:.6g}")
     tr = q11 + q22
     denom = tr - 2.0 * q12
+    a, b = q22 - q12, q11 - q12
+    if simplex and (a < 0.0) != (b < 0.0):  # one gradient is past the other: a vertex, exactly
+        return (0.0, 1.0, False, 1.0) if a < 0.0 else (1.0, 0.0, False, 1.0)
     h = denom / tr if tr > 0.0 else 0.0
     if h <= rcond * max(1.0, h):
         return 0.5, 0.5, True, math.inf
-    a, b = q22 - q12, q11 - q12
-    if simplex and a < 0.0:
-        a, b = 0.0, 1.0
-    elif simplex and b < 0.0:
-        a, b = 1.0, 0.0
     return a / (a + b), b / (a + b), False, max(1.0, h) / h
 
 
@@ -53,8 +52,10 @@ def closed_form_device(q: Tensor, rcond: float, simplex: bool, base: SolveStatus
     h = torch.where(tr > 0.0, denom / torch.where(tr > 0.0, tr, 1.0), 0.0)
     degenerate = h <= rcond * torch.clamp(h, min=1.0)
     ab = torch.stack((q22 - q12, q11 - q12))
-    if simplex:  # a clipped weight is exactly 0 or 1
-        ab = torch.where(ab < 0.0, 0.0, torch.where(ab.flip(0) < 0.0, 1.0, ab))
+    if simplex:  # one gradient past the other: a vertex, exactly (even when nearly degenerate)
+        vertex = (ab[0] < 0.0) != (ab[1] < 0.0)
+        ab = torch.where(vertex, (ab >= 0.0).to(ab.dtype), ab)
+        degenerate = degenerate & ~vertex
     w = ab / torch.where(degenerate, 1.0, ab.sum())
     invalid = (
         ~torch.isfinite(q).all()

@@ -55,11 +55,12 @@ def _cholesky_solve(c: np.ndarray, a: np.ndarray, rcond: float) -> np.ndarray | 
     factor, x, info = lapack.dposv(c, a)
     if info != 0:
         return None
-    anorm = float(np.abs(c).sum(axis=0).max())
-    rc, info = lapack.dpocon(factor, anorm)
+    # ‖C‖₁ ≤ n for a PSD matrix with diagonal ≤ 1; overestimating it only makes the test stricter.
+    n = c.shape[0]
+    rc, info = lapack.dpocon(factor, float(n))
     # pocon estimates the 1-norm reciprocal condition, within a factor n of the 2-norm one; the
     # margin keeps every accepted C well inside the non-degenerate region of the exact path.
-    if info != 0 or rc <= 100.0 * c.shape[0] * rcond:
+    if info != 0 or rc <= 100.0 * n * rcond:
         return None
     return x
 
@@ -114,11 +115,14 @@ def null_space_solve(gram: np.ndarray, rcond: float) -> CoreSolution:
 def equality_core(gram: np.ndarray, rcond: float, method: str = "auto") -> CoreSolution:
     """Solve the equality-constrained QP on a validated symmetric float64 matrix."""
     if method == "auto":
-        s, c = equilibrate(gram)
-        x = _cholesky_solve(c, 1.0 / s, rcond)
-        if x is not None:
-            w = x / s
-            return CoreSolution(w / w.sum(), False, None, "cholesky")
+        d = gram.diagonal()
+        top = float(d.max())
+        if top > 0.0:
+            r = 1.0 / np.sqrt(np.maximum(d, top * _DIAG_FLOOR))
+            x = _cholesky_solve(gram * r[:, None] * r, r, rcond)
+            if x is not None:
+                w = x * r
+                return CoreSolution(w / w.sum(), False, None, "cholesky")
     return null_space_solve(gram, rcond)
 
 

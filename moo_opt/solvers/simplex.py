@@ -13,7 +13,7 @@ from moo_opt.solvers._core import equality_core
 from moo_opt.solvers._input import prepare, to_weights
 from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers, status_code
 
-SimplexMethod = Literal["auto", "closed-form", "wolfe"]
+SimplexMethod = Literal["auto", "closed-form", "wolfe"]  # "auto": closed form, active set, then Wolfe
 
 
 def solve_simplex_qp(
@@ -32,9 +32,10 @@ def solve_simplex_qp(
     KKT: with :math:`\mu = w^\top Q w`, :math:`\nu = Qw - \mu\mathbf 1 \ge 0`, :math:`w \ge 0`,
     :math:`w_i\nu_i = 0`.
 
-    N = 2: the closed form ``w1 = clip((q22 − q12) / |g1 − g2|², 0, 1)``. N > 2: when the
-    equality-constrained optimum is already non-negative it is returned (no iterations);
-    otherwise Wolfe's exact active-set algorithm for the nearest point of a polytope (Wolfe,
+    N = 2: the closed form ``w1 = clip((q22 − q12) / |g1 − g2|², 0, 1)``. N > 2: a few
+    primal-dual active-set iterations from the equality optimum (method ``"active-set"``; exact
+    when they reach a KKT point, which is checked); when they do not, Wolfe's exact active-set
+    algorithm for the nearest point of a polytope (Wolfe,
     "Finding the nearest point in a polytope", Math. Programming 1976), whose affine sub-problems
     are solved by the equilibrated solver of :func:`solve_equality_qp`. It stops when the relative
     dual infeasibility ``max(−νᵢ)/scaleᵢ`` (see :class:`KKTReport`) is at most ``tol``, or at
@@ -73,20 +74,84 @@ def solve_simplex_qp(
     if g.n == 1:
         return SolveResult(to_weights(np.ones(1), g.device), "simplex", "closed-form", 0, host, SolveStatus.OPTIMAL, 1.0)
     if g.n == 2 and method != "wolfe":
-        w1, w2, degenerate, _ = closed_form_host(float(host[0, 0]), float(host[0, 1]), float(host[1, 1]), rc, simplex=True)
+        w1, w2, degenerate, cond = closed_form_host(float(host[0, 0]), float(host[0, 1]), float(host[1, 1]), rc, simplex=True)
         weights = torch.tensor((w1, w2), dtype=torch.float64)
         if g.device.type != "cpu":
             weights = weights.to(g.device)
         status = SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
-        return SolveResult(weights, "simplex", "closed-form", 0, host, status)
+        return SolveResult(weights, "simplex", "closed-form", 0, host, status, cond)
 
     if method == "auto":
-        eq = equality_core(host, rc)
-        if not eq.degenerate and bool((eq.weights >= 0.0).all()):
-            w = np.maximum(eq.weights, 0.0)
-            return SolveResult(to_weights(w, g.device), "simplex", eq.method, 0, host, SolveStatus.OPTIMAL, eq.condition)
+        guess = active_set_guess(host, rc, tol, min(cap, _GUESSES))
+        if guess is not None:
+            w, iterations = guess
+            return SolveResult(to_weights(w, g.device), "simplex", "active-set", iterations, host, SolveStatus.OPTIMAL)
     w, iterations, status = wolfe(host, rc, tol, cap)
+    if status is not SolveStatus.MAX_ITER:
+        w, status = _tie_break(host, w, rc, status)
     return SolveResult(to_weights(w, g.device), "simplex", "wolfe", iterations, host, status)
+
+
+# Iterations allowed to the primal-dual active-set guess before Wolfe's method takes over.
+_GUESSES = 8
+
+
+def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np.ndarray, int] | None:
+    """Primal-dual active-set iterations (Hintermüller, Ito & Kunisch 2002) from the equality optimum.
+
+    Each iteration solves the equality problem on the free set F, then frees every fixed index
+    whose multiplier is negative and fixes every free index whose weight is negative. It usually
+    ends in one to three solves; when it reaches a point that satisfies every KKT condition
+    (non-degenerate free set, ``w ≥ 0``, relative multipliers ``≥ −tol``) that point is the
+    optimum. Otherwise (a cycle, a degenerate free set, ``max_iter``) it returns None and the
+    caller runs Wolfe's method, which always terminates.
+    """
+    n = gram.shape[0]
+    free = np.ones(n, dtype=bool)
+    for it in range(1, max_iter + 1):
+        idx = np.flatnonzero(free)
+        sub = equality_core(gram[np.ix_(idx, idx)], rcond) if idx.size < n else equality_core(gram, rcond)
+        if sub.degenerate:
+            return None
+        w = np.zeros(n)
+        w[idx] = sub.weights
+        negative = sub.weights < 0.0
+        nu = relative_multipliers(gram, w)
+        violated = ~free & (nu < -tol)
+        if not negative.any() and not violated.any():
+            return w, it
+        new_free = free.copy()
+        new_free[idx[negative]] = False
+        new_free |= violated
+        if not new_free.any() or (new_free == free).all():
+            return None
+        free = new_free
+    return None
+
+
+# Gradients whose relative multiplier is below this touch the optimal supporting hyperplane.
+_TOUCHING = 1e-9
+
+
+def _tie_break(gram: np.ndarray, w: np.ndarray, rcond: float, status: SolveStatus) -> tuple[np.ndarray, SolveStatus]:
+    """Minimum-norm optimal weights when the optimum is not unique.
+
+    Every gradient ``gᵢ`` with ``νᵢ ≈ 0`` lies on the hyperplane ``{x : x·d = |d|²}`` whose
+    nearest point to 0 is the optimal ``d``; so the minimum-norm solution of the equality problem
+    on that set T has ``G_T w = d`` too, and when it is non-negative it is the minimum-norm optimal
+    simplex solution. Otherwise Wolfe's minimal-support answer stays.
+    """
+    touching = relative_multipliers(gram, w) <= _TOUCHING
+    if int(touching.sum()) <= int((w > 0.0).sum()) and status is SolveStatus.OPTIMAL:
+        return w, status
+    idx = np.flatnonzero(touching | (w > 0.0))
+    sub = equality_core(gram[np.ix_(idx, idx)], rcond, "null-space")
+    if not sub.degenerate:
+        return w, status
+    if bool((sub.weights >= 0.0).all()):
+        w = np.zeros_like(w)
+        w[idx] = sub.weights
+    return w, SolveStatus.DEGENERATE
 
 
 def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np.ndarray, int, SolveStatus]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from tests.helpers.assertions import (
     assert_objective_matches,
     assert_weights_close,
     is_strictly_complementary,
+    objective_slack,
     reference_is_trustworthy,
     reference_solution,
     weight_tolerance,
@@ -26,6 +29,8 @@ from tests.helpers.gramians import GramCase, jacobians, well_posed
 SOLVERS = {
     "equality": (solve_equality_qp, solve_equality_qp_cvxpy),
     "simplex": (solve_simplex_qp, solve_simplex_qp_cvxpy),
+    # Wolfe's method alone: the exact path "auto" falls back to after the active-set guess
+    "simplex-wolfe": (partial(solve_simplex_qp, method="wolfe"), solve_simplex_qp_cvxpy),
 }
 problems = pytest.mark.parametrize("problem", list(SOLVERS))
 
@@ -56,9 +61,9 @@ def test_matches_cvxpy(problem: str, case: GramCase) -> None:
 def test_well_posed_matches_cvxpy_exactly(problem: str, case: GramCase) -> None:
     ours, ref = SOLVERS[problem]
     q = case.q
-    result, reference = ours(q), ref(q)
+    result, reference = ours(q), reference_solution(ref, q)
     assert result.status is SolveStatus.OPTIMAL
-    assert reference.status is SolveStatus.OPTIMAL
+    assert reference is not None
     assert_certified(result)
     assert_objective_matches(result, reference, q, two_sided=True)
     if _unique(result, problem):
@@ -82,8 +87,7 @@ def test_permutation_equivariance(problem: str, case: GramCase, data: st.DataObj
     q = case.q
     perm = np.asarray(data.draw(st.permutations(range(case.n))))
     base, permuted = solve(q), solve(q[np.ix_(perm, perm)])
-    scale = float(np.diag(q).max())
-    assert abs(base.objective - permuted.objective) <= 1e-9 * (abs(base.objective) + scale) + 1e-300
+    assert abs(base.objective - permuted.objective) <= objective_slack(q, base, permuted, rtol=1e-9) + 1e-300
     if _unique(base, problem) and permuted.status is SolveStatus.OPTIMAL:
         assert_weights_close(permuted.weights, base.weights[perm], 1e-7)
 
@@ -97,10 +101,10 @@ def test_scale_invariance(problem: str, case: GramCase, log_c: float) -> None:
     base, scaled = solve(q), solve(c * q)
     if _unique(base, problem) and scaled.status is SolveStatus.OPTIMAL:
         assert_weights_close(scaled.weights, base.weights, 1e-7)
-    assert abs(scaled.objective - c * base.objective) <= 1e-9 * c * float(np.diag(q).max()) + 1e-300
+    assert abs(scaled.objective - c * base.objective) <= c * objective_slack(q, base, scaled, rtol=1e-9) + 1e-300
 
 
-@problems
+@pytest.mark.parametrize("problem", ["equality", "simplex"])
 @given(case=jacobians(min_n=2, max_n=2))
 def test_two_objective_closed_form_equals_general_path(problem: str, case: GramCase) -> None:
     q = case.q
@@ -110,8 +114,7 @@ def test_two_objective_closed_form_equals_general_path(problem: str, case: GramC
         closed, general = solve_simplex_qp(q, method="closed-form"), solve_simplex_qp(q, method="wolfe")
     assert closed.method == "closed-form"
     assert_certified(closed)
-    scale = float(np.diag(q).max())
-    assert abs(closed.objective - general.objective) <= 1e-9 * scale + 1e-300
+    assert abs(closed.objective - general.objective) <= objective_slack(q, closed, general, rtol=1e-9) + 1e-300
     assert (closed.status is SolveStatus.DEGENERATE) == (general.status is SolveStatus.DEGENERATE) or problem == "simplex"
     if _unique(closed, problem):
         assert_weights_close(closed.weights, general.weights, 1e-8)
