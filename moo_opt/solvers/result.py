@@ -55,13 +55,13 @@ class KKTReport:
     and ``T = Σⱼ sⱼ|wⱼ|``, a bound on the size of the terms (see :func:`relative_multipliers`).
     """
 
-    #: equality problem: max |νᵢ| / scaleᵢ; simplex: 0 (ν is then the multiplier itself)
+    #: equality problem: ``max |νᵢ| / scaleᵢ``; simplex: 0 (ν is then the multiplier itself)
     stationarity: float
-    #: |Σw − 1|, and on the simplex max(−wᵢ, 0)
+    #: ``|Σw − 1|``, and on the simplex ``max(−wᵢ, 0)``
     primal_feasibility: float
-    #: simplex only: max(−νᵢ, 0) / scaleᵢ
+    #: simplex only: ``max(−νᵢ, 0) / scaleᵢ``
     dual_feasibility: float
-    #: simplex only: max |wᵢ|·|νᵢ| / scaleᵢ
+    #: simplex only: ``max |wᵢ|·|νᵢ| / scaleᵢ``
     complementarity: float
 
     @property
