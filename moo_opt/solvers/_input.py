@@ -53,10 +53,14 @@ def _check_shape(shape: tuple[int, ...]) -> int:
 
 
 def validate_host(a: np.ndarray, eps: float) -> np.ndarray:
-    """Check a float64 host matrix and return its symmetric part (raises ``ValueError``)."""
-    if not np.isfinite(a.sum()) and not np.isfinite(a).all():
+    """Check a float64 host matrix and return its symmetric part (raises ``ValueError``).
+
+    The fast checks come first (a finite sum, exact symmetry, a non-negative diagonal); the
+    exact locating ones run only when a fast one fails.
+    """
+    if not math.isfinite(float(a.sum())) and not np.isfinite(a).all():
         raise ValueError("Q has NaN or Inf entries: check the losses and gradients it was built from")
-    if not np.array_equal(a, a.T):
+    if not (a == a.T).all():
         s = np.sqrt(np.abs(np.diag(a)))
         gap = np.abs(a - a.T) - _symmetry_tol(eps) * np.outer(s, s)
         if (gap > 0.0).any():
@@ -66,8 +70,8 @@ def validate_host(a: np.ndarray, eps: float) -> np.ndarray:
                 "pass a Gram matrix GᵀG"
             )
         a = 0.5 * (a + a.T)
-    d = np.diag(a)
-    if (d < 0.0).any():
+    d = a.diagonal()
+    if float(d.min()) < 0.0:
         i = int(np.argmin(d))
         if d[i] < -_symmetry_tol(eps) * max(float(d.max()), 0.0) or d.max() <= 0.0:
             raise ValueError(
@@ -149,5 +153,6 @@ _CPU = torch.device("cpu")
 
 
 def to_weights(w: np.ndarray, device: torch.device) -> Tensor:
+    """A float64 tensor on ``device`` (sharing ``w``'s memory on the CPU)."""
     t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
-    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+    return t if device.type == "cpu" else t.to(device)

@@ -90,9 +90,7 @@ def solve_equality_qp(
         w1, w2, degenerate, cond = closed_form_host(
             float(solve_on[0, 0]), float(solve_on[0, 1]), float(solve_on[1, 1]), rc, simplex=False
         )
-        weights = torch.tensor((w1, w2), dtype=torch.float64)
-        if g.device.type != "cpu":
-            weights = weights.to(g.device)
+        weights = to_weights(np.array((w1, w2)), g.device)
         status = SolveStatus.DEGENERATE if degenerate else base
         return SolveResult(weights, "equality", "closed-form", 0, host, status, cond)
     sol = equality_core(solve_on, rc, "null-space" if method == "null-space" else "auto")

@@ -75,9 +75,7 @@ def solve_simplex_qp(
         return SolveResult(to_weights(np.ones(1), g.device), "simplex", "closed-form", 0, host, SolveStatus.OPTIMAL, 1.0)
     if g.n == 2 and method != "wolfe":
         w1, w2, degenerate, cond = closed_form_host(float(host[0, 0]), float(host[0, 1]), float(host[1, 1]), rc, simplex=True)
-        weights = torch.tensor((w1, w2), dtype=torch.float64)
-        if g.device.type != "cpu":
-            weights = weights.to(g.device)
+        weights = to_weights(np.array((w1, w2)), g.device)
         status = SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
         return SolveResult(weights, "simplex", "closed-form", 0, host, status, cond)
 
