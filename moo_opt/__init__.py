@@ -1,3 +1,34 @@
-"""moo-opt: gradient balancers for multi-objective training."""
+"""moo-opt: gradient balancers for multi-objective training.
+
+``from moo_opt import QPBalancer`` — see :mod:`moo_opt.balancers` for the policies,
+:mod:`moo_opt.solvers` for the QP solvers and :mod:`moo_opt.gradients` for the autograd plumbing.
+"""
+
+from moo_opt.balancers import (
+    BalanceInfo,
+    Balancer,
+    CoarseToFineBalancer,
+    FixedWeights,
+    MGDABalancer,
+    NonFiniteLossError,
+    QPBalancer,
+)
+from moo_opt.registry import available, create, options, register
+from moo_opt.training import balanced_step
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BalanceInfo",
+    "Balancer",
+    "CoarseToFineBalancer",
+    "FixedWeights",
+    "MGDABalancer",
+    "NonFiniteLossError",
+    "QPBalancer",
+    "available",
+    "balanced_step",
+    "create",
+    "options",
+    "register",
+]

@@ -1,0 +1,203 @@
+"""The one API every balancer implements: ``backward`` fills ``.grad`` and returns a
+:class:`BalanceInfo`; amortised balancers also take ``update``; state round-trips exactly."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from moo_opt.gradients import ObjectiveGradients, check_losses, check_parameters, objective_gradients
+from moo_opt.solvers import SolveResult
+
+NonFinite = Literal["raise", "skip", "unchecked"]
+_NONFINITE = ("raise", "skip", "unchecked")
+
+
+class NonFiniteLossError(ValueError):
+    """A loss (or the Gramian of the gradients) is NaN or Inf; nothing was written."""
+
+
+@dataclass(frozen=True, eq=False)
+class BalanceInfo:
+    """What one balancing step did. Tensors are detached and stay on the losses' device."""
+
+    #: (N,) coefficients applied to the raw losses: ``.grad`` received ``Σᵢ wᵢ ∇Lᵢ``
+    weights: Tensor
+    #: (N,) the losses' values
+    losses: Tensor
+    #: True when the step was skipped (``nonfinite="skip"``): nothing was written or changed
+    skipped: bool = False
+    #: the solver's result, for balancers that solve a QP
+    solve: SolveResult | None = None
+    #: balancer-specific per-objective tensors (logits, softmax weights, QP weights, …)
+    extras: Mapping[str, Tensor] = field(default_factory=dict)
+    #: steps skipped so far by this balancer (this one included)
+    skips: int = 0
+
+    def as_dict(self, names: Sequence[str] | None = None) -> dict[str, float | int | str]:
+        """Flat Python scalars for loggers: ``weight/<name>``, ``loss/<name>``, ``<extra>/<name>``,
+        ``solver/*``, ``skipped``, ``skips``. Reads the tensors (a host synchronisation on CUDA)."""
+        n = self.weights.numel()
+        names = [str(i) for i in range(n)] if names is None else list(names)
+        if len(names) != n:
+            raise ValueError(f"as_dict needs {n} names, got {len(names)}")
+        out: dict[str, float | int | str] = {}
+        for key, values in (("weight", self.weights), ("loss", self.losses), *self.extras.items()):
+            flat = values.detach().double().cpu().reshape(-1).tolist()
+            if len(flat) == n:
+                out.update({f"{key}/{name}": v for name, v in zip(names, flat)})
+            elif len(flat) == 1:
+                out[key] = flat[0]
+            else:
+                out.update({f"{key}/{i}": v for i, v in enumerate(flat)})
+        if self.solve is not None:
+            out["solver/status"] = self.solve.status.value
+            out["solver/kkt_residual"] = self.solve.kkt_residual
+            out["solver/condition"] = self.solve.condition
+            out["solver/method"] = self.solve.method
+        out["skipped"] = int(self.skipped)
+        out["skips"] = self.skips
+        return out
+
+
+def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
+    """Validate the log-loss offsets cᵢ (a scalar or one per objective, each finite and ≥ 0)."""
+    values = (float(offsets),) * n if isinstance(offsets, (int, float)) else tuple(float(c) for c in offsets)
+    if len(values) != n:
+        raise ValueError(f"offsets needs 1 or {n} values, got {len(values)}")
+    if not all(math.isfinite(c) and c >= 0.0 for c in values):
+        raise ValueError(f"offsets must be finite and >= 0, got {values}")
+    return values
+
+
+class Balancer(ABC):
+    """Base class: input checks, non-finite handling and the state-dict format.
+
+    Subclasses set :attr:`name` (the registry key) and implement :meth:`_backward`; their
+    constructor options are recorded by :meth:`_options` and restored by :meth:`load_state_dict`.
+    """
+
+    name: ClassVar[str]
+    #: True for balancers whose weights move with the observed improvement: call :meth:`update`
+    #: after the optimiser step (see :func:`moo_opt.balanced_step`)
+    needs_update: ClassVar[bool] = False
+
+    def __init__(self, num_objectives: int, *, nonfinite: NonFinite = "raise") -> None:
+        if not isinstance(num_objectives, int) or isinstance(num_objectives, bool) or num_objectives < 1:
+            raise ValueError(f"num_objectives must be a positive integer, got {num_objectives!r}")
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+        self.num_objectives = num_objectives
+        self.nonfinite: NonFinite = nonfinite
+        self.skips = 0
+
+    # ------------------------------------------------------------------ the API
+    def backward(self, losses: Sequence[Tensor], parameters: Iterable[Tensor]) -> BalanceInfo:
+        """Fill ``.grad`` with the balanced combination of the losses' gradients.
+
+        ``losses``: N scalar tensors with a graph, in a fixed order. ``parameters``: the balanced
+        set (for gradient-based balancers, the parameters whose gradients form the Gramian);
+        every other leaf the losses reach gets the plain weighted sum, as autograd would give it.
+        """
+        ls = check_losses(losses, self.num_objectives)
+        params = check_parameters(parameters)
+        values = torch.stack([loss.detach().reshape(()) for loss in ls]).to(torch.float64)
+        return self._backward(ls, values, params)
+
+    def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
+        """Amortised balancers: learn from the losses recomputed after the optimiser step.
+        A no-op returning False for the others."""
+        return False
+
+    @abstractmethod
+    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo: ...
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _finite_or_skip(self, values: Tensor, gram: Tensor | None = None) -> bool:
+        """True to go on; False to skip. One host synchronisation unless ``nonfinite="unchecked"``."""
+        if self.nonfinite == "unchecked":
+            return True
+        ok = torch.isfinite(values).all()
+        if gram is not None:
+            ok = ok & torch.isfinite(gram).all()
+        if bool(ok):
+            return True
+        if self.nonfinite == "raise":
+            what = "a loss" if not bool(torch.isfinite(values).all()) else "the Gramian of the gradients"
+            raise NonFiniteLossError(
+                f"{what} is NaN or Inf (losses {values.tolist()}); fix the loss, lower the learning rate, "
+                "or pass nonfinite='skip' to skip such steps"
+            )
+        self.skips += 1
+        return False
+
+    def _skipped(self, values: Tensor) -> BalanceInfo:
+        nan = torch.full_like(values, float("nan"))
+        return BalanceInfo(weights=nan, losses=values, skipped=True, skips=self.skips)
+
+    @staticmethod
+    def _backward_weighted(losses: list[Tensor], weights: Tensor) -> None:
+        """``torch.autograd.backward(Σᵢ wᵢ Lᵢ)`` with the weights detached."""
+        total = sum(w.to(loss.dtype) * loss.reshape(()) for w, loss in zip(weights.detach().unbind(), losses))
+        assert isinstance(total, Tensor)
+        total.backward()
+
+    # ------------------------------------------------------------------ state
+    def _options(self) -> dict[str, Any]:
+        """Constructor options, as passed to ``type(self)(**options)``."""
+        return {"num_objectives": self.num_objectives, "nonfinite": self.nonfinite}
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"balancer": name, "options": {...}, "state": {...}, "skips": int}``; tensors are cloned."""
+        state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._state().items()}
+        return {"balancer": self.name, "options": dict(self._options()), "state": state, "skips": self.skips}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore options and state saved by :meth:`state_dict` (of the same balancer type)."""
+        name = state_dict.get("balancer")
+        if name != self.name:
+            raise ValueError(f"state_dict is of balancer {name!r}, not {self.name!r}: create a {name!r} balancer to load it")
+        options = dict(state_dict["options"])
+        fresh = type(self)(**options)  # validates the options
+        if fresh.num_objectives != self.num_objectives:
+            raise ValueError(f"state_dict has {fresh.num_objectives} objectives, this balancer {self.num_objectives}")
+        self.__dict__.update(fresh.__dict__)
+        self._load_state({k: v.clone() if isinstance(v, Tensor) else v for k, v in state_dict["state"].items()})
+        self.skips = int(state_dict.get("skips", 0))
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+class GramianBalancer(Balancer):
+    """Balancers that choose weights from the Gramian of the per-objective gradients."""
+
+    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
+        grads = objective_gradients(losses, params)
+        gram = grads.gramian()
+        if not self._finite_or_skip(values, gram):
+            return self._skipped(values)
+        weights, result, extras = self._weights(values, gram)
+        grads.accumulate(weights)
+        return BalanceInfo(weights=weights, losses=values, solve=result, extras=extras, skips=self.skips)
+
+    @abstractmethod
+    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        """``(weights on the raw losses, solver result, extras)`` from the loss values and Gramian."""
+
+    def gradients(self, losses: Sequence[Tensor], parameters: Iterable[Tensor]) -> ObjectiveGradients:
+        """The per-objective gradients this balancer would use (for inspection and tests)."""
+        return objective_gradients(check_losses(losses, self.num_objectives), check_parameters(parameters))

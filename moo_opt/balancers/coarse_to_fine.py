@@ -1,0 +1,198 @@
+"""Solution 1 of Zhang et al. (CVPR 2025): coarse-to-fine gradient descent, FAMO-style."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from moo_opt.balancers.base import Balancer, BalanceInfo, NonFinite, as_offsets
+
+Mode = Literal["same_batch", "next_batch"]
+
+
+class CoarseToFineBalancer(Balancer):
+    r"""Amortised weights that equalise the objectives' improvement speed (Solution 1).
+
+    Zhang, Duan, Huang & Zhu, "Balanced Rate-Distortion Optimization in Learned Image
+    Compression", CVPR 2025, after FAMO (Liu et al., NeurIPS 2023). Logits :math:`\xi` start at 0;
+    with :math:`z = \mathrm{softmax}(\xi)` each step applies
+
+    .. math::  w_i = \frac{z_i / (L_i + c_i)}{\sum_j z_j / (L_j + c_j)}
+
+    to the raw losses (the direction :math:`\sum_i z_i \nabla\log(L_i + c_i)`, renormalised so the
+    weights sum to one; ``renormalize=False`` keeps :math:`z_i/(L_i+c_i)`). After the optimiser
+    step, with the losses :math:`L'` recomputed on the same batch, the improvement
+    :math:`\delta_i = \log(L_i + c_i) - \log(L'_i + c_i)` gives the logit gradient
+    :math:`z \odot (\delta - \langle z, \delta\rangle) + \gamma\,\xi` and one Adam step of rate
+    :math:`\beta` (objectives that improved faster than average lose weight; γ decays the logits
+    towards 0). Costs one extra forward pass per step, no per-objective gradients.
+
+    ``mode="next_batch"`` is an **approximation** that saves the extra forward: :math:`L'` is the
+    next batch's pre-step losses (passed to the next :meth:`backward`), so δ mixes the parameter
+    update with the change of batch. Its info carries ``approximate=1``.
+
+    Args:
+        num_objectives: N.
+        offsets: :math:`c_i` (scalar or one per objective, ≥ 0); default 1, i.e. log(L + 1).
+        beta: Adam learning rate of the logits (0.025).
+        gamma: logit decay (0.001; the paper found 0 does not converge).
+        renormalize: divide the coefficients by their sum (True; the paper's ablation).
+        mode: ``"same_batch"`` (exact, call :meth:`update`) or ``"next_batch"``.
+        betas, eps: Adam's moment decays and epsilon (torch.optim.Adam's defaults).
+        nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"`` (no host synchronisation at all).
+    """
+
+    name = "coarse-to-fine"
+
+    def __init__(
+        self,
+        num_objectives: int,
+        *,
+        offsets: float | Sequence[float] = 1.0,
+        beta: float = 0.025,
+        gamma: float = 0.001,
+        renormalize: bool = True,
+        mode: Mode = "same_batch",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        nonfinite: NonFinite = "raise",
+    ) -> None:
+        super().__init__(num_objectives, nonfinite=nonfinite)
+        self.offsets = as_offsets(offsets, num_objectives)
+        if not (math.isfinite(beta) and beta > 0.0):
+            raise ValueError(f"beta must be > 0, got {beta!r}")
+        if not (math.isfinite(gamma) and gamma >= 0.0):
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        if mode not in ("same_batch", "next_batch"):
+            raise ValueError(f"mode must be 'same_batch' or 'next_batch', got {mode!r}")
+        b1, b2 = (float(b) for b in betas)
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
+        if not (math.isfinite(eps) and eps > 0.0):
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
+        self.betas, self.eps = (b1, b2), float(eps)
+        self.logits = torch.zeros(num_objectives, dtype=torch.float64)
+        self.exp_avg = torch.zeros(num_objectives, dtype=torch.float64)
+        self.exp_avg_sq = torch.zeros(num_objectives, dtype=torch.float64)
+        self.step = 0
+        #: losses of the last backward, waiting for update() (same_batch) or the next batch
+        self.pending: Tensor | None = None
+        self._c: Tensor | None = None  # the offsets on the logits' device
+
+    @property
+    def needs_update(self) -> bool:  # type: ignore[override]
+        return self.mode == "same_batch"
+
+    # ------------------------------------------------------------------ balancing
+    def _to(self, device: torch.device) -> None:
+        if self.logits.device != device:
+            self.logits, self.exp_avg, self.exp_avg_sq = (t.to(device) for t in (self.logits, self.exp_avg, self.exp_avg_sq))
+            self._c = None
+        if self.pending is not None and self.pending.device != device:
+            self.pending = self.pending.to(device)
+
+    def _offsets(self, device: torch.device) -> Tensor:
+        c = self._c
+        if c is None or c.device != device:
+            c = self._c = torch.tensor(self.offsets, dtype=torch.float64, device=device)
+        return c
+
+    def weights_for(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``(w, z)`` for loss values: the renormalised coefficients and ``softmax(ξ)``."""
+        z = torch.softmax(self.logits, dim=0)
+        coeff = z / (values + self._offsets(values.device))
+        w = coeff / coeff.sum() if self.renormalize else coeff
+        return w, z
+
+    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
+        self._to(values.device)
+        if not self._finite_or_skip(values):
+            return self._skipped(values)
+        if self.mode == "next_batch" and self.pending is not None:
+            self._learn(self.pending, values)
+        logits = self.logits.clone()
+        w, z = self.weights_for(values)
+        self._backward_weighted(losses, w)
+        self.pending = values
+        extras = {"logits": logits, "z": z}
+        if self.mode == "next_batch":
+            extras["approximate"] = torch.ones((), dtype=torch.float64, device=values.device)
+        return BalanceInfo(weights=w, losses=values, extras=extras, skips=self.skips)
+
+    def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
+        """One Adam step on the logits from the losses recomputed on the same batch after the
+        optimiser step. Returns False (nothing learned) after a skipped :meth:`backward`."""
+        if self.mode != "same_batch":
+            raise RuntimeError("update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns")
+        if self.pending is None:
+            if self.skips:
+                return False
+            raise RuntimeError("update() needs a preceding backward() on the same batch")
+        if isinstance(new_losses, Tensor) and new_losses.dim() == 1:
+            new = new_losses.detach().to(torch.float64)
+        else:
+            items = list(new_losses)
+            if len(items) != self.num_objectives:
+                raise ValueError(f"expected {self.num_objectives} new losses, got {len(items)}")
+            new = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in items]).to(torch.float64)
+        if new.numel() != self.num_objectives:
+            raise ValueError(f"expected {self.num_objectives} new losses, got {new.numel()}")
+        new = new.to(self.pending.device)
+        if not self._finite_or_skip(new):
+            self.pending = None
+            return False
+        self._learn(self.pending, new)
+        self.pending = None
+        return True
+
+    def logit_gradient(self, before: Tensor, after: Tensor) -> Tensor:
+        """``z ⊙ (δ − ⟨z, δ⟩) + γ ξ`` with ``δ = log(L + c) − log(L' + c)``."""
+        c = self._offsets(before.device)
+        delta = torch.log(before + c) - torch.log(after + c)
+        z = torch.softmax(self.logits, dim=0)
+        return z * (delta - (z * delta).sum()) + self.gamma * self.logits
+
+    def _learn(self, before: Tensor, after: Tensor) -> None:
+        """One Adam step (torch.optim.Adam's arithmetic, in float64) on the logits."""
+        grad = self.logit_gradient(before, after)
+        b1, b2 = self.betas
+        self.step += 1
+        self.exp_avg.lerp_(grad, 1.0 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+        bias1 = 1.0 - b1**self.step
+        bias2 = 1.0 - b2**self.step
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(self.eps)
+        self.logits.addcdiv_(self.exp_avg, denom, value=-self.beta / bias1)
+
+    # ------------------------------------------------------------------ state
+    def _options(self) -> dict[str, Any]:
+        return {
+            "num_objectives": self.num_objectives,
+            "offsets": self.offsets,
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "renormalize": self.renormalize,
+            "mode": self.mode,
+            "betas": self.betas,
+            "eps": self.eps,
+            "nonfinite": self.nonfinite,
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {"logits": self.logits, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step, "pending": self.pending}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        for key in ("logits", "exp_avg", "exp_avg_sq"):
+            value = state[key]
+            if not isinstance(value, Tensor) or value.shape != (self.num_objectives,):
+                raise ValueError(f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)")
+            setattr(self, key, value.to(torch.float64))
+        self.step = int(state["step"])
+        pending = state.get("pending")
+        self.pending = None if pending is None else pending.to(torch.float64)
+        self._c = None

@@ -1,0 +1,155 @@
+"""Autograd plumbing, no policy: per-objective gradients, their Gramian, and a combined ``.grad``.
+
+* :func:`objective_gradients` differentiates N scalar losses over one graph (``retain_graph``
+  only until the last objective) with respect to the balanced parameters, and also with respect
+  to every other leaf the losses reach, so that those get the plain weighted sum.
+* :meth:`ObjectiveGradients.gramian` accumulates ``Q = GᵀG`` parameter tensor by parameter (no
+  P×N matrix unless :meth:`ObjectiveGradients.matrix` is asked for), in float64.
+* :meth:`ObjectiveGradients.accumulate` writes ``Σᵢ wᵢ ∇Lᵢ`` into ``.grad`` as
+  ``torch.autograd.backward(Σᵢ wᵢ Lᵢ)`` would: added to existing gradients, ``.grad`` left as it
+  is for a parameter no objective reaches.
+
+Nothing here reads a value back to the host: on CUDA, N gradient passes and the Gramian stay on
+the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def check_losses(losses: Sequence[Tensor], num_objectives: int) -> list[Tensor]:
+    """The losses as a list of scalar tensors with a graph; ``ValueError`` naming the problem."""
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1:
+            raise ValueError(f"losses must be a sequence of {num_objectives} scalar tensors, got a tensor of shape {tuple(losses.shape)}")
+        losses = list(losses.unbind())
+    losses = list(losses)
+    if len(losses) != num_objectives:
+        raise ValueError(f"expected {num_objectives} losses (one per objective, in a fixed order), got {len(losses)}")
+    for i, loss in enumerate(losses):
+        if not isinstance(loss, Tensor):
+            raise ValueError(f"loss {i} is a {type(loss).__name__}, not a tensor: pass the loss tensors themselves")
+        if loss.numel() != 1:
+            raise ValueError(f"loss {i} is not a scalar (shape {tuple(loss.shape)}): reduce it, e.g. with .mean()")
+        if not loss.requires_grad:
+            raise ValueError(f"loss {i} has no autograd graph (requires_grad=False): compute it from the parameters, outside torch.no_grad()")
+    return losses
+
+
+def check_parameters(parameters: Iterable[Tensor]) -> list[Tensor]:
+    """The balanced parameters as a list; ``ValueError`` when none requires a gradient."""
+    params = [p for p in parameters]
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise ValueError(f"parameter {i} is a {type(p).__name__}, not a tensor")
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires a gradient: pass the parameters to balance, e.g. model.parameters()")
+    return params
+
+
+def reachable_leaves(losses: Sequence[Tensor]) -> list[Tensor]:
+    """Every leaf tensor requiring a gradient that the losses depend on, in a stable order."""
+    seen: set[int] = set()
+    leaves: list[Tensor] = []
+    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+    for loss in losses:
+        if loss.grad_fn is None and loss.requires_grad and id(loss) not in seen:  # a loss that is a leaf
+            seen.add(id(loss))
+            leaves.append(loss)
+    visited: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) not in seen:
+            seen.add(id(variable))
+            leaves.append(variable)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return leaves
+
+
+@dataclass
+class ObjectiveGradients:
+    """``grads[i][k]``: gradient of loss i with respect to ``params[k]`` (None where unreached)."""
+
+    params: list[Tensor]
+    grads: list[list[Tensor | None]]
+    #: leaves outside the balanced set and their per-objective gradients
+    others: list[Tensor]
+    other_grads: list[list[Tensor | None]]
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.grads)
+
+    def gramian(self) -> Tensor:
+        """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their device."""
+        n = self.num_objectives
+        device = self.params[0].device
+        q = torch.zeros(n, n, dtype=torch.float64, device=device)
+        for k in range(len(self.params)):
+            rows = [(i, g[k]) for i, g in enumerate(self.grads) if g[k] is not None]
+            if not rows:
+                continue
+            m = torch.stack([g.reshape(-1) for _, g in rows])
+            block = (m @ m.T).to(torch.float64)
+            if len(rows) == n:
+                q += block
+            else:
+                idx = torch.tensor([i for i, _ in rows], device=device)
+                q[idx[:, None], idx] += block
+        return q
+
+    def matrix(self) -> Tensor:
+        """The P×N matrix ``G`` of the balanced parameters (allocates P×N: only when asked)."""
+        cols = []
+        for g in self.grads:
+            parts = [gk.reshape(-1) if gk is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for gk, p in zip(g, self.params)]
+            cols.append(torch.cat(parts))
+        return torch.stack(cols, dim=1)
+
+    def accumulate(self, weights: Tensor) -> None:
+        """Add ``Σᵢ wᵢ ∂Lᵢ/∂θ`` to ``θ.grad`` for every parameter, balanced or not."""
+        for params, grads in ((self.params, self.grads), (self.others, self.other_grads)):
+            for k, p in enumerate(params):
+                direction: Tensor | None = None
+                for i, g in enumerate(grads):
+                    gk = g[k]
+                    if gk is None:
+                        continue
+                    term = gk * weights[i].to(gk.dtype)
+                    direction = term if direction is None else direction + term
+                if direction is None:
+                    continue
+                if p.grad is None:
+                    p.grad = direction
+                else:
+                    p.grad.add_(direction)
+
+
+def objective_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], *, include_others: bool = True) -> ObjectiveGradients:
+    """Per-objective gradients of ``losses`` over one graph.
+
+    ``params`` is the balanced set; with ``include_others`` every other reachable leaf requiring
+    a gradient is differentiated in the same passes (no extra backward). The graph is retained
+    between objectives and freed by the last pass.
+    """
+    param_ids = {id(p) for p in params}
+    others = [t for t in reachable_leaves(losses) if id(t) not in param_ids] if include_others else []
+    inputs = list(params) + others
+    grads: list[list[Tensor | None]] = []
+    other_grads: list[list[Tensor | None]] = []
+    last = len(losses) - 1
+    for i, loss in enumerate(losses):
+        g = torch.autograd.grad(loss.reshape(()), inputs, retain_graph=i < last, allow_unused=True)
+        grads.append(list(g[: len(params)]))
+        other_grads.append(list(g[len(params) :]))
+    return ObjectiveGradients(list(params), grads, others, other_grads)

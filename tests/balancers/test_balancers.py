@@ -1,0 +1,277 @@
+"""The balancers: hand-derived weights, ``.grad`` equal to autograd of Σ wᵢLᵢ, bad input, skipping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from moo_opt import (
+    CoarseToFineBalancer,
+    FixedWeights,
+    MGDABalancer,
+    NonFiniteLossError,
+    QPBalancer,
+    available,
+    balanced_step,
+    create,
+)
+from moo_opt.balancers.qp import renormalized
+from moo_opt.solvers import SolveStatus
+from tests.helpers.models import toy_problem
+
+ALL = pytest.mark.parametrize("name", ["fixed", "coarse-to-fine", "qp", "mgda"])
+
+
+def grads_of(problem, weights: torch.Tensor) -> list[torch.Tensor | None]:
+    """What torch.autograd.backward(Σ wᵢ Lᵢ) writes."""
+    for q in problem.all_parameters():
+        q.grad = None
+    sum(w * l for w, l in zip(weights, problem.losses())).backward()
+    out = problem.grads()
+    for q in problem.all_parameters():
+        q.grad = None
+    return out
+
+
+@ALL
+def test_grad_equals_autograd_of_the_weighted_sum(name: str) -> None:
+    p = toy_problem(num_objectives=2)
+    info = create(name, 2).backward(p.losses(), p.shared())
+    got = p.grads()
+    want = grads_of(p, info.weights)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_qp_two_objectives_closed_form_by_hand() -> None:
+    p = toy_problem()
+    losses = p.losses()
+    values = torch.stack([l.detach() for l in losses])
+    g = [torch.cat([t.reshape(-1) for t in torch.autograd.grad(l, p.shared(), retain_graph=True)]) for l in losses]
+    c = 1.0
+    g1, g2 = g[0] / (values[0] + c), g[1] / (values[1] + c)
+    z1 = (g2 @ g2 - g1 @ g2) / ((g1 - g2) @ (g1 - g2))
+    z = torch.stack([z1, 1 - z1])
+    coeff = z / (values + c)
+    expected = coeff / coeff.sum()
+    info = QPBalancer(2).backward(p.losses(), p.shared())
+    torch.testing.assert_close(info.weights, expected, rtol=1e-9, atol=0)
+    assert float(info.weights.sum()) == pytest.approx(1.0, abs=1e-14)
+    # the balance condition on the log-losses: gᵢ·d equal for both objectives
+    d = z[0] * g1 + z[1] * g2
+    assert float(g1 @ d) == pytest.approx(float(g2 @ d), rel=1e-9)
+    assert info.solve is not None and info.solve.status is SolveStatus.OPTIMAL
+
+
+def test_qp_cvxpy_backend_and_simplex_option() -> None:
+    p = toy_problem(num_objectives=3)
+    analytic = QPBalancer(3).backward(p.losses(), p.shared())
+    reference = QPBalancer(3, backend="cvxpy").backward(p.losses(), p.shared())
+    torch.testing.assert_close(analytic.weights, reference.weights, rtol=1e-6, atol=1e-8)
+    simplex = QPBalancer(3, simplex=True).backward(p.losses(), p.shared())
+    assert bool((simplex.extras["z"] >= 0).all())
+    assert simplex.solve is not None and simplex.solve.problem == "simplex"
+
+
+def test_renormalisation_never_reverses_the_direction() -> None:
+    w, flipped = renormalized(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert w.tolist() == pytest.approx([1 / 3, 2 / 3]) and float(flipped) == 0.0
+    w, flipped = renormalized(torch.tensor([-3.0, 1.0], dtype=torch.float64))
+    assert w.tolist() == pytest.approx([-0.75, 0.25]) and float(flipped) == 1.0
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+def test_mgda_weights_by_hand(normalization: str) -> None:
+    p = toy_problem()
+    losses = p.losses()
+    values = torch.stack([l.detach() for l in losses])
+    g = [torch.cat([t.reshape(-1) for t in torch.autograd.grad(l, p.shared(), retain_graph=True)]) for l in losses]
+    norms = torch.stack([x.norm() for x in g])
+    n = {"none": torch.ones(2, dtype=torch.float64), "l2": norms, "loss": values, "loss+": values * norms}[normalization]
+    h1, h2 = g[0] / n[0], g[1] / n[1]
+    a1 = ((h2 @ h2 - h1 @ h2) / ((h1 - h2) @ (h1 - h2))).clamp(0, 1)
+    expected = torch.stack([a1, 1 - a1]) / n
+    info = MGDABalancer(2, normalization=normalization).backward(p.losses(), p.shared())
+    torch.testing.assert_close(info.weights, expected, rtol=1e-9, atol=1e-15)
+
+
+def test_fixed_weights_default_is_the_standard_loss() -> None:
+    p = toy_problem()
+    info = FixedWeights((1.0, 1.0)).backward(p.losses(), p.shared())
+    assert info.weights.tolist() == [1.0, 1.0]
+    assert FixedWeights(num_objectives=3).weights == (1.0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------- Solution 1 by hand
+def test_logit_gradient_by_hand() -> None:
+    b = CoarseToFineBalancer(2, gamma=0.01)
+    b.logits = torch.tensor([0.3, -0.1], dtype=torch.float64)
+    before = torch.tensor([4.0, 0.5], dtype=torch.float64)
+    after = torch.tensor([3.0, 0.45], dtype=torch.float64)
+    delta = np.log(before.numpy() + 1) - np.log(after.numpy() + 1)
+    z = np.exp([0.3, -0.1]) / np.exp([0.3, -0.1]).sum()
+    expected = z * (delta - z @ delta) + 0.01 * np.array([0.3, -0.1])
+    np.testing.assert_allclose(b.logit_gradient(before, after).numpy(), expected, rtol=1e-14)
+
+
+def test_two_objective_logit_gradients_are_opposite_without_gamma() -> None:
+    b = CoarseToFineBalancer(2, gamma=0.0)
+    b.logits = torch.tensor([0.7, -0.2], dtype=torch.float64)
+    g = b.logit_gradient(torch.tensor([2.0, 1.0], dtype=torch.float64), torch.tensor([1.5, 0.9], dtype=torch.float64))
+    assert float(g[0]) == pytest.approx(-float(g[1]), rel=1e-14)
+
+
+def test_equal_improvements_leave_only_the_gamma_decay() -> None:
+    b = CoarseToFineBalancer(3, gamma=0.001)
+    b.logits = torch.tensor([0.5, -0.2, 0.1], dtype=torch.float64)
+    before = torch.tensor([3.0, 1.0, 0.2], dtype=torch.float64)
+    after = (before + 1) * math.exp(-0.05) - 1  # every log(L + 1) drops by 0.05
+    torch.testing.assert_close(b.logit_gradient(before, after), 0.001 * b.logits, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_step_matches_torch_optim_adam_with_weight_decay() -> None:
+    b = CoarseToFineBalancer(2, beta=0.025, gamma=0.003)
+    xi = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([xi], lr=0.025, weight_decay=0.003)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        before = torch.tensor(rng.uniform(0.5, 5, 2))
+        after = before * torch.tensor(rng.uniform(0.8, 1.0, 2))
+        c = torch.ones(2, dtype=torch.float64)
+        delta = torch.log(before + c) - torch.log(after + c)
+        z = torch.softmax(xi.detach(), 0)
+        xi.grad = z * (delta - (z * delta).sum())  # Adam adds weight_decay·ξ itself
+        adam.step()
+        b._learn(before, after)
+        torch.testing.assert_close(b.logits, xi.detach(), rtol=1e-13, atol=1e-15)
+
+
+def test_coarse_to_fine_weights_renormalised_and_moving() -> None:
+    p = toy_problem()
+    b = CoarseToFineBalancer(2, beta=0.1)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    first = None
+    for _ in range(10):
+        info = balanced_step(b, opt, p.losses, p.shared(), max_norm=1.0)
+        assert float(info.weights.sum()) == pytest.approx(1.0, abs=1e-14)
+        first = info.extras["logits"] if first is None else first
+    assert b.step == 10 and not torch.equal(b.logits, torch.zeros(2, dtype=torch.float64))
+    # without renormalisation the coefficients are z / (L + c)
+    raw = CoarseToFineBalancer(2, renormalize=False).backward(p.losses(), p.shared())
+    torch.testing.assert_close(raw.weights, 0.5 / (raw.losses + 1.0))
+
+
+def test_next_batch_mode_learns_in_backward_and_is_labelled_approximate() -> None:
+    p = toy_problem()
+    b = CoarseToFineBalancer(2, mode="next_batch")
+    assert not b.needs_update
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    for _ in range(3):
+        info = balanced_step(b, opt, p.losses, p.shared())
+    assert float(info.extras["approximate"]) == 1.0
+    assert b.step == 2  # the first batch has no predecessor
+    with pytest.raises(RuntimeError, match="next_batch"):
+        b.update([torch.tensor(1.0), torch.tensor(1.0)])
+
+
+def test_update_without_backward_raises() -> None:
+    with pytest.raises(RuntimeError, match="preceding backward"):
+        CoarseToFineBalancer(2).update([torch.tensor(1.0), torch.tensor(2.0)])
+
+
+# ---------------------------------------------------------------- bad input and non-finite losses
+@ALL
+def test_wrong_number_of_losses(name: str) -> None:
+    p = toy_problem(num_objectives=3)
+    with pytest.raises(ValueError, match="expected 2 losses"):
+        create(name, 2).backward(p.losses(), p.shared())
+
+
+@ALL
+def test_nan_loss_raises_by_default_and_writes_nothing(name: str) -> None:
+    p = toy_problem()
+    losses = p.losses()
+    losses[1] = losses[1] * float("nan")
+    with pytest.raises(NonFiniteLossError, match="nonfinite='skip'"):
+        create(name, 2).backward(losses, p.shared())
+    assert all(g is None for g in p.grads())
+
+
+@ALL
+def test_skip_leaves_parameters_grads_and_state_untouched(name: str) -> None:
+    p = toy_problem()
+    b = create(name, 2, nonfinite="skip")
+    opt = torch.optim.Adam(p.all_parameters(), lr=1e-2)
+    for _ in range(3):
+        balanced_step(b, opt, p.losses, p.shared())
+    state, params, opt_state = b.state_dict(), p.snapshot(), {k: v for k, v in opt.state_dict().items()}
+    for q in p.all_parameters():
+        q.grad = torch.full_like(q, 0.25)
+    losses = p.losses()
+    losses[0] = losses[0] + float("inf")
+    info = b.backward(losses, p.shared())
+    assert info.skipped and info.skips == 1
+    assert all(torch.equal(q.grad, torch.full_like(q, 0.25)) for q in p.all_parameters())
+    after = b.state_dict()
+    assert after["skips"] == 1
+    for key, value in state["state"].items():
+        other = after["state"][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+    # through balanced_step: the optimiser does not step
+    bad = lambda: [l * float("nan") for l in p.losses()]  # noqa: E731
+    assert balanced_step(b, opt, bad, p.shared()).skipped
+    assert all(torch.equal(a, q) for a, q in zip(params, p.snapshot()))
+    assert opt.state_dict()["state"].keys() == opt_state["state"].keys()
+
+
+def test_invalid_options_name_the_option() -> None:
+    for call, message in [
+        (lambda: CoarseToFineBalancer(2, beta=0.0), "beta"),
+        (lambda: CoarseToFineBalancer(2, gamma=-1.0), "gamma"),
+        (lambda: CoarseToFineBalancer(2, mode="fast"), "mode"),  # type: ignore[arg-type]
+        (lambda: CoarseToFineBalancer(2, offsets=(1.0, 2.0, 3.0)), "offsets"),
+        (lambda: QPBalancer(2, backend="gurobi"), "backend"),  # type: ignore[arg-type]
+        (lambda: QPBalancer(2, offsets=-1.0), "offsets"),
+        (lambda: MGDABalancer(2, normalization="max"), "normalization"),  # type: ignore[arg-type]
+        (lambda: FixedWeights((1.0, float("nan"))), "finite"),
+        (lambda: QPBalancer(0), "num_objectives"),
+        (lambda: QPBalancer(2, nonfinite="ignore"), "nonfinite"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_names_and_errors() -> None:
+    assert set(available()) >= {"fixed", "coarse-to-fine", "qp", "mgda"}
+    assert isinstance(create("qp", 3, offsets=0.5), QPBalancer)
+    with pytest.raises(ValueError, match="available: coarse-to-fine, fixed, mgda, qp"):
+        create("famo")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) lr .*valid: offsets, beta"):
+        create("coarse-to-fine", 2, lr=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["fixed", "coarse-to-fine", "qp", "mgda"])
+def test_two_objectives_on_cuda_add_no_synchronisation(name: str) -> None:
+    p = toy_problem(dtype=torch.float32)
+    for m in (p.trunk, p.heads):
+        m.cuda()
+    p.x = p.x.float().cuda()
+    p.targets = [t.float().cuda() for t in p.targets]
+    b = create(name, 2, nonfinite="unchecked")
+    losses = p.losses()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        info = b.backward(losses, p.shared())
+        if b.needs_update:
+            with torch.no_grad():
+                b.update(p.losses())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert info.weights.device.type == "cuda"
