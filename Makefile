@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) examples/solvers_demo.py
+	$(PY) examples/toy_two_objectives.py
 
 test: install
 	$(PY) -m pytest
