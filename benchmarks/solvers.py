@@ -70,7 +70,7 @@ def main() -> None:
 
     print(f"machine: {platform.machine()} {platform.processor() or ''} · python {platform.python_version()} · torch {torch.__version__} · 1 thread")
     print(f"{args.gramians} Gramians per N, median of {args.repeats} calls (cvxpy: {args.cvxpy_repeats}); CPU float64 tensors\n")
-    header = "| problem | N | moo-opt (µs) | cvxpy (µs) | speed-up | max |Δw| vs cvxpy | max (f − f_cvxpy)/scale |"
+    header = "| problem | N | moo-opt (µs) | cvxpy (µs) | speed-up | max abs(Δw) vs cvxpy | max (f − f_cvxpy)/scale |"
     rows = [header, "|" + "---|" * 7]
     tjd_rows = [
         "| N | moo-opt simplex (µs) | TorchJD MGDAWeighting (µs) | TorchJD / moo-opt time | median (f_TorchJD − f*)/scale | max (f_TorchJD − f*)/scale |",

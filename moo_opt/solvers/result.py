@@ -71,19 +71,19 @@ class KKTReport:
         )
 
 
-def relative_multipliers(gram: np.ndarray, w: np.ndarray) -> np.ndarray:
+def relative_multipliers(gram: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
     """``νᵢ / scaleᵢ`` with ``ν = Qw − (wᵀQw)1`` and ``scaleᵢ = T·(sᵢ + T)``, ``T = Σⱼ sⱼ|wⱼ|``.
 
     ``sᵢT`` bounds ``|(Qw)ᵢ|`` and ``T²`` bounds ``wᵀQw``, so the ratio is the residual relative to
     the size of the terms it is made of: invariant to Q → cQ and to rescaling single gradients.
     ``sᵢ = √Qᵢᵢ`` is floored at ``10⁻¹⁶·maxⱼ sⱼ`` (the solvers' equilibration floor), which gives
-    zero gradients a scale.
+    zero gradients a scale. ``scales`` passes precomputed ``jacobi_scales(gram)`` (loops).
     """
     from moo_opt.solvers._core import jacobi_scales
 
     qw = gram @ w
     mu = float(w @ qw)
-    s = jacobi_scales(gram)
+    s = jacobi_scales(gram) if scales is None else scales
     t = float(s @ np.abs(w))
     scale = t * (s + t)
     return (qw - mu) / np.where(scale > 0.0, scale, 1.0)

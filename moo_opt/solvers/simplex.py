@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from moo_opt.solvers._closed_form import closed_form_device, closed_form_host
-from moo_opt.solvers._core import equality_core
+from moo_opt.solvers._core import equality_core, jacobi_scales
 from moo_opt.solvers._input import prepare, to_weights
 from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers, status_code
 
@@ -105,6 +105,7 @@ def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) 
     caller runs Wolfe's method, which always terminates.
     """
     n = gram.shape[0]
+    scales = jacobi_scales(gram)
     free = np.ones(n, dtype=bool)
     for it in range(1, max_iter + 1):
         idx = np.flatnonzero(free)
@@ -114,7 +115,7 @@ def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) 
         w = np.zeros(n)
         w[idx] = sub.weights
         negative = sub.weights < 0.0
-        nu = relative_multipliers(gram, w)
+        nu = relative_multipliers(gram, w, scales)
         violated = ~free & (nu < -tol)
         if not negative.any() and not violated.any():
             return w, it
@@ -160,6 +161,7 @@ def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np
     reaches zero, until the affine minimiser lies in the relative interior of S.
     """
     n = gram.shape[0]
+    scales = jacobi_scales(gram)
     w = np.zeros(n)
     start = int(np.argmin(np.diag(gram)))
     w[start] = 1.0
@@ -167,7 +169,7 @@ def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np
     iterations = 0
     degenerate = False
     while True:
-        viol = relative_multipliers(gram, w)
+        viol = relative_multipliers(gram, w, scales)
         j = int(np.argmin(viol))
         if viol[j] >= -tol or j in corral:
             break
