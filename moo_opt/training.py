@@ -28,7 +28,8 @@ def balanced_step(
         for x in loader:
             info = balanced_step(balancer, optimizer, lambda: losses_of(model, x), model.parameters(), max_norm=1.0)
 
-    A skipped step (``nonfinite="skip"``) leaves parameters and optimiser untouched.
+    ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step. A
+    skipped step (``nonfinite="skip"``) leaves parameters and optimiser untouched.
     """
     params = list(parameters)
     optimizer.zero_grad(set_to_none=True)
@@ -36,8 +37,8 @@ def balanced_step(
     if info.skipped:
         optimizer.zero_grad(set_to_none=True)
         return info
-    if max_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if max_norm is not None:  # every parameter the optimiser updates, balanced or not
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
     optimizer.step()
     if balancer.needs_update:
         with torch.no_grad():

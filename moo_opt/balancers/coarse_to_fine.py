@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -83,6 +84,7 @@ class CoarseToFineBalancer(Balancer):
         #: losses of the last backward, waiting for update() (same_batch) or the next batch
         self.pending: Tensor | None = None
         self._c: Tensor | None = None  # the offsets on the logits' device
+        self._warned = False
 
     @property
     def needs_update(self) -> bool:  # type: ignore[override]
@@ -115,6 +117,13 @@ class CoarseToFineBalancer(Balancer):
             return self._skipped(values)
         if self.mode == "next_batch" and self.pending is not None:
             self._learn(self.pending, values)
+        elif self.pending is not None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "CoarseToFineBalancer.backward() called again without update(): the logits learn only "
+                "from update(losses recomputed after the optimiser step) — see moo_opt.balanced_step",
+                stacklevel=3,
+            )
         logits = self.logits.clone()
         w, z = self.weights_for(values)
         self._backward_weighted(losses, w)

@@ -177,6 +177,14 @@ def test_next_batch_mode_learns_in_backward_and_is_labelled_approximate() -> Non
         b.update([torch.tensor(1.0), torch.tensor(1.0)])
 
 
+def test_backward_twice_without_update_warns_once() -> None:
+    p = toy_problem()
+    b = CoarseToFineBalancer(2)
+    b.backward(p.losses(), p.shared())
+    with pytest.warns(UserWarning, match="without update"):
+        b.backward(p.losses(), p.shared())
+
+
 def test_update_without_backward_raises() -> None:
     with pytest.raises(RuntimeError, match="preceding backward"):
         CoarseToFineBalancer(2).update([torch.tensor(1.0), torch.tensor(2.0)])
