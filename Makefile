@@ -20,6 +20,7 @@ demo: install
 	$(PY) examples/toy_two_objectives.py
 
 test: install
+	$(PY) -m ruff check moo_opt plugins tests examples benchmarks docs
 	$(PY) -m pytest
 
 test-thorough: install

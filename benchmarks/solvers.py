@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -84,8 +84,8 @@ def main() -> None:
         ):
             t_ours, t_ref, dw, df = [], [], 0.0, -np.inf
             for q in qs:
-                t_ours.append(time_per_call(lambda: ours(q), args.repeats))
-                t_ref.append(time_per_call(lambda: ref(q), args.cvxpy_repeats))
+                t_ours.append(time_per_call(lambda q=q, f=ours: f(q), args.repeats))
+                t_ref.append(time_per_call(lambda q=q, f=ref: f(q), args.cvxpy_repeats))
                 a, b = ours(q), ref(q)
                 dw = max(dw, float((a.weights - b.weights).abs().max()))
                 scale = float(q.diagonal().max())
@@ -95,7 +95,7 @@ def main() -> None:
             if problem == "simplex" and tjd is not None:
                 t_tjd, gaps = [], []
                 for q in qs:
-                    t_tjd.append(time_per_call(lambda: tjd(q), args.repeats))
+                    t_tjd.append(time_per_call(lambda q=q: tjd(q), args.repeats))
                     f_star = ours(q).objective
                     gaps.append((objective(q, tjd(q)) - f_star) / float(q.diagonal().max()))
                 mt = statistics.median(t_tjd)

@@ -63,50 +63,23 @@ class Model(nn.Module):
         return self.head_d(h), self.head_r(h)
 
 
-def train(key: str, options: dict, steps: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    model = Model()
-    x, y_d, y_r = make_data(seed)
-    balancer = create(key, 2, **options)
-    optimizer = make_optimizer(model)
-    gen = torch.Generator().manual_seed(seed + 1)
-    history: dict[str, list[float]] = {"distortion": [], "rate": [], "w_distortion": [], "w_rate": []}
-    start = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (128,), generator=gen)
-
-        def losses(idx: Tensor = idx) -> list[Tensor]:
-            p_d, p_r = model(x[idx])
-            return [((p_d - y_d[idx]) ** 2).mean(), ((p_r - y_r[idx]) ** 2).mean()]
-
-        info = balanced_step(balancer, optimizer, losses, model.parameters(), max_norm=1.0)
-        w = info.weights.tolist()
-        history["w_distortion"].append(w[0] / (abs(w[0]) + abs(w[1])))
-        history["w_rate"].append(w[1] / (abs(w[0]) + abs(w[1])))
-    elapsed = time.perf_counter() - start
-    with torch.no_grad():  # full-data losses at the start and the end are what the speeds compare
-        p_d, p_r = model(x)
-        final = [float(((p_d - y_d) ** 2).mean()), float(((p_r - y_r) ** 2).mean())]
-    torch.manual_seed(seed)
-    initial_model = Model()
+def full_losses(model: Model, x: Tensor, y_d: Tensor, y_r: Tensor) -> list[float]:
     with torch.no_grad():
-        p_d, p_r = initial_model(x)
-        initial = [float(((p_d - y_d) ** 2).mean()), float(((p_r - y_r) ** 2).mean())]
-    # per-step trajectory on the full data is too slow to record every step; re-run cheaply instead
-    history["distortion"], history["rate"] = _trajectory(key, options, steps, seed)
-    speed = [(math.log(i) - math.log(f)) / steps for i, f in zip(initial, final)]
-    return {"initial": initial, "final": final, "speed": speed, "time": elapsed, "history": history}
+        p_d, p_r = model(x)
+        return [float(((p_d - y_d) ** 2).mean()), float(((p_r - y_r) ** 2).mean())]
 
 
-def _trajectory(key: str, options: dict, steps: int, seed: int) -> tuple[list[float], list[float]]:
-    """Losses on the full data every 10 steps (a second, identical run: seeds fix everything)."""
+def train(key: str, options: dict, steps: int, seed: int) -> dict:
+    """One run: the balancer's steps are timed; the full-data losses are recorded every 10 steps."""
     torch.manual_seed(seed)
     model = Model()
     x, y_d, y_r = make_data(seed)
     balancer = create(key, 2, **options)
     optimizer = make_optimizer(model)
     gen = torch.Generator().manual_seed(seed + 1)
-    d, r = [], []
+    history: dict[str, list[float]] = {"distortion": [], "rate": [], "w_distortion": []}
+    initial = full_losses(model, x, y_d, y_r)
+    elapsed = 0.0
     for step in range(steps):
         idx = torch.randint(0, x.shape[0], (128,), generator=gen)
 
@@ -114,13 +87,18 @@ def _trajectory(key: str, options: dict, steps: int, seed: int) -> tuple[list[fl
             p_d, p_r = model(x[idx])
             return [((p_d - y_d[idx]) ** 2).mean(), ((p_r - y_r[idx]) ** 2).mean()]
 
-        balanced_step(balancer, optimizer, losses, model.parameters(), max_norm=1.0)
+        start = time.perf_counter()
+        info = balanced_step(balancer, optimizer, losses, model.parameters(), max_norm=1.0)
+        elapsed += time.perf_counter() - start
+        w = info.weights.abs().tolist()
+        history["w_distortion"].append(w[0] / (w[0] + w[1]))
         if step % 10 == 0 or step == steps - 1:
-            with torch.no_grad():
-                p_d, p_r = model(x)
-                d.append(float(((p_d - y_d) ** 2).mean()))
-                r.append(float(((p_r - y_r) ** 2).mean()))
-    return d, r
+            d, r = full_losses(model, x, y_d, y_r)
+            history["distortion"].append(d)
+            history["rate"].append(r)
+    final = full_losses(model, x, y_d, y_r)
+    speed = [(math.log(i) - math.log(f)) / steps for i, f in zip(initial, final)]
+    return {"initial": initial, "final": final, "speed": speed, "time": elapsed, "history": history}
 
 
 def plot(results: dict[str, dict], steps: int, out: Path) -> None:
@@ -158,7 +136,7 @@ def main() -> None:
     OPTIMIZER.update(name=args.optimizer, lr=args.lr or (0.05 if args.optimizer == "sgd" else 3e-3))
     results = {label: train(key, opts, args.steps, args.seed) for label, (key, opts) in BALANCERS.items()}
     print(f"{args.steps} steps, {OPTIMIZER['name']} lr {OPTIMIZER['lr']}, batch 128, clip 1.0, seed {args.seed}; losses on the full data\n")
-    print(f"{'balancer':<30} {'L_D start→end':>22} {'L_R start→end':>18} {'speed D':>8} {'speed R':>8} {'D/R':>6} {'s/step':>8}")
+    print(f"{'balancer':<30} {'L_D start→end':>22} {'L_R start→end':>18} {'speed D':>8} {'speed R':>8} {'D/R':>6} {'ms/step':>8}")
     for label, res in results.items():
         (d0, r0), (d1, r1), (sd, sr) = res["initial"], res["final"], res["speed"]
         print(

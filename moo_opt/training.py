@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from moo_opt.balancers import Balancer, BalanceInfo
+from moo_opt.balancers import BalanceInfo, Balancer
 
 
 def balanced_step(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,11 +77,25 @@ def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
     return values
 
 
+class Offsets:
+    """The offsets ``cᵢ`` of ``log(Lᵢ + cᵢ)``: validated values and a tensor copy per device."""
+
+    def __init__(self, offsets: float | Sequence[float], n: int) -> None:
+        self.values = as_offsets(offsets, n)
+        self._tensor: Tensor | None = None
+
+    def on(self, device: torch.device) -> Tensor:
+        if self._tensor is None or self._tensor.device != device:  # copied once, not every step
+            self._tensor = torch.tensor(self.values, dtype=torch.float64, device=device)
+        return self._tensor
+
+
 class Balancer(ABC):
     """Base class: input checks, non-finite handling and the state-dict format.
 
-    Subclasses set :attr:`name` (the registry key) and implement :meth:`_backward`; their
-    constructor options are recorded by :meth:`_options` and restored by :meth:`load_state_dict`.
+    Subclasses set :attr:`name` (the registry key), implement :meth:`_backward` and keep each
+    constructor argument in an attribute of the same name (:meth:`_options` reads them back for
+    :meth:`state_dict`; :meth:`load_state_dict` rebuilds from them).
     """
 
     name: ClassVar[str]
@@ -150,8 +165,10 @@ class Balancer(ABC):
 
     # ------------------------------------------------------------------ state
     def _options(self) -> dict[str, Any]:
-        """Constructor options, as passed to ``type(self)(**options)``."""
-        return {"num_objectives": self.num_objectives, "nonfinite": self.nonfinite}
+        """Constructor options, as passed to ``type(self)(**options)``: every constructor argument
+        is kept in an attribute of the same name."""
+        params = inspect.signature(type(self).__init__).parameters.values()
+        return {p.name: getattr(self, p.name) for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def _state(self) -> dict[str, Any]:
         return {}

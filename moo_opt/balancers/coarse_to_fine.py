@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import Balancer, BalanceInfo, NonFinite, as_offsets
+from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets
 
 Mode = Literal["same_batch", "next_batch"]
 
@@ -63,7 +63,7 @@ class CoarseToFineBalancer(Balancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
-        self.offsets = as_offsets(offsets, num_objectives)
+        self._offsets = Offsets(offsets, num_objectives)
         if not (math.isfinite(beta) and beta > 0.0):
             raise ValueError(f"beta must be > 0, got {beta!r}")
         if not (math.isfinite(gamma) and gamma >= 0.0):
@@ -83,7 +83,6 @@ class CoarseToFineBalancer(Balancer):
         self.step = 0
         #: losses of the last backward, waiting for update() (same_batch) or the next batch
         self.pending: Tensor | None = None
-        self._c: Tensor | None = None  # the offsets on the logits' device
         self._warned = False
 
     @property
@@ -94,20 +93,17 @@ class CoarseToFineBalancer(Balancer):
     def _to(self, device: torch.device) -> None:
         if self.logits.device != device:
             self.logits, self.exp_avg, self.exp_avg_sq = (t.to(device) for t in (self.logits, self.exp_avg, self.exp_avg_sq))
-            self._c = None
         if self.pending is not None and self.pending.device != device:
             self.pending = self.pending.to(device)
 
-    def _offsets(self, device: torch.device) -> Tensor:
-        c = self._c
-        if c is None or c.device != device:
-            c = self._c = torch.tensor(self.offsets, dtype=torch.float64, device=device)
-        return c
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        return self._offsets.values
 
     def weights_for(self, values: Tensor) -> tuple[Tensor, Tensor]:
         """``(w, z)`` for loss values: the renormalised coefficients and ``softmax(ξ)``."""
         z = torch.softmax(self.logits, dim=0)
-        coeff = z / (values + self._offsets(values.device))
+        coeff = z / (values + self._offsets.on(values.device))
         w = coeff / coeff.sum() if self.renormalize else coeff
         return w, z
 
@@ -161,7 +157,7 @@ class CoarseToFineBalancer(Balancer):
 
     def logit_gradient(self, before: Tensor, after: Tensor) -> Tensor:
         """``z ⊙ (δ − ⟨z, δ⟩) + γ ξ`` with ``δ = log(L + c) − log(L' + c)``."""
-        c = self._offsets(before.device)
+        c = self._offsets.on(before.device)
         delta = torch.log(before + c) - torch.log(after + c)
         z = torch.softmax(self.logits, dim=0)
         return z * (delta - (z * delta).sum()) + self.gamma * self.logits
@@ -179,18 +175,6 @@ class CoarseToFineBalancer(Balancer):
         self.logits.addcdiv_(self.exp_avg, denom, value=-self.beta / bias1)
 
     # ------------------------------------------------------------------ state
-    def _options(self) -> dict[str, Any]:
-        return {
-            "num_objectives": self.num_objectives,
-            "offsets": self.offsets,
-            "beta": self.beta,
-            "gamma": self.gamma,
-            "renormalize": self.renormalize,
-            "mode": self.mode,
-            "betas": self.betas,
-            "eps": self.eps,
-            "nonfinite": self.nonfinite,
-        }
 
     def _state(self) -> dict[str, Any]:
         return {"logits": self.logits, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step, "pending": self.pending}
@@ -204,4 +188,3 @@ class CoarseToFineBalancer(Balancer):
         self.step = int(state["step"])
         pending = state.get("pending")
         self.pending = None if pending is None else pending.to(torch.float64)
-        self._c = None

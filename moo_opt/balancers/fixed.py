@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import Balancer, BalanceInfo, NonFinite
+from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite
 
 
 class FixedWeights(Balancer):
@@ -50,5 +49,3 @@ class FixedWeights(Balancer):
         self._backward_weighted(losses, w)
         return BalanceInfo(weights=w, losses=values, skips=self.skips)
 
-    def _options(self) -> dict[str, Any]:
-        return {"weights": self.weights, "nonfinite": self.nonfinite}

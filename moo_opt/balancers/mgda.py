@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -55,5 +55,3 @@ class MGDABalancer(GramianBalancer):
         alpha = result.weights.to(values.device)
         return alpha / n, result, {"alpha": alpha}
 
-    def _options(self) -> dict[str, Any]:
-        return {"num_objectives": self.num_objectives, "normalization": self.normalization, "rcond": self.rcond, "nonfinite": self.nonfinite}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, as_offsets
+from moo_opt.balancers.base import GramianBalancer, NonFinite, Offsets
 from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
 
 Backend = Literal["analytic", "cvxpy"]
@@ -71,7 +71,7 @@ class QPBalancer(GramianBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
-        self.offsets = as_offsets(offsets, num_objectives)
+        self._offsets = Offsets(offsets, num_objectives)
         if backend not in ("analytic", "cvxpy"):
             raise ValueError(f"backend must be 'analytic' or 'cvxpy', got {backend!r}")
         if rcond is not None and not (math.isfinite(rcond) and rcond >= 0.0):
@@ -84,7 +84,10 @@ class QPBalancer(GramianBalancer):
             reference._cvxpy()
         self.renormalize, self.simplex, self.backend = bool(renormalize), bool(simplex), backend
         self.rcond, self.ridge = rcond, float(ridge)
-        self._c: Tensor | None = None
+
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        return self._offsets.values
 
     def _solve(self, gram: Tensor) -> SolveResult:
         if self.backend == "cvxpy":
@@ -97,10 +100,7 @@ class QPBalancer(GramianBalancer):
         return solve_equality_qp(gram, rcond=self.rcond, ridge=self.ridge)
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        c = self._c
-        if c is None or c.device != values.device:
-            c = self._c = torch.tensor(self.offsets, dtype=torch.float64, device=values.device)
-        scale = values + c
+        scale = values + self._offsets.on(values.device)
         result = self._solve(gram / (scale[:, None] * scale[None, :]))
         z = result.weights.to(values.device)
         coeff = z / scale
@@ -110,14 +110,3 @@ class QPBalancer(GramianBalancer):
             extras["renormalized_by_abs"] = flipped
         return coeff, result, extras
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            "num_objectives": self.num_objectives,
-            "offsets": self.offsets,
-            "renormalize": self.renormalize,
-            "simplex": self.simplex,
-            "backend": self.backend,
-            "rcond": self.rcond,
-            "ridge": self.ridge,
-            "nonfinite": self.nonfinite,
-        }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def kkt_report(gram: np.ndarray, weights: np.ndarray, problem: Problem) -> KKTRe
     )
 
 
-HostOrDevice = Union[np.ndarray, Tensor]
+HostOrDevice = np.ndarray | Tensor
 
 
 def _host(x: HostOrDevice) -> np.ndarray:

@@ -16,7 +16,7 @@ Tolerances (float64, relative, see :class:`moo_opt.solvers.KKTReport` for the re
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from torch import Tensor

@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from moo_opt.solvers import SolveStatus, solve_equality_qp, solve_simplex_qp
@@ -20,8 +20,8 @@ from tests.helpers.assertions import (
     assert_weights_close,
     is_strictly_complementary,
     objective_slack,
-    reference_is_trustworthy,
     polished,
+    reference_is_trustworthy,
     reference_solution,
 )
 from tests.helpers.gramians import GramCase, jacobians, well_posed
