@@ -1,0 +1,369 @@
+"""Train a CompressAI model with balanced rate-distortion optimisation.
+
+    python -m plugins.lic.train -m bmshj2018-factorized --N 32 --M 48 -d synthetic \\
+        --balancer coarse-to-fine --steps 200 --out runs/x
+
+CompressAI's ``examples/train.py`` flags, plus ``--balancer NAME`` (``fixed`` is the standard
+loss L_R + L_D), ``--balancer-opt key=value``, ``--steps``, ``--out`` and ``--finetune``.
+Checkpoints (``checkpoint.pth.tar``, ``checkpoint_best.pth.tar``) keep CompressAI's keys; their
+``state_dict`` loads into the CompressAI class alone. Bad input: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import moo_opt
+from plugins.lic import checkpoint, data, models
+from plugins.lic.errors import UsageError
+from plugins.lic.logs import RunLog
+from plugins.lic.objectives import OBJECTIVES, psnr, rd_losses
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints two)
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m plugins.lic.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", default="bmshj2018-factorized", help=f"architecture: {', '.join(models.available())}")
+    p.add_argument("-d", "--dataset", default="synthetic", help="synthetic (default, embedded), or an ImageFolder root with train/ and test/")
+    p.add_argument("-e", "--epochs", type=int, default=100)
+    p.add_argument("-lr", "--learning-rate", type=float, default=1e-4)
+    p.add_argument("--aux-learning-rate", type=float, default=1e-3)
+    p.add_argument("--lambda", dest="lmbda", type=float, default=1e-2, help="R-D trade-off inside the distortion λ·255²·MSE")
+    p.add_argument("--metric", choices=["mse", "ms-ssim"], default="mse")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--test-batch-size", type=int, default=64)
+    p.add_argument("--patch-size", type=int, nargs=2, default=(256, 256))
+    p.add_argument("--quality", type=int, default=None, help="CompressAI quality whose N, M are the defaults (1)")
+    p.add_argument("--N", type=int, default=None)
+    p.add_argument("--M", type=int, default=None)
+    p.add_argument("--cuda", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass")
+    p.add_argument("--checkpoint", type=Path, default=None, help="resume from it (or, with --finetune, load its weights only)")
+    p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint (start of Solution 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping max norm (0 disables)")
+    p.add_argument("-n", "--num-workers", type=int, default=0)
+    p.add_argument("--balancer", default="fixed", help=f"one of {', '.join(moo_opt.available())}")
+    p.add_argument("--balancer-opt", action="append", default=[], metavar="KEY=VALUE", help="balancer option, repeatable")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps (overrides --epochs)")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log lines (each reads values back from the device)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+# --------------------------------------------------------------------------- validation
+def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
+    if name not in moo_opt.available():
+        raise UsageError(f"--balancer {name}: unknown; available: {', '.join(moo_opt.available())}")
+    valid = moo_opt.options(name)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--balancer-opt {pair!r}: expected KEY=VALUE, e.g. --balancer-opt gamma=0.003")
+        if key not in valid:
+            raise UsageError(f"--balancer-opt {key}: unknown option of {name}; valid: {', '.join(valid)}")
+        lowered = raw.strip().lower()
+        if lowered in ("true", "false"):
+            value: Any = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw  # a string option, e.g. mode=next_batch
+        out[key] = value
+    return out
+
+
+def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
+    opts = parse_balancer_options(args.balancer, args.balancer_opt)
+    try:
+        return moo_opt.create(args.balancer, len(OBJECTIVES), **opts)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--balancer-opt: {exc}") from None
+
+
+def validate(args: argparse.Namespace) -> None:
+    if not (args.lmbda > 0 and math.isfinite(args.lmbda)):
+        raise UsageError(f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)")
+    for flag, value in (("--batch-size", args.batch_size), ("--test-batch-size", args.test_batch_size), ("--epochs", args.epochs), ("--log-every", args.log_every)):
+        if value <= 0:
+            raise UsageError(f"{flag} {value}: must be positive")
+    if args.steps is not None and args.steps <= 0:
+        raise UsageError(f"--steps {args.steps}: must be positive")
+    if min(args.patch_size) <= 0:
+        raise UsageError(f"--patch-size {args.patch_size}: must be positive")
+    if args.learning_rate <= 0 or args.aux_learning_rate <= 0:
+        raise UsageError("-lr/--learning-rate and --aux-learning-rate must be > 0")
+    if args.num_workers < 0:
+        raise UsageError(f"-n/--num-workers {args.num_workers}: must be >= 0")
+    if args.finetune and args.checkpoint is None:
+        raise UsageError("--finetune needs --checkpoint (the pre-trained model to start from)")
+    if args.cuda and not torch.cuda.is_available():
+        raise UsageError("--cuda: no CUDA device is available; drop --cuda to train on the CPU")
+
+
+def prepare_out(out: Path, resuming: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create it ({exc.strerror}); pass a writable folder") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: not writable; pass a writable folder")
+    if not resuming and (out / checkpoint.LAST).exists():
+        raise UsageError(f"--out {out}: already holds a run; resume it with --checkpoint {out / checkpoint.LAST} or choose another --out")
+
+
+# --------------------------------------------------------------------------- state
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        validate(args)
+        self.args = args
+        self.balancer = make_balancer(args)
+        self.spec = models.spec_for(args.model, args.quality, args.N, args.M)
+        prepare_out(args.out, resuming=args.checkpoint is not None and not args.finetune)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        self.device = torch.device("cuda" if args.cuda else "cpu")
+        patch = tuple(args.patch_size)
+        self.train_set = data.PatchDataset(data.resolve(args.dataset, "train", args.seed), patch, args.seed)  # type: ignore[arg-type]
+        self.test_batches = data.test_batches(data.resolve(args.dataset, "test", args.seed), patch, args.test_batch_size)  # type: ignore[arg-type]
+        if len(self.train_set) < args.batch_size:
+            raise UsageError(f"--batch-size {args.batch_size}: larger than the {len(self.train_set)} usable training images")
+        self.sampler = data.EpochSampler(len(self.train_set), args.batch_size, args.seed)
+        self.net = models.build(self.spec).to(self.device)
+        self.main_params, self.aux_params = models.parameter_groups(self.net)
+        self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
+        self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
+        self.step, self.epoch, self.best = 0, 0, math.inf
+        if args.checkpoint is not None:
+            self._load(args.checkpoint)
+        self.steps_per_epoch = self.sampler.batches_per_epoch()
+        self.total = args.steps if args.steps is not None else args.epochs * self.steps_per_epoch
+
+    def _load(self, path: Path) -> None:
+        ckpt = checkpoint.load(path)
+        saved = ckpt.get("model")
+        if saved is not None and (saved.get("name"), saved.get("N"), saved.get("M")) != (self.spec.name, self.spec.N, self.spec.M):
+            raise UsageError(
+                f"--checkpoint {path}: holds {saved.get('name')} (N={saved.get('N')}, M={saved.get('M')}), not {self.spec.name} "
+                f"(N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M"
+            )
+        try:
+            self.net.load_state_dict(ckpt["state_dict"])
+        except RuntimeError:
+            raise UsageError(f"--checkpoint {path}: its weights do not fit {self.spec.name} (N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M") from None
+        if self.args.finetune:
+            return
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if "balancer" in ckpt:
+            if ckpt["balancer"].get("balancer") != self.balancer.name:
+                raise UsageError(f"--checkpoint {path}: was trained with --balancer {ckpt['balancer'].get('balancer')}; resume with it, or use --finetune")
+            self.balancer.load_state_dict(ckpt["balancer"])
+        self.step, self.epoch = int(ckpt.get("step", 0)), int(ckpt.get("epoch", 0))
+        self.best = float(ckpt.get("best_loss", math.inf))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+
+    # ----------------------------------------------------------------------- one step
+    def losses(self, x: torch.Tensor):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.amp):
+            out = self.net(x)
+        return rd_losses(out, x, self.args.lmbda, self.args.metric)
+
+    def train_step(self, x: torch.Tensor) -> tuple[moo_opt.BalanceInfo, Any, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        rd = self.losses(x)
+        info = self.balancer.backward(rd.as_list(), self.main_params)
+        if not info.skipped:
+            if self.args.clip_max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.main_params, self.args.clip_max_norm)
+            self.optimizer.step()
+        aux = self.net.aux_loss()
+        aux.backward()
+        self.aux_optimizer.step()
+        if self.balancer.needs_update and not info.skipped:
+            with torch.no_grad():
+                self.balancer.update(self.losses(x).as_list())
+        return info, rd, aux.detach()
+
+    # ----------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def test(self) -> dict[str, float]:
+        self.net.eval()
+        sums = {"distortion": 0.0, "rate": 0.0, "mse": 0.0}
+        count = 0
+        for batch in self.test_batches:
+            x = batch.to(self.device)
+            rd = self.losses(x)
+            n = x.shape[0]
+            sums["distortion"] += float(rd.distortion) * n
+            sums["rate"] += float(rd.rate) * n
+            sums["mse"] += float(rd.mse) * n
+            count += n
+        self.net.train()
+        res = {k: v / count for k, v in sums.items()}
+        res["loss"] = res["distortion"] + res["rate"]
+        res["psnr"] = psnr(res["mse"])
+        return res
+
+    def save(self, test_loss: float) -> None:
+        is_best = test_loss < self.best
+        self.best = min(self.best, test_loss)
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "state_dict": self.net.state_dict(),
+            "loss": test_loss,
+            "best_loss": self.best,
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "rng": rng_state(),
+            "model": self.spec.as_dict(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+        }
+        checkpoint.save_atomic(state, self.args.out / checkpoint.LAST)
+        if is_best:
+            checkpoint.save_atomic(state, self.args.out / checkpoint.BEST)
+
+    # ----------------------------------------------------------------------- the loop
+    def run(self) -> dict[str, float]:
+        args = self.args
+        log = RunLog(args.out)
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total, initial=self.step, desc=f"{self.spec.name} {self.balancer.name}", unit="step", dynamic_ncols=True)
+        if self.train_set.skipped:
+            print(f"note: {self.train_set.skipped} training images smaller than --patch-size were skipped", file=sys.stderr)
+        prev_log_loss: torch.Tensor | None = None
+        speed: torch.Tensor | None = None
+        result: dict[str, float] = {}
+        step_time = 0.0
+        while self.step < self.total:
+            self.epoch = self.step // self.steps_per_epoch
+            self.train_set.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch, start_batch=self.step % self.steps_per_epoch)
+            # a private generator: creating the loader's iterator must not draw from the global RNG
+            # (the quantisation noise stream), or a resumed run would diverge from an uninterrupted one
+            loader = DataLoader(
+                self.train_set,
+                batch_size=args.batch_size,
+                sampler=self.sampler,
+                num_workers=args.num_workers,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(args.seed + self.epoch),
+            )
+            for x in loader:
+                t0 = time.perf_counter()
+                info, rd, aux = self.train_step(x.to(self.device))
+                step_time += time.perf_counter() - t0
+                self.step += 1
+                # improvement speed of each objective: EMA of the per-step decrease of log(L + 1), on the device
+                log_loss = torch.log1p(info.losses)
+                if prev_log_loss is not None and not info.skipped:
+                    delta = prev_log_loss - log_loss
+                    speed = delta if speed is None else 0.9 * speed + 0.1 * delta
+                if not info.skipped:
+                    prev_log_loss = log_loss
+                if self.step % args.log_every == 0 or self.step == self.total:
+                    record = self._record(info, rd, aux, speed, step_time / args.log_every)
+                    step_time = 0.0
+                    log.write(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}", w_d=f"{record['weight/distortion']:.3f}")
+                if bar is not None:
+                    bar.update(1)
+                if self.step >= self.total or self.step % self.steps_per_epoch == 0:
+                    break
+            result = self.test()
+            self.scheduler.step(result["loss"])
+            self.save(result["loss"])
+            log.write({"step": self.step, "epoch": self.epoch, "test/" + "loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
+        if bar is not None:
+            bar.close()
+        log.close()
+        return result
+
+    def _record(self, info: moo_opt.BalanceInfo, rd: Any, aux: torch.Tensor, speed: torch.Tensor | None, step_time: float) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        values = info.as_dict(names=OBJECTIVES)
+        mse = float(rd.mse.detach())
+        record.update(
+            {
+                "loss": float(rd.distortion.detach()) + float(rd.rate.detach()),
+                "bpp": float(rd.rate.detach()),
+                "mse": mse,
+                "psnr": psnr(mse),
+                "aux_loss": float(aux),
+                "step_time": step_time,
+            }
+        )
+        record.update(values)
+        if speed is not None:
+            record.update({f"speed/{name}": v for name, v in zip(OBJECTIVES, speed.tolist())})
+        return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        trainer = Trainer(args)
+        result = trainer.run()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"done: {trainer.step} steps; test loss {result.get('loss', float('nan')):.4f}, "
+        f"bpp {result.get('rate', float('nan')):.4f}, PSNR {result.get('psnr', float('nan')):.2f} dB; "
+        f"checkpoints and log.jsonl in {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

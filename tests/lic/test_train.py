@@ -1,0 +1,169 @@
+"""``python -m plugins.lic.train``: short runs with every balancer, resume, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import errno
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plugins.lic import checkpoint
+from plugins.lic.errors import UsageError
+from plugins.lic.logs import read
+from plugins.lic.train import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--batch-size", "2",
+        "--test-batch-size", "8", "--log-every", "5", "--no-progress", "-lr", "1e-3"]  # fmt: skip
+
+
+def train(out: Path, *extra: str) -> int:
+    return main([*TINY, "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("balancer", ["fixed", "coarse-to-fine", "qp", "mgda"])
+def test_twenty_steps_with_each_balancer(tmp_path: Path, balancer: str, capsys) -> None:
+    assert train(tmp_path, "--balancer", balancer, "--steps", "20") == 0
+    assert "done: 20 steps" in capsys.readouterr().out
+    records = [r for r in read(tmp_path) if "weight/distortion" in r]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    for r in records:
+        for key in ("loss/distortion", "loss/rate", "weight/distortion", "weight/rate", "psnr", "bpp", "step_time"):
+            assert math.isfinite(r[key]), (key, r)
+    if balancer in ("coarse-to-fine", "qp"):
+        assert all(r["weight/distortion"] + r["weight/rate"] == pytest.approx(1.0) for r in records)
+    if balancer == "coarse-to-fine":
+        assert records[-1]["logits/distortion"] != 0.0 and "speed/distortion" in records[-1]
+    if balancer in ("qp", "mgda"):
+        assert records[-1]["solver/status"] == "optimal"
+    assert (tmp_path / checkpoint.LAST).exists() and (tmp_path / checkpoint.BEST).exists()
+    assert any("test/psnr" in r for r in read(tmp_path))
+
+
+def test_checkpoint_is_compressai_format_and_loads_into_the_plain_class(tmp_path: Path) -> None:
+    from compressai.models import FactorizedPrior
+
+    assert train(tmp_path, "--steps", "3") == 0
+    ckpt = torch.load(tmp_path / checkpoint.LAST, weights_only=False)
+    for key in ("state_dict", "optimizer", "aux_optimizer", "lr_scheduler", "epoch", "balancer", "step", "rng", "args", "model"):
+        assert key in ckpt
+    FactorizedPrior(N=8, M=12).load_state_dict(ckpt["state_dict"])
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    assert train(tmp_path / "a", "--balancer", "coarse-to-fine", "--steps", "12") == 0
+    assert train(tmp_path / "b", "--balancer", "coarse-to-fine", "--steps", "6") == 0
+    assert train(tmp_path / "b", "--balancer", "coarse-to-fine", "--steps", "12", "--checkpoint", str(tmp_path / "b" / checkpoint.LAST)) == 0
+    a = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)
+    b = torch.load(tmp_path / "b" / checkpoint.LAST, weights_only=False)
+    assert b["step"] == 12
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert torch.equal(a["balancer"]["state"]["logits"], b["balancer"]["state"]["logits"])
+    steps = [r["step"] for r in read(tmp_path / "b") if "weight/distortion" in r]
+    assert steps == [5, 6, 10, 12]
+
+
+def test_finetune_loads_weights_only_and_starts_at_step_zero(tmp_path: Path) -> None:
+    assert train(tmp_path / "pre", "--steps", "4") == 0
+    assert train(tmp_path / "ft", "--balancer", "qp", "--steps", "2", "--finetune", "--checkpoint", str(tmp_path / "pre" / checkpoint.LAST)) == 0
+    ft = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)
+    assert ft["step"] == 2 and ft["balancer"]["balancer"] == "qp"
+
+
+def _image_folder(root: Path, size: int = 48, count: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    return root
+
+
+def test_trains_on_an_image_folder(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs")
+    assert train(tmp_path / "out", "-d", str(root), "--steps", "2") == 0
+
+
+BAD = [
+    (["-m", "nope"], "-m nope: unknown model"),
+    (["--balancer", "famo"], "--balancer famo: unknown"),
+    (["-d", "imagenet"], "-d imagenet: neither a registered dataset"),
+    (["--lambda", "0"], "--lambda 0.0: must be > 0"),
+    (["--lambda", "-0.01"], "must be > 0"),
+    (["--balancer", "coarse-to-fine", "--balancer-opt", "lr=0.1"], "--balancer-opt lr: unknown option of coarse-to-fine"),
+    (["--balancer", "coarse-to-fine", "--balancer-opt", "beta=-1"], "--balancer-opt: beta must be > 0"),
+    (["--balancer", "qp", "--balancer-opt", "offsets"], "expected KEY=VALUE"),
+    (["--patch-size", "512", "512"], "larger than every image"),
+    (["--steps", "0"], "--steps 0: must be positive"),
+    (["--finetune"], "--finetune needs --checkpoint"),
+    (["--batch-size", "x"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    assert train(tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_bad_folders_and_files(tmp_path: Path, capsys) -> None:
+    cases = []
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    cases.append((["-d", str(tmp_path / "empty")], "no images found"))
+    root = _image_folder(tmp_path / "txt")
+    (root / "train" / "readme.txt").write_text("x")
+    cases.append((["-d", str(root)], "readme.txt: not an image file"))
+    cases.append((["-d", str(tmp_path / "missing")], "neither a registered dataset"))
+    (tmp_path / "afile").write_text("x")
+    cases.append((["--out", str(tmp_path / "afile")], "is a file"))
+    corrupt = tmp_path / "corrupt.pth.tar"
+    corrupt.write_bytes(b"not a checkpoint")
+    cases.append((["--checkpoint", str(corrupt)], "not a readable checkpoint"))
+    cases.append((["--checkpoint", str(tmp_path / "none.pth.tar")], "no such file"))
+    for extra, message in cases:
+        assert main([*TINY, "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, (extra, err)
+
+
+def test_existing_run_is_not_overwritten_and_other_models_are_refused(tmp_path: Path, capsys) -> None:
+    assert train(tmp_path, "--steps", "2") == 0
+    before = (tmp_path / checkpoint.LAST).read_bytes()
+    assert train(tmp_path, "--steps", "2") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / checkpoint.LAST).read_bytes() == before
+    args = ["--steps", "4", "--checkpoint", str(tmp_path / checkpoint.LAST)]
+    assert main([*TINY[:2], "--N", "8", "--M", "16", *TINY[6:], "--out", str(tmp_path), *args]) == 2
+    assert "holds bmshj2018-factorized (N=8, M=12)" in capsys.readouterr().err
+    assert (tmp_path / checkpoint.LAST).read_bytes() == before
+
+
+def test_atomic_save_keeps_the_previous_file_when_the_disk_is_full(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "ckpt.pth.tar"
+    checkpoint.save_atomic({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UsageError, match="no space left.*previous checkpoint is intact"):
+        checkpoint.save_atomic({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth.tar"]  # no temporary left behind
+
+
+def test_module_entry_point_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "plugins.lic.train", "--lambda", "-1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --lambda")
