@@ -91,7 +91,12 @@ class ObjectiveGradients:
         return len(self.grads)
 
     def gramian(self) -> Tensor:
-        """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their device."""
+        """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their device.
+
+        Products and sums are in float64 (a float32 product is exact in float64), so that the
+        matrix is positive semi-definite to float64 precision even for nearly parallel gradients,
+        and it is symmetrised exactly.
+        """
         n = self.num_objectives
         device = self.params[0].device
         q = torch.zeros(n, n, dtype=torch.float64, device=device)
@@ -99,14 +104,14 @@ class ObjectiveGradients:
             rows = [(i, g[k]) for i, g in enumerate(self.grads) if g[k] is not None]
             if not rows:
                 continue
-            m = torch.stack([g.reshape(-1) for _, g in rows])
-            block = (m @ m.T).to(torch.float64)
+            m = torch.stack([g.reshape(-1) for _, g in rows]).to(torch.float64)
+            block = m @ m.T
             if len(rows) == n:
                 q += block
             else:
                 idx = torch.tensor([i for i, _ in rows], device=device)
                 q[idx[:, None], idx] += block
-        return q
+        return 0.5 * (q + q.mT)
 
     def matrix(self) -> Tensor:
         """The P×N matrix ``G`` of the balanced parameters (allocates P×N: only when asked)."""

@@ -17,6 +17,21 @@ def test_gramian_equals_gtg_of_the_concatenated_matrix() -> None:
     torch.testing.assert_close(grads.gramian(), (g.T @ g).double(), rtol=1e-12, atol=0)
 
 
+def test_float32_gramian_is_exactly_symmetric_and_psd() -> None:
+    """Nearly parallel float32 gradients: the Gramian must still be symmetric and PSD (a float32
+    matmul is neither to float64 precision, and the solvers reject what is not)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(50_000))
+    direction = torch.randn(50_000)
+    losses = [(w * direction).sum() * 3.0, (w * (direction + 1e-4 * torch.randn(50_000))).sum()]
+    q = objective_gradients(losses, [w]).gramian()
+    assert q.dtype == torch.float64 and torch.equal(q, q.T)
+    assert float(q[0, 0] * q[1, 1]) >= float(q[0, 1] ** 2)
+    from moo_opt.solvers import solve_equality_qp
+
+    assert solve_equality_qp(q).kkt_residual < 1e-9
+
+
 def test_gradients_match_separate_autograd_calls() -> None:
     p = toy_problem()
     losses = p.losses()
