@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) examples/toy_two_objectives.py
+	$(PY) examples/lic_demo.py
 
 test: install
 	$(PY) -m ruff check moo_opt plugins tests examples benchmarks docs

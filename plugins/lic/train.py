@@ -112,6 +112,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--steps {args.steps}: must be positive")
     if min(args.patch_size) <= 0:
         raise UsageError(f"--patch-size {args.patch_size}: must be positive")
+    if args.metric == "ms-ssim" and min(args.patch_size) <= 160:
+        raise UsageError(f"--metric ms-ssim needs patches larger than 160 pixels (five scales); got --patch-size {args.patch_size[0]} {args.patch_size[1]}")
     if args.learning_rate <= 0 or args.aux_learning_rate <= 0:
         raise UsageError("-lr/--learning-rate and --aux-learning-rate must be > 0")
     if args.num_workers < 0:

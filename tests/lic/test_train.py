@@ -44,6 +44,7 @@ def test_twenty_steps_with_each_balancer(tmp_path: Path, balancer: str, capsys) 
         assert records[-1]["solver/status"] == "optimal"
     assert (tmp_path / checkpoint.LAST).exists() and (tmp_path / checkpoint.BEST).exists()
     assert any("test/psnr" in r for r in read(tmp_path))
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
 
 
 def test_checkpoint_is_compressai_format_and_loads_into_the_plain_class(tmp_path: Path) -> None:
@@ -104,6 +105,7 @@ BAD = [
     (["--steps", "0"], "--steps 0: must be positive"),
     (["--finetune"], "--finetune needs --checkpoint"),
     (["--batch-size", "x"], "invalid int value"),
+    (["--metric", "ms-ssim"], "--metric ms-ssim needs patches larger than 160 pixels"),
 ]
 
 
