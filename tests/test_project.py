@@ -58,3 +58,18 @@ def test_toy_example_compares_the_balancers(tmp_path: Path) -> None:
         assert label in proc.stdout
     assert "D/R" in proc.stdout
     assert out.stat().st_size > 10_000
+
+
+def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
+    """`make demo`'s script, shrunk to a few steps: every stage runs and the report is written."""
+    out = tmp_path / "demo"
+    proc = run("examples/lic_demo.py", "--out", str(out), "--steps", "3", "--finetune-steps", "2", "--patch", "64", "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "report:" in proc.stdout
+    text = (out / "report.md").read_text()
+    for name in ("standard", "coarse-to-fine", "standard+finetune", "qp-finetune"):
+        assert f"| {name} |" in text
+        assert (out / f"{name}.json").exists()
+    assert "Wall time" in text and (out / "finetune" / "report.md").exists()
+    for png in ("rd.png", "figure1.png"):
+        assert (out / png).stat().st_size > 10_000

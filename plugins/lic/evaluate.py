@@ -18,27 +18,23 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from plugins.lic import checkpoint, data, models
-from plugins.lic.errors import UsageError
+from plugins.lic.errors import ArgumentParser, UsageError
 from plugins.lic.objectives import bpp as likelihood_bpp
 
 #: decoded and forward reconstructions must agree within this (in [0, 1] units)
 CONSISTENCY_TOL = 2.0 / 255.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see --help)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m plugins.lic.evaluate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m plugins.lic.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint.pth.tar files written by plugins.lic.train")
     p.add_argument("-d", "--dataset", default="samples", help="samples (default), synthetic, a folder of images, or an ImageFolder root (its test/)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: print it)")

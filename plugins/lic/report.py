@@ -11,20 +11,14 @@ the ``bjontegaard`` package with pchip interpolation; cubic is given as a check.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from plugins.lic.errors import UsageError
+from plugins.lic.errors import ArgumentParser, UsageError
 from plugins.lic.logs import read as read_log
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see --help)")
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -39,23 +33,37 @@ def load_results(path: Path) -> dict[str, Any]:
     return res
 
 
-def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rgb") -> dict[str, float]:
+def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rgb") -> dict[str, Any]:
     """BD-rate (%) and BD-quality of ``test`` against ``anchor`` (pchip, with cubic as a check).
-    NaN when either curve has fewer than two points or the curves do not overlap."""
+
+    NaN with a ``reason`` when it cannot be computed: fewer than two points (four for cubic), or
+    quality ranges that do not overlap (the integral would extrapolate)."""
+    import warnings
+
     import bjontegaard as bd
 
     ra, da = anchor["results"]["bpp"], anchor["results"][metric]
     rt, dt = test["results"]["bpp"], test["results"][metric]
-    out = {}
+    out: dict[str, Any] = {}
+    reasons = []
+    if min(len(ra), len(rt)) < 2:
+        reasons.append("fewer than two points")
+    elif max(min(da), min(dt)) >= min(max(da), max(dt)):
+        reasons.append(f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})")
     for method in ("pchip", "cubic"):
         for key, fn in (("bd_rate", bd.bd_rate), ("bd_quality", bd.bd_psnr)):
-            try:
-                if len(ra) < 2 or len(rt) < 2 or (method == "cubic" and min(len(ra), len(rt)) < 4):
-                    raise ValueError("too few points")
-                value = float(fn(ra, da, rt, dt, method=method, require_matching_points=False))
-            except (ValueError, ZeroDivisionError, AssertionError):
-                value = math.nan
+            value = math.nan
+            if not reasons and not (method == "cubic" and min(len(ra), len(rt)) < 4):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        value = float(fn(ra, da, rt, dt, method=method, require_matching_points=False))
+                except (ValueError, ZeroDivisionError, AssertionError) as exc:
+                    reasons.append(f"{method}: {exc}")
             out[f"{key}_{method}"] = value
+    if min(len(ra), len(rt)) < 4:
+        reasons.append("cubic needs four points")
+    out["reason"] = "; ".join(dict.fromkeys(reasons))
     return out
 
 
@@ -122,7 +130,7 @@ def fmt(x: float, digits: int = 2, suffix: str = "") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}{suffix}"
 
 
-def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: list[Path], command: str) -> dict[str, dict[str, float]]:
+def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: list[Path], command: str) -> dict[str, dict[str, Any]]:
     names = [r["name"] for r in results]
     if anchor not in names:
         raise UsageError(f"--anchor {anchor}: no results named so; names: {', '.join(names)}")
@@ -143,14 +151,18 @@ def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: li
         "",
         "![R-D curves](rd.png)",
         "",
-        "| run | points | monotonic | BD-rate (pchip) | BD-rate (cubic) | BD-PSNR (pchip) |",
-        "|---|---|---|---|---|---|",
+        "| run | points | monotonic | BD-rate (pchip) | BD-rate (cubic) | BD-PSNR (pchip) | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = table.get(r["name"])
         row = (
             f"| {r['name']} | {len(r['results']['bpp'])} | {'yes' if monotonic(r) else 'no'} | "
-            + ("anchor | anchor | anchor |" if m is None else f"{fmt(m['bd_rate_pchip'], 2, ' %')} | {fmt(m['bd_rate_cubic'], 2, ' %')} | {fmt(m['bd_quality_pchip'], 3, ' dB')} |")
+            + (
+                "anchor | anchor | anchor | |"
+                if m is None
+                else f"{fmt(m['bd_rate_pchip'], 2, ' %')} | {fmt(m['bd_rate_cubic'], 2, ' %')} | {fmt(m['bd_quality_pchip'], 3, ' dB')} | {m['reason']} |"
+            )
         )
         lines.append(row)
     lines += ["", "## Points", "", "| run | λ | bpp | PSNR (dB) | MS-SSIM | checkpoint |", "|---|---|---|---|---|---|"]
@@ -169,7 +181,7 @@ def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m plugins.lic.report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m plugins.lic.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--anchor", required=True, help="name of the reference run (the standard loss)")
     parser.add_argument("--out", type=Path, default=Path("report"))
@@ -182,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, m in table.items():
-        print(f"{name}: BD-rate {fmt(m['bd_rate_pchip'], 2, ' %')} (pchip), {fmt(m['bd_rate_cubic'], 2, ' %')} (cubic); BD-PSNR {fmt(m['bd_quality_pchip'], 3, ' dB')}")
+        note = f" — {m['reason']}" if m["reason"] else ""
+        print(f"{name}: BD-rate {fmt(m['bd_rate_pchip'], 2, ' %')} (pchip), {fmt(m['bd_rate_cubic'], 2, ' %')} (cubic); BD-PSNR {fmt(m['bd_quality_pchip'], 3, ' dB')}{note}")
     print(f"report: {args.out / 'report.md'}")
     return 0
 

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,18 +27,13 @@ from torch.utils.data import DataLoader
 
 import moo_opt
 from plugins.lic import checkpoint, data, models
-from plugins.lic.errors import UsageError
+from plugins.lic.errors import ArgumentParser, UsageError
 from plugins.lic.logs import RunLog
 from plugins.lic.objectives import OBJECTIVES, psnr, rd_losses
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints two)
-        raise UsageError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m plugins.lic.train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m plugins.lic.train", description=__doc__.split("\n\n")[0])
     p.add_argument("-m", "--model", default="bmshj2018-factorized", help=f"architecture: {', '.join(models.available())}")
     p.add_argument("-d", "--dataset", default="synthetic", help="synthetic (default, embedded), or an ImageFolder root with train/ and test/")
     p.add_argument("-e", "--epochs", type=int, default=100)

@@ -73,7 +73,7 @@ def test_results_json_in_compressai_format_round_trips_into_the_report(checkpoin
     rep = tmp_path / "report"
     assert report.main([str(out_a), str(out_b), "--anchor", "standard", "--out", str(rep), "--logs", str(checkpoints[0].parent)]) == 0
     printed = capsys.readouterr().out
-    assert "cheaper: BD-rate -10.00 %" in printed
+    assert "cheaper: BD-rate -10.00 % (pchip), n/a (cubic)" in printed and "cubic needs four points" in printed
     text = (rep / "report.md").read_text()
     assert "rd.png" in text and "figure1.png" in text and "| cheaper | 3 |" in text
     assert (rep / "rd.png").stat().st_size > 10_000 and (rep / "figure1.png").stat().st_size > 10_000
@@ -89,6 +89,10 @@ def test_bd_rate_known_answer() -> None:
         assert m["bd_rate_pchip"] == pytest.approx((factor - 1) * 100, abs=1e-6)
         assert m["bd_rate_cubic"] == pytest.approx((factor - 1) * 100, abs=1e-6)
         assert (m["bd_quality_pchip"] > 0) == (factor < 1)
+        assert m["reason"] == ""
+    apart = {"name": "t", "results": {"bpp": rate, "psnr-rgb": [p + 20 for p in psnr]}}
+    m = report.bd_metrics(anchor, apart)
+    assert math.isnan(m["bd_rate_pchip"]) and "do not overlap" in m["reason"]
 
 
 def test_bad_inputs_exit_2(checkpoints: list[Path], tmp_path: Path, capsys) -> None:
