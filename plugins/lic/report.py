@@ -50,16 +50,17 @@ def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr
         reasons.append("fewer than two points")
     elif max(min(da), min(dt)) >= min(max(da), max(dt)):
         reasons.append(f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})")
+    blocked = bool(reasons)
     for method in ("pchip", "cubic"):
         for key, fn in (("bd_rate", bd.bd_rate), ("bd_quality", bd.bd_psnr)):
             value = math.nan
-            if not reasons and not (method == "cubic" and min(len(ra), len(rt)) < 4):
+            if not blocked and not (method == "cubic" and min(len(ra), len(rt)) < 4):
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         value = float(fn(ra, da, rt, dt, method=method, require_matching_points=False))
                 except (ValueError, ZeroDivisionError, AssertionError) as exc:
-                    reasons.append(f"{method}: {exc}")
+                    reasons.append(f"{key} ({method}): {str(exc).rstrip('.')}")
             out[f"{key}_{method}"] = value
     if min(len(ra), len(rt)) < 4:
         reasons.append("cubic needs four points")
