@@ -115,14 +115,11 @@ def null_space_solve(gram: np.ndarray, rcond: float) -> CoreSolution:
 def equality_core(gram: np.ndarray, rcond: float, method: str = "auto") -> CoreSolution:
     """Solve the equality-constrained QP on a validated symmetric float64 matrix."""
     if method == "auto":
-        d = gram.diagonal()
-        top = float(d.max())
-        if top > 0.0:
-            r = 1.0 / np.sqrt(np.maximum(d, top * _DIAG_FLOOR))
-            x = _cholesky_solve(gram * r[:, None] * r, r, rcond)
-            if x is not None:
-                w = x * r
-                return CoreSolution(w / w.sum(), False, None, "cholesky")
+        r = 1.0 / jacobi_scales(gram)
+        x = _cholesky_solve(gram * r[:, None] * r, r, rcond)  # C = S⁻¹QS⁻¹, rhs a = S⁻¹1
+        if x is not None:
+            w = x * r
+            return CoreSolution(w / w.sum(), False, None, "cholesky")
     return null_space_solve(gram, rcond)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -212,15 +211,7 @@ class EpochSampler(Sampler[int]):
         return self.batches_per_epoch() * self.batch_size - self.start_batch * self.batch_size
 
 
-@dataclass
-class EvalImage:
-    name: str
-    tensor: Tensor  # 1×3×H×W in [0, 1]
-
-
-def center_crop_multiple(img: np.ndarray, patch: tuple[int, int] | None) -> np.ndarray:
-    if patch is None:
-        return img
+def center_crop(img: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
     ph, pw = min(patch[0], img.shape[0]), min(patch[1], img.shape[1])
     y, x = (img.shape[0] - ph) // 2, (img.shape[1] - pw) // 2
     return img[y : y + ph, x : x + pw]
@@ -233,7 +224,7 @@ def test_batches(pictures: Pictures, patch: tuple[int, int], batch_size: int) ->
         img = pictures[i]
         if img.shape[0] < patch[0] or img.shape[1] < patch[1]:
             continue
-        crops.append(torch.from_numpy(np.ascontiguousarray(center_crop_multiple(img, patch).transpose(2, 0, 1))))
+        crops.append(torch.from_numpy(np.ascontiguousarray(center_crop(img, patch).transpose(2, 0, 1))))
     if not crops:
         raise UsageError(f"--patch-size {patch[0]} {patch[1]} is larger than every test image of {pictures.name}; lower --patch-size")
     n = math.ceil(len(crops) / batch_size)
