@@ -32,7 +32,8 @@ class SolveStatus(enum.Enum):
     REGULARIZED = "regularized"
     #: An iterative solver stopped at its iteration cap before its KKT tolerance was reached.
     MAX_ITER = "max_iter"
-    #: An external (reference) solver reported an inaccurate solution.
+    #: The solution is short of the KKT tolerance: an external (reference) solver said so, or
+    #: Wolfe's method stopped making progress in floating point (the certificate tells how far).
     INACCURATE = "inaccurate"
     #: Non-finite or non-PSD input found by a deferred (on-device) check; weights are uniform.
     INVALID_INPUT = "invalid_input"

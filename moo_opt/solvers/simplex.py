@@ -85,7 +85,7 @@ def solve_simplex_qp(
             w, iterations = guess
             return SolveResult(to_weights(w, g.device), "simplex", "active-set", iterations, host, SolveStatus.OPTIMAL)
     w, iterations, status = wolfe(host, rc, tol, cap)
-    if status is not SolveStatus.MAX_ITER:
+    if status in (SolveStatus.OPTIMAL, SolveStatus.DEGENERATE):
         w, status = _tie_break(host, w, rc, status)
     return SolveResult(to_weights(w, g.device), "simplex", "wolfe", iterations, host, status)
 
@@ -167,11 +167,14 @@ def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np
     w[start] = 1.0
     corral = [start]
     iterations = 0
-    degenerate = False
+    degenerate = stalled = False
     while True:
         viol = relative_multipliers(gram, w, scales)
         j = int(np.argmin(viol))
-        if viol[j] >= -tol or j in corral:
+        if viol[j] >= -tol:
+            break
+        if j in corral:  # the best vertex is already in use: rounding stops progress short of tol
+            stalled = True
             break
         if iterations >= max_iter:
             return w, iterations, SolveStatus.MAX_ITER
@@ -196,14 +199,16 @@ def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np
             corral = [int(i) for i, d in zip(idx, drop) if not d]
             if len(corral) == 0:  # cannot happen in exact arithmetic; keep the best vertex
                 corral = [int(np.argmax(w))]
-            if theta == 0.0 and idx[-1] not in corral and len(idx) == len(corral) + 1 and j == idx[-1]:
-                # the new vertex was dropped at once: no progress is possible in floating point
+            if theta == 0.0 and int(drop.sum()) == 1 and int(idx[drop][0]) == j:
+                # only the vertex just added was dropped, without moving: no progress in floating point
                 w = w / w.sum()
-                return w, iterations, SolveStatus.DEGENERATE
+                return w, iterations, SolveStatus.INACCURATE
             w = np.maximum(w, 0.0)
             w /= w.sum()
             if iterations >= max_iter:
                 return w, iterations, SolveStatus.MAX_ITER
     w = np.maximum(w, 0.0)
     w /= w.sum()
+    if stalled:
+        return w, iterations, SolveStatus.INACCURATE
     return w, iterations, SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
