@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps (overrides --epochs)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs")
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines (each reads values back from the device)")
+    p.add_argument("--max-skips", type=int, default=10, help="stop after this many consecutive steps with a NaN/Inf loss or gradient")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -91,6 +92,7 @@ def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
 
 def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
     opts = parse_balancer_options(args.balancer, args.balancer_opt)
+    opts.setdefault("nonfinite", "skip")  # a fault costs a step, not the run (see --max-skips)
     try:
         return moo_opt.create(args.balancer, len(OBJECTIVES), **opts)
     except (ValueError, TypeError) as exc:
@@ -100,7 +102,13 @@ def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
 def validate(args: argparse.Namespace) -> None:
     if not (args.lmbda > 0 and math.isfinite(args.lmbda)):
         raise UsageError(f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)")
-    for flag, value in (("--batch-size", args.batch_size), ("--test-batch-size", args.test_batch_size), ("--epochs", args.epochs), ("--log-every", args.log_every)):
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--test-batch-size", args.test_batch_size),
+        ("--epochs", args.epochs),
+        ("--log-every", args.log_every),
+        ("--max-skips", args.max_skips),
+    ):
         if value <= 0:
             raise UsageError(f"{flag} {value}: must be positive")
     if args.steps is not None and args.steps <= 0:
@@ -148,6 +156,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class TrainingStopped(Exception):
+    """Training cannot go on (repeated non-finite steps); the message says where to resume."""
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         validate(args)
@@ -171,6 +183,7 @@ class Trainer:
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
         self.step, self.epoch, self.best = 0, 0, math.inf
+        self.skipped_steps = self.consecutive_skips = 0
         if args.checkpoint is not None:
             self._load(args.checkpoint)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
@@ -208,22 +221,47 @@ class Trainer:
             out = self.net(x)
         return rd_losses(out, x, self.args.lmbda, self.args.metric)
 
-    def train_step(self, x: torch.Tensor) -> tuple[moo_opt.BalanceInfo, Any, torch.Tensor]:
+    def train_step(self, x: torch.Tensor) -> tuple[moo_opt.BalanceInfo, Any, torch.Tensor, bool]:
+        """One step; returns ``(info, losses, aux loss, skipped)``. A NaN or Inf loss or gradient
+        skips the step: parameters, optimisers and the balancer's state stay as they were."""
         self.optimizer.zero_grad(set_to_none=True)
         self.aux_optimizer.zero_grad(set_to_none=True)
+        snapshot = self.balancer.state_dict()  # a few small tensors; restored if the step is skipped
         rd = self.losses(x)
         info = self.balancer.backward(rd.as_list(), self.main_params)
-        if not info.skipped:
-            if self.args.clip_max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.main_params, self.args.clip_max_norm)
+        skipped = info.skipped
+        if not skipped:
+            max_norm = self.args.clip_max_norm if self.args.clip_max_norm > 0 else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(self.main_params, max_norm)
+            skipped = not bool(torch.isfinite(norm))
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.balancer.load_state_dict(snapshot)
+        else:
             self.optimizer.step()
         aux = self.net.aux_loss()
-        aux.backward()
-        self.aux_optimizer.step()
-        if self.balancer.needs_update and not info.skipped:
+        if not skipped and bool(torch.isfinite(aux)):
+            aux.backward()
+            self.aux_optimizer.step()
+        if self.balancer.needs_update and not skipped:
             with torch.no_grad():
                 self.balancer.update(self.losses(x).as_list())
-        return info, rd, aux.detach()
+        self._count(skipped)
+        return info, rd, aux.detach(), skipped
+
+    def _count(self, skipped: bool) -> None:
+        if not skipped:
+            self.consecutive_skips = 0
+            return
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= self.args.max_skips:
+            last = self.args.out / checkpoint.LAST
+            where = f"the last good checkpoint is {last} (resume with --checkpoint {last})" if last.exists() else "no checkpoint was written yet"
+            raise TrainingStopped(
+                f"stopped at step {self.step + 1}: {self.consecutive_skips} consecutive steps had a NaN or Inf loss or gradient; "
+                f"{where}; lower -lr/--learning-rate or check the data"
+            )
 
     # ----------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -297,15 +335,15 @@ class Trainer:
             )
             for x in loader:
                 t0 = time.perf_counter()
-                info, rd, aux = self.train_step(x.to(self.device))
+                info, rd, aux, skipped = self.train_step(x.to(self.device))
                 step_time += time.perf_counter() - t0
                 self.step += 1
                 # improvement speed of each objective: EMA of the per-step decrease of log(L + 1), on the device
                 log_loss = torch.log1p(info.losses)
-                if prev_log_loss is not None and not info.skipped:
+                if prev_log_loss is not None and not skipped:
                     delta = prev_log_loss - log_loss
                     speed = delta if speed is None else 0.9 * speed + 0.1 * delta
-                if not info.skipped:
+                if not skipped:
                     prev_log_loss = log_loss
                 if self.step % args.log_every == 0 or self.step == self.total:
                     record = self._record(info, rd, aux, speed, step_time / args.log_every)
@@ -341,6 +379,7 @@ class Trainer:
             }
         )
         record.update(values)
+        record.update({"skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips})
         if speed is not None:
             record.update({f"speed/{name}": v for name, v in zip(OBJECTIVES, speed.tolist())})
         return record
@@ -354,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(
         f"done: {trainer.step} steps; test loss {result.get('loss', float('nan')):.4f}, "
         f"bpp {result.get('rate', float('nan')):.4f}, PSNR {result.get('psnr', float('nan')):.2f} dB; "
