@@ -43,6 +43,14 @@ def save_atomic(obj: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed :func:`save_atomic` left in ``folder``."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.name.startswith((f".{LAST}.", f".{BEST}."))]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def load(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -138,6 +138,7 @@ def prepare_out(out: Path, resuming: bool) -> None:
         raise UsageError(f"--out {out}: not writable; pass a writable folder")
     if not resuming and (out / checkpoint.LAST).exists():
         raise UsageError(f"--out {out}: already holds a run; resume it with --checkpoint {out / checkpoint.LAST} or choose another --out")
+    checkpoint.remove_stale_temporaries(out)  # left by a run killed while saving
 
 
 # --------------------------------------------------------------------------- state

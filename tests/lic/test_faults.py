@@ -98,3 +98,42 @@ def test_k_consecutive_faults_stop_the_run_and_name_the_last_good_checkpoint(tmp
     assert f"the last good checkpoint is {tmp_path / 'run' / checkpoint.LAST}" in err
     ckpt = torch.load(tmp_path / "run" / checkpoint.LAST, weights_only=False)
     assert ckpt["step"] == 6 and math.isfinite(ckpt["loss"])
+
+
+def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    """A process killed while writing checkpoints: the file is always a whole, earlier checkpoint."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "saver.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from plugins.lic.checkpoint import save_atomic\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    save_atomic({'state_dict': {'w': torch.full((400_000,), float(i))}, 'step': i}, sys.argv[1])\n"
+        "    print(i, flush=True)\n"
+    )
+    path = tmp_path / checkpoint.LAST
+    rng = random.Random(0)
+    last_step = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # at least one save completed
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(path, weights_only=False)
+        w = ckpt["state_dict"]["w"]
+        assert w.numel() == 400_000 and bool((w == float(ckpt["step"])).all())  # whole, not torn
+        last_step = ckpt["step"]
+    assert last_step >= 1
+    checkpoint.remove_stale_temporaries(tmp_path)  # what a resumed training run does first
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.LAST, "saver.py"])
