@@ -137,3 +137,27 @@ def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(tmp
     assert last_step >= 1
     checkpoint.remove_stale_temporaries(tmp_path)  # what a resumed training run does first
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.LAST, "saver.py"])
+
+
+@pytest.mark.parametrize("balancer", ["coarse-to-fine", "qp", "mgda"])
+@pytest.mark.parametrize("case", ["constant-rate", "identical"])
+def test_degenerate_balancing_inputs_give_finite_weights_and_a_logged_status(tmp_path: Path, monkeypatch, balancer: str, case: str) -> None:
+    """A rate with zero gradient (a constant loss) or two identical objectives in a real run."""
+    real = train_module.rd_losses
+
+    def degenerate(out, x, lmbda, metric="mse"):
+        rd = real(out, x, lmbda, metric)
+        if case == "constant-rate":
+            return RDLosses(rd.distortion, rd.rate.detach() + 0.0 * out["x_hat"].sum(), rd.mse)
+        return RDLosses(rd.distortion, rd.distortion * 1.0, rd.mse)
+
+    monkeypatch.setattr(train_module, "rd_losses", degenerate)
+    assert train_module.main([*TINY, "--balancer", balancer, "--steps", "4", "--out", str(tmp_path)]) == 0
+    records = [r for r in read(tmp_path) if "weight/distortion" in r]
+    for r in records:
+        assert math.isfinite(r["weight/distortion"]) and math.isfinite(r["weight/rate"]), r
+        assert r["skipped_steps"] == 0
+        if balancer != "coarse-to-fine":
+            assert r["solver/status"] in ("optimal", "degenerate"), r
+    if balancer == "qp" and case == "identical":
+        assert records[-1]["solver/status"] == "degenerate"
