@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from moo_opt.gradients import ObjectiveGradients, check_losses, check_parameters, objective_gradients
+from moo_opt import distributed
+from moo_opt.gradients import ObjectiveGradients, check_losses, check_parameters, objective_gradients, reachable_leaves
 from moo_opt.solvers import SolveResult
 
 NonFinite = Literal["raise", "skip", "unchecked"]
@@ -123,6 +124,7 @@ class Balancer(ABC):
         ls = check_losses(losses, self.num_objectives)
         params = check_parameters(parameters)
         values = torch.stack([loss.detach().reshape(()) for loss in ls]).to(torch.float64)
+        distributed.mean_(values)  # the losses of the whole batch when several processes balance
         return self._backward(ls, values, params)
 
     def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
@@ -158,10 +160,18 @@ class Balancer(ABC):
 
     @staticmethod
     def _backward_weighted(losses: list[Tensor], weights: Tensor) -> None:
-        """``torch.autograd.backward(Σᵢ wᵢ Lᵢ)`` with the weights detached."""
+        """``torch.autograd.backward(Σᵢ wᵢ Lᵢ)`` with the weights detached; under several
+        processes the new gradients are averaged over the ranks before they are accumulated."""
         total = sum(w.to(loss.dtype) * loss.reshape(()) for w, loss in zip(weights.detach().unbind(), losses))
         assert isinstance(total, Tensor)
-        total.backward()
+        if distributed.world_size() == 1:
+            total.backward()
+            return
+        leaves = reachable_leaves(losses)
+        grads = distributed.mean_tensors_(torch.autograd.grad(total, leaves, allow_unused=True), leaves)
+        for leaf, g in zip(leaves, grads):
+            if g is not None:
+                leaf.grad = g if leaf.grad is None else leaf.grad.add_(g)
 
     # ------------------------------------------------------------------ state
     def _options(self) -> dict[str, Any]:
@@ -204,6 +214,9 @@ class GramianBalancer(Balancer):
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
         grads = objective_gradients(losses, params)
+        if distributed.world_size() > 1:  # each objective's gradient of the whole batch, then the Gramian
+            grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
+            grads.other_grads = [distributed.mean_tensors_(g, grads.others) for g in grads.other_grads]
         gram = grads.gramian()
         if not self._finite_or_skip(values, gram):
             return self._skipped(values)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from moo_opt import distributed
 from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets
 
 Mode = Literal["same_batch", "next_batch"]
@@ -147,7 +148,7 @@ class CoarseToFineBalancer(Balancer):
             new = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in items]).to(torch.float64)
         if new.numel() != self.num_objectives:
             raise ValueError(f"expected {self.num_objectives} new losses, got {new.numel()}")
-        new = new.to(self.pending.device)
+        new = distributed.mean_(new.to(self.pending.device).clone())
         if not self._finite_or_skip(new):
             self.pending = None
             return False
