@@ -46,7 +46,7 @@ def mean_tensors_(tensors: Sequence[Tensor | None], like: Sequence[Tensor]) -> l
     another rank may have reached it; the result has a tensor wherever any rank had one.
     """
     n = world_size()
-    if n <= 1:
+    if n <= 1 or not like:
         return list(tensors)
     present = torch.tensor([t is not None for t in tensors], dtype=torch.uint8, device=like[0].device)
     dist.all_reduce(present, op=dist.ReduceOp.MAX)

@@ -189,26 +189,35 @@ class PatchDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """A permutation per epoch, from ``(seed, epoch)``; can start part-way through an epoch."""
+    """A permutation per epoch, from ``(seed, epoch)``; can start part-way through an epoch.
 
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+    With ``world`` processes, global batches of ``batch_size × world`` images are cut from the
+    permutation and process ``rank`` takes the ``rank``-th share of each, so the processes
+    together see what one process would with the global batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches_per_epoch(self) -> int:
-        return self.size // self.batch_size  # drop_last, as CompressAI's training loader
+        return self.size // (self.batch_size * self.world)  # drop_last, as CompressAI's training loader
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=gen).tolist()
-        used = self.batches_per_epoch() * self.batch_size
-        return iter(order[self.start_batch * self.batch_size : used])
+        glob = self.batch_size * self.world
+        mine: list[int] = []
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            start = b * glob + self.rank * self.batch_size
+            mine.extend(order[start : start + self.batch_size])
+        return iter(mine)
 
     def __len__(self) -> int:
-        return self.batches_per_epoch() * self.batch_size - self.start_batch * self.batch_size
+        return (self.batches_per_epoch() - self.start_batch) * self.batch_size
 
 
 def center_crop(img: np.ndarray, patch: tuple[int, int]) -> np.ndarray:

@@ -157,6 +157,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def distributed_setup(cuda: bool) -> tuple[int, int]:
+    """``(rank, world size)``; joins the process group that ``torchrun`` describes in the
+    environment (gloo on the CPU, nccl on GPUs). The balancers then average every objective's
+    gradient over the processes themselves (see moo_opt.distributed): no DDP wrapper."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 class TrainingStopped(Exception):
     """Training cannot go on (repeated non-finite steps); the message says where to resume."""
 
@@ -171,13 +187,16 @@ class Trainer:
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
-        self.device = torch.device("cuda" if args.cuda else "cpu")
+        self.rank, self.world = distributed_setup(args.cuda)
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if args.cuda else "cpu")
         patch = tuple(args.patch_size)
         self.train_set = data.PatchDataset(data.resolve(args.dataset, "train", args.seed), patch, args.seed)  # type: ignore[arg-type]
         self.test_batches = data.test_batches(data.resolve(args.dataset, "test", args.seed), patch, args.test_batch_size)  # type: ignore[arg-type]
         if len(self.train_set) < args.batch_size:
             raise UsageError(f"--batch-size {args.batch_size}: larger than the {len(self.train_set)} usable training images")
-        self.sampler = data.EpochSampler(len(self.train_set), args.batch_size, args.seed)
+        if len(self.train_set) < args.batch_size * self.world:
+            raise UsageError(f"--batch-size {args.batch_size} × {self.world} processes: more than the {len(self.train_set)} usable training images")
+        self.sampler = data.EpochSampler(len(self.train_set), args.batch_size, args.seed, self.rank, self.world)
         self.net = models.build(self.spec).to(self.device)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
         self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
@@ -308,9 +327,10 @@ class Trainer:
     # ----------------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
         args = self.args
-        log = RunLog(args.out)
+        main_process = self.rank == 0  # the only one that logs and writes checkpoints
+        log = RunLog(args.out) if main_process else None
         bar = None
-        if not args.no_progress:
+        if not args.no_progress and main_process:
             from tqdm import tqdm
 
             bar = tqdm(total=self.total, initial=self.step, desc=f"{self.spec.name} {self.balancer.name}", unit="step", dynamic_ncols=True)
@@ -346,10 +366,11 @@ class Trainer:
                     speed = delta if speed is None else 0.9 * speed + 0.1 * delta
                 if not skipped:
                     prev_log_loss = log_loss
-                if self.step % args.log_every == 0 or self.step == self.total:
+                if (self.step % args.log_every == 0 or self.step == self.total) and main_process:
                     record = self._record(info, rd, aux, speed, step_time / args.log_every)
                     step_time = 0.0
-                    log.write(record)
+                    if log is not None:
+                        log.write(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}", w_d=f"{record['weight/distortion']:.3f}")
                 if bar is not None:
@@ -358,11 +379,13 @@ class Trainer:
                     break
             result = self.test()
             self.scheduler.step(result["loss"])
-            self.save(result["loss"])
-            log.write({"step": self.step, "epoch": self.epoch, "test/" + "loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
+            if main_process:
+                self.save(result["loss"])
+                log.write({"step": self.step, "epoch": self.epoch, "test/loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
         if bar is not None:
             bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         return result
 
     def _record(self, info: moo_opt.BalanceInfo, rd: Any, aux: torch.Tensor, speed: torch.Tensor | None, step_time: float) -> dict[str, Any]:
@@ -390,13 +413,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         trainer = Trainer(args)
-        result = trainer.run()
+        try:
+            result = trainer.run()
+        finally:
+            if trainer.world > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if trainer.rank != 0:
+        return 0
     print(
         f"done: {trainer.step} steps; test loss {result.get('loss', float('nan')):.4f}, "
         f"bpp {result.get('rate', float('nan')):.4f}, PSNR {result.get('psnr', float('nan')):.2f} dB; "

@@ -110,3 +110,17 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch_and_can_start_late() -> N
     assert list(s) == full[12:]
     s.set_epoch(3)
     assert list(s) != full
+
+
+def test_epoch_sampler_shards_global_batches_over_processes() -> None:
+    single = data.EpochSampler(24, 4, seed=1)
+    single.set_epoch(0)
+    order = list(single)
+    shards = []
+    for rank in range(2):
+        s = data.EpochSampler(24, 2, seed=1, rank=rank, world=2)
+        s.set_epoch(0)
+        shards.append(list(s))
+        assert len(s) == len(shards[-1]) == 12
+    for b in range(6):  # global batch b of the two processes = batch b of one process
+        assert shards[0][2 * b : 2 * b + 2] + shards[1][2 * b : 2 * b + 2] == order[4 * b : 4 * b + 4]
