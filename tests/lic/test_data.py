@@ -93,6 +93,13 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(UsageError, match="broken.jpg: not a readable image"):
         data.folder_pictures(tmp_path / "bad")
+    # a truncated JPEG: its header reads, its pixels do not
+    _write(tmp_path / "trunc" / "full.jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    whole = (tmp_path / "trunc" / "full.jpg").read_bytes()
+    (tmp_path / "trunc" / "full.jpg").write_bytes(whole[: len(whole) // 2])
+    pictures = data.folder_pictures(tmp_path / "trunc")
+    with pytest.raises(UsageError, match="full.jpg: not a readable image"):
+        pictures[0]
 
 
 def test_patch_larger_than_every_image(tmp_path: Path) -> None:
