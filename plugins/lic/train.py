@@ -334,12 +334,12 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=self.total, initial=self.step, desc=f"{self.spec.name} {self.balancer.name}", unit="step", dynamic_ncols=True)
-        if self.train_set.skipped:
+        if self.train_set.skipped and main_process:
             print(f"note: {self.train_set.skipped} training images smaller than --patch-size were skipped", file=sys.stderr)
         prev_log_loss: torch.Tensor | None = None
         speed: torch.Tensor | None = None
         result: dict[str, float] = {}
-        step_time = 0.0
+        step_time, timed = 0.0, 0  # time and number of steps since the last log line
         while self.step < self.total:
             self.epoch = self.step // self.steps_per_epoch
             self.train_set.set_epoch(self.epoch)
@@ -358,6 +358,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 info, rd, aux, skipped = self.train_step(x.to(self.device))
                 step_time += time.perf_counter() - t0
+                timed += 1
                 self.step += 1
                 # improvement speed of each objective: EMA of the per-step decrease of log(L + 1), on the device
                 log_loss = torch.log1p(info.losses)
@@ -367,8 +368,8 @@ class Trainer:
                 if not skipped:
                     prev_log_loss = log_loss
                 if (self.step % args.log_every == 0 or self.step == self.total) and main_process:
-                    record = self._record(info, rd, aux, speed, step_time / args.log_every)
-                    step_time = 0.0
+                    record = self._record(info, rd, aux, speed, step_time / timed)
+                    step_time, timed = 0.0, 0
                     if log is not None:
                         log.write(record)
                     if bar is not None:
