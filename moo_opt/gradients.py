@@ -53,6 +53,14 @@ def check_parameters(parameters: Iterable[Tensor]) -> list[Tensor]:
     return params
 
 
+def accumulate_grad(tensor: Tensor, grad: Tensor) -> None:
+    """``tensor.grad += grad`` as autograd accumulates (set when there is none yet)."""
+    if tensor.grad is None:
+        tensor.grad = grad
+    else:
+        tensor.grad.add_(grad)
+
+
 def reachable_leaves(losses: Sequence[Tensor]) -> list[Tensor]:
     """Every leaf tensor requiring a gradient that the losses depend on, in a stable order."""
     seen: set[int] = set()
@@ -132,12 +140,8 @@ class ObjectiveGradients:
                         continue
                     term = gk * weights[i].to(gk.dtype)
                     direction = term if direction is None else direction + term
-                if direction is None:
-                    continue
-                if p.grad is None:
-                    p.grad = direction
-                else:
-                    p.grad.add_(direction)
+                if direction is not None:
+                    accumulate_grad(p, direction)
 
 
 def objective_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], *, include_others: bool = True) -> ObjectiveGradients:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -14,7 +15,14 @@ import torch
 from torch import Tensor
 
 from moo_opt import distributed
-from moo_opt.gradients import ObjectiveGradients, check_losses, check_parameters, objective_gradients, reachable_leaves
+from moo_opt.gradients import (
+    ObjectiveGradients,
+    accumulate_grad,
+    check_losses,
+    check_parameters,
+    objective_gradients,
+    reachable_leaves,
+)
 from moo_opt.solvers import SolveResult
 
 NonFinite = Literal["raise", "skip", "unchecked"]
@@ -76,6 +84,14 @@ def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
     if not all(math.isfinite(c) and c >= 0.0 for c in values):
         raise ValueError(f"offsets must be finite and >= 0, got {values}")
     return values
+
+
+@functools.cache
+def _option_names(cls: type) -> tuple[str, ...]:
+    """The keyword arguments of ``cls.__init__`` (read once per class: state_dict() runs every step
+    in the LIC trainer)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 class Offsets:
@@ -171,14 +187,13 @@ class Balancer(ABC):
         grads = distributed.mean_tensors_(torch.autograd.grad(total, leaves, allow_unused=True), leaves)
         for leaf, g in zip(leaves, grads):
             if g is not None:
-                leaf.grad = g if leaf.grad is None else leaf.grad.add_(g)
+                accumulate_grad(leaf, g)
 
     # ------------------------------------------------------------------ state
     def _options(self) -> dict[str, Any]:
         """Constructor options, as passed to ``type(self)(**options)``: every constructor argument
         is kept in an attribute of the same name."""
-        params = inspect.signature(type(self).__init__).parameters.values()
-        return {p.name: getattr(self, p.name) for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return {name: getattr(self, name) for name in _option_names(type(self))}
 
     def _state(self) -> dict[str, Any]:
         return {}

@@ -43,13 +43,19 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_image(path: Path) -> np.ndarray:
+def _read(path: Path, decode: bool) -> Image.Image:
+    """Open an image (decoding its pixels when asked); an unreadable file is the one-line error."""
     try:
         with Image.open(path) as img:
-            img.load()
-            return to_rgb_array(img)
+            if decode:
+                img.load()
+            return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UsageError(f"{path}: not a readable image ({exc}); remove it from the folder or replace it") from None
+
+
+def load_image(path: Path) -> np.ndarray:
+    return to_rgb_array(_read(path, decode=True))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -86,13 +92,7 @@ class Pictures:
 
 def folder_pictures(folder: Path) -> Pictures:
     files = image_files(folder)
-    sizes = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                sizes.append((img.height, img.width))
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise UsageError(f"{f}: not a readable image ({exc}); remove it from the folder or replace it") from None
+    sizes = [(img.height, img.width) for img in (_read(f, decode=False) for f in files)]
     return Pictures(str(folder), len(files), lambda i: load_image(files[i]), sizes)
 
 

@@ -74,11 +74,18 @@ def monotonic(res: dict[str, Any]) -> bool:
     return all(b > a for a, b in zip(q, q[1:]))
 
 
-def plot_rd(results: list[dict[str, Any]], path: Path) -> None:
+def _pyplot():
+    """matplotlib.pyplot on the headless Agg backend (the lic extra provides matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rd(results: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = "osD^v<>ph*"
@@ -98,10 +105,7 @@ def plot_rd(results: list[dict[str, Any]], path: Path) -> None:
 
 def plot_figure1(logs: list[Path], path: Path) -> None:
     """Each objective's loss and improvement speed over steps, and the weights: one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     for folder in logs:
