@@ -116,8 +116,8 @@ class Balancer(ABC):
     """
 
     name: ClassVar[str]
-    #: True for balancers whose weights move with the observed improvement: call :meth:`update`
-    #: after the optimiser step (see :func:`moo_opt.balanced_step`)
+    #: True when :meth:`update` is due after this step's optimiser step (amortised balancers, on
+    #: the steps that learn; read it after :meth:`backward`; see :func:`moo_opt.balanced_step`)
     needs_update: ClassVar[bool] = False
 
     def __init__(self, num_objectives: int, *, nonfinite: NonFinite = "raise") -> None:

@@ -37,6 +37,11 @@ class CoarseToFineBalancer(Balancer):
     next batch's pre-step losses (passed to the next :meth:`backward`), so δ mixes the parameter
     update with the change of batch. Its info carries ``approximate=1``.
 
+    ``update_every=k`` amortises the learning itself: the logits take their Adam step on one
+    step in k (the first, then every k-th) and the weights of the other steps come from the
+    current logits. In ``same_batch`` mode only those steps pay the extra forward
+    (:attr:`needs_update` says when), so the overhead is divided by k.
+
     Args:
         num_objectives: N.
         offsets: :math:`c_i` (scalar or one per objective, ≥ 0); default 1, i.e. log(L + 1).
@@ -44,6 +49,7 @@ class CoarseToFineBalancer(Balancer):
         gamma: logit decay (0.001; the paper found 0 does not converge).
         renormalize: divide the coefficients by their sum (True; the paper's ablation).
         mode: ``"same_batch"`` (exact, call :meth:`update`) or ``"next_batch"``.
+        update_every: learn the logits on one step in k (1: every step, the paper's method).
         betas, eps: Adam's moment decays and epsilon (torch.optim.Adam's defaults).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"`` (no host synchronisation at all).
     """
@@ -59,6 +65,7 @@ class CoarseToFineBalancer(Balancer):
         gamma: float = 0.001,
         renormalize: bool = True,
         mode: Mode = "same_batch",
+        update_every: int = 1,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         nonfinite: NonFinite = "raise",
@@ -71,24 +78,31 @@ class CoarseToFineBalancer(Balancer):
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         if mode not in ("same_batch", "next_batch"):
             raise ValueError(f"mode must be 'same_batch' or 'next_batch', got {mode!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be a positive integer, got {update_every!r}")
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
         if not (math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
+        self.update_every = update_every
         self.betas, self.eps = (b1, b2), float(eps)
         self.logits = torch.zeros(num_objectives, dtype=torch.float64)
         self.exp_avg = torch.zeros(num_objectives, dtype=torch.float64)
         self.exp_avg_sq = torch.zeros(num_objectives, dtype=torch.float64)
         self.step = 0
+        #: backward calls that were not skipped (decides which steps learn under update_every)
+        self.calls = 0
         #: losses of the last backward, waiting for update() (same_batch) or the next batch
         self.pending: Tensor | None = None
         self._warned = False
 
     @property
     def needs_update(self) -> bool:  # type: ignore[override]
-        return self.mode == "same_batch"
+        """True when the last :meth:`backward` waits for :meth:`update` (``same_batch`` mode, on the
+        steps that learn): read it after ``backward``, to decide whether to recompute the losses."""
+        return self.mode == "same_batch" and self.pending is not None
 
     # ------------------------------------------------------------------ balancing
     def _to(self, device: torch.device) -> None:
@@ -124,7 +138,8 @@ class CoarseToFineBalancer(Balancer):
         logits = self.logits.clone()
         w, z = self.weights_for(values)
         self._backward_weighted(losses, w)
-        self.pending = values
+        self.pending = values if self.calls % self.update_every == 0 else None
+        self.calls += 1
         extras = {"logits": logits, "z": z}
         if self.mode == "next_batch":
             extras["approximate"] = torch.ones((), dtype=torch.float64, device=values.device)
@@ -138,6 +153,8 @@ class CoarseToFineBalancer(Balancer):
         if self.pending is None:
             if self.skips:
                 return False
+            if self.update_every > 1:
+                return False  # not a learning step: needs_update was False
             raise RuntimeError("update() needs a preceding backward() on the same batch")
         if isinstance(new_losses, Tensor) and new_losses.dim() == 1:
             new = new_losses.detach().to(torch.float64)
@@ -178,7 +195,7 @@ class CoarseToFineBalancer(Balancer):
     # ------------------------------------------------------------------ state
 
     def _state(self) -> dict[str, Any]:
-        return {"logits": self.logits, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step, "pending": self.pending}
+        return {"logits": self.logits, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step, "calls": self.calls, "pending": self.pending}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         for key in ("logits", "exp_avg", "exp_avg_sq"):
@@ -187,5 +204,6 @@ class CoarseToFineBalancer(Balancer):
                 raise ValueError(f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)")
             setattr(self, key, value.to(torch.float64))
         self.step = int(state["step"])
+        self.calls = int(state.get("calls", 0))
         pending = state.get("pending")
         self.pending = None if pending is None else pending.to(torch.float64)

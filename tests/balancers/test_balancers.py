@@ -177,6 +177,33 @@ def test_next_batch_mode_learns_in_backward_and_is_labelled_approximate() -> Non
         b.update([torch.tensor(1.0), torch.tensor(1.0)])
 
 
+def test_update_every_k_learns_on_one_step_in_k() -> None:
+    p = toy_problem()
+    b = CoarseToFineBalancer(2, update_every=3)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    due = []
+    for _ in range(7):
+        opt.zero_grad()
+        b.backward(p.losses(), p.shared())
+        due.append(b.needs_update)
+        opt.step()
+        with torch.no_grad():
+            assert b.update(p.losses()) == due[-1]
+    assert due == [True, False, False, True, False, False, True]
+    assert b.step == 3 and b.calls == 7
+    # the logits only move on learning steps; the state (call counter included) round-trips
+    restored = CoarseToFineBalancer(2)
+    restored.load_state_dict(b.state_dict())
+    assert restored.update_every == 3 and restored.calls == 7
+    nb = CoarseToFineBalancer(2, mode="next_batch", update_every=2)
+    for _ in range(6):
+        balanced_step(nb, opt, p.losses, p.shared())
+    assert nb.step == 3  # learning steps 0, 2, 4 are each learned from by the next backward
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="update_every"):
+            CoarseToFineBalancer(2, update_every=bad)
+
+
 def test_backward_twice_without_update_warns_once() -> None:
     p = toy_problem()
     b = CoarseToFineBalancer(2)
