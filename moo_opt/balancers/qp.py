@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, Offsets
+from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets
 from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
 
 Backend = Literal["analytic", "cvxpy"]
@@ -44,6 +44,12 @@ class QPBalancer(GramianBalancer):
     For two objectives on CUDA nothing synchronises with the host except the optional finiteness
     check (``nonfinite="unchecked"`` removes it).
 
+    ``solve_every=k`` amortises that cost: the QP is solved on one step in k (the first, then every
+    k-th); the other steps apply the last solution :math:`z` to the current losses,
+    :math:`z_i / (L_i + c_i)` renormalised, with a single backward pass of the weighted sum (the
+    standard step's cost). Those steps are reported, never hidden: their info carries
+    ``solve_age`` (steps since the solve, ≥ 1) and the last solve's result.
+
     Args:
         num_objectives: N.
         offsets: :math:`c_i` (default 1: log(L + 1)).
@@ -51,6 +57,7 @@ class QPBalancer(GramianBalancer):
         simplex: solve over the simplex instead (:math:`z \ge 0`; MGDA's problem on log-losses).
         backend: ``"analytic"`` (moo-opt's solvers) or ``"cvxpy"`` (the reference, slow; only when
             asked, never as a fallback).
+        solve_every: solve the QP on one step in k (1: every step, the paper's method).
         rcond, ridge: passed to :func:`~moo_opt.solvers.solve_equality_qp` (degenerate Gramians get
             the minimum-norm weights and a ``DEGENERATE`` status by default).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
@@ -66,6 +73,7 @@ class QPBalancer(GramianBalancer):
         renormalize: bool = True,
         simplex: bool = False,
         backend: Backend = "analytic",
+        solve_every: int = 1,
         rcond: float | None = None,
         ridge: float = 0.0,
         nonfinite: NonFinite = "raise",
@@ -78,12 +86,20 @@ class QPBalancer(GramianBalancer):
             raise ValueError(f"rcond must be >= 0 or None, got {rcond!r}")
         if not (math.isfinite(ridge) and ridge >= 0.0):
             raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+        if isinstance(solve_every, bool) or not isinstance(solve_every, int) or solve_every < 1:
+            raise ValueError(f"solve_every must be a positive integer, got {solve_every!r}")
         if backend == "cvxpy":
             from moo_opt.solvers import reference  # noqa: F401  (fails now, with the install hint)
 
             reference._cvxpy()
         self.renormalize, self.simplex, self.backend = bool(renormalize), bool(simplex), backend
         self.rcond, self.ridge = rcond, float(ridge)
+        self.solve_every = solve_every
+        #: steps balanced so far (not skipped): decides which steps solve under solve_every
+        self.calls = 0
+        #: the last QP solution z and its result, reused by the steps in between
+        self.last_z: Tensor | None = None
+        self._last_solve: SolveResult | None = None
 
     @property
     def offsets(self) -> tuple[float, ...]:
@@ -103,10 +119,43 @@ class QPBalancer(GramianBalancer):
         scale = values + self._offsets.on(values.device)
         result = self._solve(gram / (scale[:, None] * scale[None, :]))
         z = result.weights.to(values.device)
-        coeff = z / scale
+        coeff, extras = self._coefficients(values, z)
+        if self.solve_every > 1:
+            extras["solve_age"] = torch.zeros((), dtype=torch.float64, device=values.device)
+        return coeff, result, extras
+
+    def _coefficients(self, values: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The coefficients on the raw losses for the log-loss weights ``z``."""
+        coeff = z / (values + self._offsets.on(values.device))
         extras = {"z": z}
         if self.renormalize:
             coeff, flipped = renormalized(coeff)
             extras["renormalized_by_abs"] = flipped
-        return coeff, result, extras
+        return coeff, extras
+
+    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
+        age = self.calls % self.solve_every
+        if age == 0 or self.last_z is None:
+            info = super()._backward(losses, values, params)
+            if not info.skipped:
+                self.calls = 1  # counted from this solve
+                self.last_z, self._last_solve = info.extras["z"], info.solve
+            return info
+        if not self._finite_or_skip(values):
+            return self._skipped(values)
+        z = self.last_z.to(values.device)
+        coeff, extras = self._coefficients(values, z)
+        self._backward_weighted(losses, coeff)
+        self.calls += 1
+        extras["solve_age"] = torch.full((), float(age), dtype=torch.float64, device=values.device)
+        return BalanceInfo(weights=coeff, losses=values, solve=self._last_solve, extras=extras, skips=self.skips)
+
+    def _state(self) -> dict[str, Any]:
+        return {"calls": self.calls, "last_z": self.last_z}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self.calls = int(state.get("calls", 0))
+        last = state.get("last_z")
+        self.last_z = None if last is None else last.to(torch.float64)
+        self._last_solve = None
 

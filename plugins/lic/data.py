@@ -96,12 +96,17 @@ def folder_pictures(folder: Path) -> Pictures:
     return Pictures(str(folder), len(files), lambda i: load_image(files[i]), sizes)
 
 
+#: (seed, split offset, size) → generated pictures, for the life of the process
+_SYNTHETIC_CACHE: dict[tuple[int, int, int], dict[int, np.ndarray]] = {}
+
+
 def synthetic_pictures(split: str, seed: int = 0, count: int | None = None, size: int = SYNTHETIC_SIZE) -> Pictures:
     """Dead-leaves pictures, generated on first use (~35 ms each) and kept as 8-bit arrays
-    (512 train pictures of 256² are 100 MB), so that later epochs only crop."""
+    (512 train pictures of 256² are 100 MB), so that later epochs only crop. The arrays are
+    shared by every call in the process (several runs in one process generate them once)."""
     n = SYNTHETIC_COUNT[split] if count is None else count
     offset = 0 if split == "train" else 1_000_000  # disjoint seeds for the held-out split
-    cache: dict[int, np.ndarray] = {}
+    cache = _SYNTHETIC_CACHE.setdefault((seed, offset, size), {})
 
     def picture(i: int) -> np.ndarray:
         if i not in cache:

@@ -66,6 +66,37 @@ def test_qp_two_objectives_closed_form_by_hand() -> None:
     assert info.solve is not None and info.solve.status is SolveStatus.OPTIMAL
 
 
+def test_qp_solve_every_k_reuses_the_last_solution_and_says_so() -> None:
+    p = toy_problem()
+    b = QPBalancer(2, solve_every=3)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-2)
+    ages, zs = [], []
+    for step in range(7):
+        if step == 4:  # a checkpoint in between solves: the reuse continues identically
+            restored = QPBalancer(2)
+            restored.load_state_dict(b.state_dict())
+            assert restored.solve_every == 3 and torch.equal(restored.last_z, b.last_z)
+            b = restored
+        losses = p.losses()
+        exact = QPBalancer(2).backward(p.losses(), p.shared())  # what a solve would give now
+        opt.zero_grad()
+        info = b.backward(losses, p.shared())
+        ages.append(int(info.extras["solve_age"]))
+        zs.append(info.extras["z"])
+        if ages[-1] == 0:
+            torch.testing.assert_close(info.weights, exact.weights, rtol=1e-12, atol=0)
+        else:
+            # the last z on the current losses, renormalised; a single weighted backward
+            coeff = zs[-1] / (info.losses + 1.0)
+            torch.testing.assert_close(info.weights, coeff / coeff.sum(), rtol=1e-12, atol=0)
+            assert torch.equal(zs[-1], zs[-1 - ages[-1]])
+        opt.step()
+    assert ages == [0, 1, 2, 0, 1, 2, 0]
+    for bad in (0, 2.0, False):
+        with pytest.raises(ValueError, match="solve_every"):
+            QPBalancer(2, solve_every=bad)
+
+
 def test_qp_cvxpy_backend_and_simplex_option() -> None:
     p = toy_problem(num_objectives=3)
     analytic = QPBalancer(3).backward(p.losses(), p.shared())

@@ -1,0 +1,186 @@
+"""The paper's comparison at CPU scale: every variant, the same seeds and steps, entropy-coded.
+
+    python benchmarks/reproduce.py [--out repro-out] [--seeds 0 1] [--steps 1500] [--jobs 2]
+
+One small architecture (mbt2018-mean, N=32, M=48: the mean-scale hyperprior of the paper at a
+CPU's size) trained from scratch on the embedded ``synthetic`` pictures at four λ of
+CompressAI's set, for every seed:
+
+* ``standard``: the standard loss (``--balancer fixed``); the anchor of every BD-rate;
+* ``c2f``: Solution 1 (``coarse-to-fine``, the exact same-batch mode);
+* ``c2f-gamma0`` and ``c2f-norenorm``: its ablations (γ = 0; no renormalisation);
+* ``c2f-every4``: the cheaper mode (the logits learn on one step in four);
+* ``standard-ft`` and ``qp-ft``: the ``standard`` checkpoint fine-tuned with the standard loss and
+  with Solution 2 for the same steps (``qp-ft``'s anchor is ``standard-ft``).
+
+Every checkpoint is entropy-coded on the six ``samples`` photographs (``plugins.lic.evaluate``);
+each seed gets the report tool's BD-rates and plots; ``summary.md`` has the table over seeds
+(mean and the range). Runs that finished (a ``done`` file) are not run again, so an interrupted
+reproduction continues where it stopped. The runs go through a pool of ``--jobs`` processes with
+one torch thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LAMBDAS = ("0.0018", "0.0067", "0.025", "0.0932")
+MODEL = ["-m", "mbt2018-mean", "--N", "32", "--M", "48"]
+#: scratch variant → balancer flags
+SCRATCH: dict[str, list[str]] = {
+    "standard": ["--balancer", "fixed"],
+    "c2f": ["--balancer", "coarse-to-fine"],
+    "c2f-gamma0": ["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=0"],
+    "c2f-norenorm": ["--balancer", "coarse-to-fine", "--balancer-opt", "renormalize=false"],
+    "c2f-every4": ["--balancer", "coarse-to-fine", "--balancer-opt", "update_every=4"],
+}
+FINETUNE: dict[str, list[str]] = {"standard-ft": ["--balancer", "fixed"], "qp-ft": ["--balancer", "qp"]}
+#: variant → its anchor
+ANCHORS = {**{v: "standard" for v in SCRATCH if v != "standard"}, "qp-ft": "standard-ft"}
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run(job: tuple[str, list[str], Path]) -> tuple[str, int, float]:
+    """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done."""
+    kind, argv, log = job
+    done = log.with_suffix(".done")
+    if done.exists():
+        return str(log), 0, 0.0
+    from plugins.lic import evaluate, train
+
+    start = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        code = (train.main if kind == "train" else evaluate.main)(argv)
+    if code == 0:
+        done.write_text(f"{time.perf_counter() - start:.1f}\n")
+    return str(log), code, time.perf_counter() - start
+
+
+def run_all(pool: Any, jobs: list[tuple[str, list[str], Path]], start: float) -> None:
+    for log, code, seconds in pool.imap_unordered(_run, jobs):
+        print(f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
+        if code != 0:
+            raise SystemExit(f"a run failed: see {log}")
+
+
+def summarise(out: Path, seeds: list[int], args: argparse.Namespace) -> str:
+    from plugins.lic import report
+
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in ANCHORS}
+    mono: dict[str, list[bool]] = {v: [] for v in [*SCRATCH, *FINETUNE]}
+    for seed in seeds:
+        results = {v: report.load_results(out / f"seed{seed}" / f"{v}.json") for v in mono}
+        for v, r in results.items():
+            mono[v].append(report.monotonic(r))
+        for v, anchor in ANCHORS.items():
+            rows[v].append(report.bd_metrics(results[anchor], results[v]))
+    lines = [
+        "| variant | anchor | monotonic curves | BD-rate per seed (pchip) | mean BD-rate | range | BD-PSNR per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v, ms in rows.items():
+        rates = [m["bd_rate_pchip"] for m in ms]
+        finite = [r for r in rates if math.isfinite(r)]
+        mean = f"{statistics.fmean(finite):+.2f} %" if len(finite) == len(rates) else "n/a"
+        spread = f"{min(finite):+.2f} … {max(finite):+.2f} %" if len(finite) == len(rates) and len(rates) > 1 else "n/a"
+        per_seed = ", ".join(report.fmt(r, 2, " %") for r in rates)
+        psnr = ", ".join(report.fmt(m["bd_quality_pchip"], 3, " dB") for m in ms)
+        reasons = "; ".join(dict.fromkeys(m["reason"] for m in ms if m["reason"]))
+        lines.append(f"| {v} | {ANCHORS[v]} | {sum(mono[v])}/{len(seeds)} | {per_seed} | {mean} | {spread} | {psnr}{' (' + reasons + ')' if reasons else ''} |")
+    lines += ["", f"Anchor curves monotonic: standard {sum(mono['standard'])}/{len(seeds)}, standard-ft {sum(mono['standard-ft'])}/{len(seeds)}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("repro-out"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS))
+    parser.add_argument("--steps", type=int, default=1500, help="training steps from scratch")
+    parser.add_argument("--finetune-steps", type=int, default=400)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", default="1e-3", help="Adam learning rate from scratch (fine-tuning: a tenth)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    out: Path = args.out
+    common = [*MODEL, "-d", "synthetic", "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size),
+              "--test-batch-size", "16", "--log-every", "25", "--no-progress"]  # fmt: skip
+    ft_lr = str(float(args.lr) / 10)
+
+    def run_dir(seed: int, variant: str, lam: str) -> Path:
+        return out / f"seed{seed}" / "runs" / f"{variant}-{lam}"
+
+    scratch, finetune, evals = [], [], []
+    for seed in args.seeds:
+        for lam in args.lambdas:
+            for v, flags in SCRATCH.items():
+                d = run_dir(seed, v, lam)
+                scratch.append(("train", [*common, "--seed", str(seed), "-lr", args.lr, "--lambda", lam, *flags, "--steps", str(args.steps), "--out", str(d)], d / "run.log"))
+            base = run_dir(seed, "standard", lam) / "checkpoint.pth.tar"
+            for v, flags in FINETUNE.items():
+                d = run_dir(seed, v, lam)
+                ft = ["--finetune", "--checkpoint", str(base), "--steps", str(args.finetune_steps), "-lr", ft_lr]
+                finetune.append(("train", [*common, "--seed", str(seed), "--lambda", lam, *flags, *ft, "--out", str(d)], d / "run.log"))
+        for v in [*SCRATCH, *FINETUNE]:
+            ckpts = [str(run_dir(seed, v, lam) / "checkpoint.pth.tar") for lam in args.lambdas]
+            evals.append(("evaluate", [*ckpts, "-d", "samples", "--name", v, "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
+        print(f"{len(scratch)} runs from scratch, {len(finetune)} fine-tunes, {len(evals)} evaluations; {args.jobs} processes", flush=True)
+        run_all(pool, scratch, start)
+        run_all(pool, finetune, start)
+        run_all(pool, evals, start)
+    from plugins.lic import report
+
+    for seed in args.seeds:
+        d = out / f"seed{seed}"
+        mid = args.lambdas[len(args.lambdas) // 2]
+        jsons = [str(d / f"{v}.json") for v in SCRATCH]
+        logs = [str(run_dir(seed, v, mid)) for v in ("standard", "c2f")]
+        for argv_r in ([*jsons, "--anchor", "standard", "--out", str(d / "scratch"), "--logs", *logs],
+                       [str(d / "standard-ft.json"), str(d / "qp-ft.json"), "--anchor", "standard-ft", "--out", str(d / "finetune")]):  # fmt: skip
+            with contextlib.redirect_stdout(sys.stderr):
+                if report.main(argv_r) != 0:
+                    return 1
+    table = summarise(out, args.seeds, args)
+    command = f"python benchmarks/reproduce.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    settings = (
+        f"`{command}`: mbt2018-mean (N=32, M=48), {args.steps} steps from scratch at Adam lr {args.lr} and "
+        f"{args.finetune_steps} fine-tuning steps at lr {ft_lr}, batch {args.batch_size} of {args.patch}² synthetic patches, "
+        f"λ ∈ {{{', '.join(args.lambdas)}}}, seeds {args.seeds}; entropy-coded on the six `samples` photographs. "
+        f"Wall time {(time.perf_counter() - start) / 60:.1f} min."
+    )
+    (out / "summary.md").write_text(f"# Reproduction at CPU scale\n\n{settings}\n\n{table}\n")
+    json.dump({"settings": settings}, (out / "settings.json").open("w"))
+    print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
+    for seed in args.seeds:  # the plots, for benchmarks/figures (small PNGs)
+        for part in ("scratch", "finetune"):
+            for name in ("rd.png", "figure1.png"):
+                src = out / f"seed{seed}" / part / name
+                if src.exists():
+                    shutil.copy(src, out / f"seed{seed}-{part}-{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
