@@ -10,8 +10,9 @@ CompressAI's set, for every seed:
 * ``c2f``: Solution 1 (``coarse-to-fine``, the exact same-batch mode);
 * ``c2f-gamma0`` and ``c2f-norenorm``: its ablations (γ = 0; no renormalisation);
 * ``c2f-every4``: the cheaper mode (the logits learn on one step in four);
-* ``standard-ft`` and ``qp-ft``: the ``standard`` checkpoint fine-tuned with the standard loss and
-  with Solution 2 for the same steps (``qp-ft``'s anchor is ``standard-ft``).
+* ``standard-ft``, ``qp-ft`` and ``qp-ft-every2``: the ``standard`` checkpoint fine-tuned for the
+  same steps with the standard loss, with Solution 2, and with Solution 2 solving on one step in
+  two (the fine-tunes' anchor is ``standard-ft``).
 
 Every checkpoint is entropy-coded on the six ``samples`` photographs (``plugins.lic.evaluate``);
 each seed gets the report tool's BD-rates and plots; ``summary.md`` has the table over seeds
@@ -46,9 +47,13 @@ SCRATCH: dict[str, list[str]] = {
     "c2f-norenorm": ["--balancer", "coarse-to-fine", "--balancer-opt", "renormalize=false"],
     "c2f-every4": ["--balancer", "coarse-to-fine", "--balancer-opt", "update_every=4"],
 }
-FINETUNE: dict[str, list[str]] = {"standard-ft": ["--balancer", "fixed"], "qp-ft": ["--balancer", "qp"]}
+FINETUNE: dict[str, list[str]] = {
+    "standard-ft": ["--balancer", "fixed"],
+    "qp-ft": ["--balancer", "qp"],
+    "qp-ft-every2": ["--balancer", "qp", "--balancer-opt", "solve_every=2"],
+}
 #: variant → its anchor
-ANCHORS = {**{v: "standard" for v in SCRATCH if v != "standard"}, "qp-ft": "standard-ft"}
+ANCHORS = {**{v: "standard" for v in SCRATCH if v != "standard"}, **{v: "standard-ft" for v in FINETUNE if v != "standard-ft"}}
 
 
 def _init_worker() -> None:
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", default="1e-3", help="Adam learning rate from scratch (fine-tuning: a tenth)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
+    parser.add_argument("--eval-dataset", default="samples", help="what the checkpoints are entropy-coded on")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     out: Path = args.out
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 finetune.append(("train", [*common, "--seed", str(seed), "--lambda", lam, *flags, *ft, "--out", str(d)], d / "run.log"))
         for v in [*SCRATCH, *FINETUNE]:
             ckpts = [str(run_dir(seed, v, lam) / "checkpoint.pth.tar") for lam in args.lambdas]
-            evals.append(("evaluate", [*ckpts, "-d", "samples", "--name", v, "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
+            evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
         print(f"{len(scratch)} runs from scratch, {len(finetune)} fine-tunes, {len(evals)} evaluations; {args.jobs} processes", flush=True)
@@ -157,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         mid = args.lambdas[len(args.lambdas) // 2]
         jsons = [str(d / f"{v}.json") for v in SCRATCH]
         logs = [str(run_dir(seed, v, mid)) for v in ("standard", "c2f")]
+        ft_jsons = [str(d / f"{v}.json") for v in FINETUNE]
         for argv_r in ([*jsons, "--anchor", "standard", "--out", str(d / "scratch"), "--logs", *logs],
-                       [str(d / "standard-ft.json"), str(d / "qp-ft.json"), "--anchor", "standard-ft", "--out", str(d / "finetune")]):  # fmt: skip
+                       [*ft_jsons, "--anchor", "standard-ft", "--out", str(d / "finetune")]):  # fmt: skip
             with contextlib.redirect_stdout(sys.stderr):
                 if report.main(argv_r) != 0:
                     return 1
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"`{command}`: mbt2018-mean (N=32, M=48), {args.steps} steps from scratch at Adam lr {args.lr} and "
         f"{args.finetune_steps} fine-tuning steps at lr {ft_lr}, batch {args.batch_size} of {args.patch}² synthetic patches, "
-        f"λ ∈ {{{', '.join(args.lambdas)}}}, seeds {args.seeds}; entropy-coded on the six `samples` photographs. "
+        f"λ ∈ {{{', '.join(args.lambdas)}}}, seeds {args.seeds}; entropy-coded on `{args.eval_dataset}`. "
         f"Wall time {(time.perf_counter() - start) / 60:.1f} min."
     )
     (out / "summary.md").write_text(f"# Reproduction at CPU scale\n\n{settings}\n\n{table}\n")

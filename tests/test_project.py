@@ -36,6 +36,38 @@ def test_solver_benchmark_runs_and_reports_ratios() -> None:
     assert "TorchJD" in proc.stdout and "×" in proc.stdout
 
 
+def test_step_overhead_benchmark_runs_and_reports_ratios() -> None:
+    variants = "fixed,compressai,c2f-every4,qp-every2"
+    proc = run("benchmarks/step_overhead.py", "--models", "small", "--variants", variants, "--reps", "2", "--warmup", "0", "--patch", "64", "--batch", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for v in variants.split(","):
+        assert f"| {v} |" in proc.stdout
+    assert "| fixed | " in proc.stdout and "1.000×" in proc.stdout and "commit" in proc.stdout
+
+
+def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
+    """`benchmarks/reproduce.py` end to end, a couple of steps per run, evaluated on two small images."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "repro"
+    args = ["benchmarks/reproduce.py", "--out", str(out), "--seeds", "0", "--lambdas", "0.0018", "0.0932", "--steps", "2",
+            "--finetune-steps", "1", "--patch", "64", "--batch-size", "2", "--eval-dataset", str(photos)]  # fmt: skip
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = (out / "summary.md").read_text()
+    for v in ("c2f", "c2f-gamma0", "c2f-norenorm", "c2f-every4", "qp-ft", "qp-ft-every2"):
+        assert f"| {v} |" in summary
+    assert (out / "seed0" / "finetune" / "report.md").exists() and (out / "seed0-scratch-rd.png").exists()
+    again = run(*args)  # finished runs are not run again
+    assert again.returncode == 0 and "(0 s;" in again.stdout
+
+
 def test_readme_python_snippets_run(tmp_path: Path) -> None:
     """The README's usage is executable documentation: every python block runs, in order."""
     import re

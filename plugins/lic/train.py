@@ -197,7 +197,12 @@ class Trainer:
         if len(self.train_set) < args.batch_size * self.world:
             raise UsageError(f"--batch-size {args.batch_size} × {self.world} processes: more than the {len(self.train_set)} usable training images")
         self.sampler = data.EpochSampler(len(self.train_set), args.batch_size, args.seed, self.rank, self.world)
-        self.net = models.build(self.spec).to(self.device)
+        self.net = models.build(self.spec)
+        factor = int(getattr(self.net, "downsampling_factor", 1))
+        if any(side % factor for side in patch):
+            k = max(factor, patch[0] // factor * factor)
+            raise UsageError(f"--patch-size {patch[0]} {patch[1]}: {self.spec.name} downsamples by {factor}; use multiples of {factor}, e.g. --patch-size {k} {k}")
+        self.net = self.net.to(self.device)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
         self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)

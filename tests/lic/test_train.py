@@ -107,6 +107,7 @@ BAD = [
     (["--balancer", "coarse-to-fine", "--balancer-opt", "beta=-1"], "--balancer-opt: beta must be > 0"),
     (["--balancer", "qp", "--balancer-opt", "offsets"], "expected KEY=VALUE"),
     (["--patch-size", "512", "512"], "larger than every image"),
+    (["--patch-size", "40", "40"], "--patch-size 40 40: bmshj2018-factorized downsamples by 16; use multiples of 16, e.g. --patch-size 32 32"),
     (["--steps", "0"], "--steps 0: must be positive"),
     (["--finetune"], "--finetune needs --checkpoint"),
     (["--batch-size", "x"], "invalid int value"),

@@ -1,0 +1,36 @@
+"""Which parameters each R-D objective reaches in CompressAI's hyperprior models (issue 8).
+
+In training mode CompressAI's quantisation proxy adds uniform noise to ``y`` without the means,
+so the distortion never reaches the hyper-analysis, hyper-synthesis or entropy models, and the
+rate never reaches the synthesis transform ``g_s``. ``moo_opt.objective_gradients`` gets ``None``
+for an unreached parameter from autograd (no pass over it, no zeros), and the Gramian skips it:
+the off-diagonal entry is summed over ``g_a`` alone. These tests pin that down, so that a change
+of CompressAI that couples the objectives more (and costs more) shows up here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moo_opt.gradients import objective_gradients
+from plugins.lic import models
+from plugins.lic.objectives import rd_losses
+
+
+@pytest.mark.parametrize("name", ["mbt2018-mean", "bmshj2018-hyperprior"])
+def test_rate_skips_g_s_and_distortion_skips_the_entropy_models(name: str) -> None:
+    torch.manual_seed(0)
+    net = models.build(models.spec_for(name, N=8, M=12)).train()
+    main, _ = models.parameter_groups(net)
+    names = {id(p): n for n, p in net.named_parameters()}
+    x = torch.rand(2, 3, 64, 64)
+    grads = objective_gradients(rd_losses(net(x), x, 0.01).as_list(), main)
+    reached_d = {names[id(p)].split(".")[0] for p, g in zip(main, grads.grads[0]) if g is not None}
+    reached_r = {names[id(p)].split(".")[0] for p, g in zip(main, grads.grads[1]) if g is not None}
+    assert reached_d == {"g_a", "g_s"}
+    assert reached_r == {"g_a", "h_a", "h_s", "entropy_bottleneck"}
+    # the Gramian's cross term is the g_a part alone
+    g_a = [(gd, gr) for p, gd, gr in zip(main, *grads.grads) if names[id(p)].startswith("g_a.")]
+    cross = sum(float((gd.double() * gr.double()).sum()) for gd, gr in g_a)
+    assert float(grads.gramian()[0, 1]) == pytest.approx(cross, rel=1e-12)
