@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test test-thorough bench docs clean
+.PHONY: install demo test test-thorough bench reproduce docs clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test-thorough: install
 
 bench: install
 	$(PY) benchmarks/solvers.py
+	$(PY) benchmarks/step_overhead.py --forward-modes
+
+reproduce: install
+	$(PY) benchmarks/reproduce.py --out repro-out --steps 2500 --finetune-steps 500 --batch-size 8
 
 docs: install
 	$(PY) -m sphinx -W -b html docs docs/_build/html

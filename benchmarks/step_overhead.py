@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plugins.lic import models  # noqa: E402
+from plugins.lic.objectives import rd_losses  # noqa: E402
 from plugins.lic.train import Trainer, build_parser  # noqa: E402
 
 #: variant → (balancer, --balancer-opt values); "compressai" is CompressAI's own step
@@ -164,6 +165,51 @@ def run_model(label: str, args: argparse.Namespace, variants: list[str], out: Pa
     return lines
 
 
+def forward_modes(label: str, args: argparse.Namespace, out: Path) -> list[str]:
+    """Solution 1's extra forward (losses only) under ``no_grad``, ``inference_mode`` and
+    channels-last, beside the training forward that builds a graph; interleaved rounds."""
+    import copy
+
+    trainer = make_trainer(MODELS[label], "fixed", args.patch, args.batch, args.cuda, out)
+    last = copy.deepcopy(trainer.net).to(memory_format=torch.channels_last)
+    xs = batches(trainer, args.batch, args.warmup + args.reps, trainer.device)
+
+    def losses(net: torch.nn.Module, x: torch.Tensor) -> None:
+        rd_losses(net(x), x, trainer.args.lmbda)  # the trainer's loss arithmetic
+
+    def with_grad(x: torch.Tensor) -> None:
+        losses(trainer.net, x)
+
+    def no_grad(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            losses(trainer.net, x)
+
+    def inference(x: torch.Tensor) -> None:
+        with torch.inference_mode():
+            losses(trainer.net, x)
+
+    def channels_last(x: torch.Tensor) -> None:
+        with torch.inference_mode():
+            losses(last, x.contiguous(memory_format=torch.channels_last))
+
+    modes = {"graph (training forward)": with_grad, "no_grad": no_grad, "inference_mode": inference, "inference_mode + channels_last": channels_last}
+    for k in range(args.warmup):
+        for fn in modes.values():
+            fn(xs[k])
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    order, rng = list(modes), random.Random(1)
+    for k in range(args.warmup, args.warmup + args.reps):
+        rng.shuffle(order)
+        for m in order:
+            times[m].append(timed(modes[m], xs[k], args.cuda))
+    base = times["no_grad"]
+    lines = [f"\n{label}: the extra forward of Solution 1 (losses only), batch {args.batch}, {args.patch}² patches", "",
+             "| forward | median (ms) | median ratio to no_grad |", "|---|---|---|"]  # fmt: skip
+    for m, ts in times.items():
+        lines.append(f"| {m} | {1000 * statistics.median(ts):.1f} | {statistics.median(t / b for t, b in zip(ts, base)):.3f}× |")
+    return lines
+
+
 def profile(label: str, variant: str, args: argparse.Namespace, out: Path) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -198,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cuda", action="store_true")
     p.add_argument("--sync-count", action="store_true", help="CUDA: count host synchronisations per step")
+    p.add_argument("--forward-modes", action="store_true", help="also time the extra forward under no_grad, inference_mode, channels-last")
     p.add_argument("--profile", metavar="VARIANT", default=None, help="profile this variant on the first model instead")
     args = p.parse_args(argv)
     if args.threads:
@@ -218,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"command: python benchmarks/step_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}")
         for label in labels:
             print("\n".join(run_model(label, args, variants, Path(tmp))), flush=True)
+            if args.forward_modes:
+                print("\n".join(forward_modes(label, args, Path(tmp))), flush=True)
     return 0
 
 
