@@ -111,6 +111,38 @@ def summarise(out: Path, seeds: list[int], args: argparse.Namespace) -> str:
         reasons = "; ".join(dict.fromkeys(m["reason"] for m in ms if m["reason"]))
         lines.append(f"| {v} | {ANCHORS[v]} | {sum(mono[v])}/{len(seeds)} | {per_seed} | {mean} | {spread} | {psnr}{' (' + reasons + ')' if reasons else ''} |")
     lines += ["", f"Anchor curves monotonic: standard {sum(mono['standard'])}/{len(seeds)}, standard-ft {sum(mono['standard-ft'])}/{len(seeds)}."]
+    lines += ["", rd_cost_table(out, seeds)]
+    return "\n".join(lines)
+
+
+def rd_cost(res: dict[str, Any]) -> dict[float, float]:
+    """λ → the standard R-D cost ``bpp + λ·255²·MSE`` of each point (MSE from the mean PSNR)."""
+    r = res["results"]
+    return {float(lam): b + float(lam) * 255**2 * 10 ** (-p / 10) for lam, b, p in zip(r["lambda"], r["bpp"], r["psnr-rgb"])}
+
+
+def rd_cost_table(out: Path, seeds: list[int]) -> str:
+    """Each variant's R-D cost at each λ against its anchor's: defined even where the curves do
+    not overlap (where BD-rate is not), and the quantity the standard loss minimises."""
+    from plugins.lic import report
+
+    lines = [
+        "R-D cost ``bpp + λ·255²·MSE`` on the evaluation photographs, relative to the anchor at the same λ and seed "
+        "(negative: a better trade-off at that λ):",
+        "",
+        "| variant | anchor | " + " | ".join(f"λ={lam:g}" for lam in sorted(rd_cost(report.load_results(out / f"seed{seeds[0]}" / "standard.json")))) + " | mean |",
+    ]
+    lines.append("|---|---|" + "---|" * (lines[-1].count("|") - 3))
+    for v, anchor in ANCHORS.items():
+        per_lam: dict[float, list[float]] = {}
+        for seed in seeds:
+            test = rd_cost(report.load_results(out / f"seed{seed}" / f"{v}.json"))
+            base = rd_cost(report.load_results(out / f"seed{seed}" / f"{anchor}.json"))
+            for lam, j in test.items():
+                per_lam.setdefault(lam, []).append(100 * (j / base[lam] - 1))
+        cells = [f"{statistics.fmean(x):+.1f} % ({min(x):+.1f} … {max(x):+.1f})" for _, x in sorted(per_lam.items())]
+        overall = statistics.fmean(d for x in per_lam.values() for d in x)
+        lines.append(f"| {v} | {anchor} | " + " | ".join(cells) + f" | {overall:+.1f} % |")
     return "\n".join(lines)
 
 
