@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--M", type=int, default=None)
     p.add_argument("--cuda", action="store_true")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and batches (faster convolutions on CPUs)")
     p.add_argument("--checkpoint", type=Path, default=None, help="resume from it (or, with --finetune, load its weights only)")
     p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint (start of Solution 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -203,6 +204,8 @@ class Trainer:
             k = max(factor, patch[0] // factor * factor)
             raise UsageError(f"--patch-size {patch[0]} {patch[1]}: {self.spec.name} downsamples by {factor}; use multiples of {factor}, e.g. --patch-size {k} {k}")
         self.net = self.net.to(self.device)
+        if args.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
         self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
@@ -242,6 +245,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------- one step
     def losses(self, x: torch.Tensor):
+        if self.args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.amp):
             out = self.net(x)
         return rd_losses(out, x, self.args.lmbda, self.args.metric)

@@ -176,3 +176,13 @@ def test_module_entry_point_exit_code(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "plugins.lic.train", "--lambda", "-1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --lambda")
+
+
+def test_channels_last_trains_and_saves_a_plain_checkpoint(tmp_path: Path) -> None:
+    assert train(tmp_path, "--balancer", "coarse-to-fine", "--steps", "6", "--channels-last") == 0
+    records = [r for r in read(tmp_path) if "weight/distortion" in r]
+    assert records and all(math.isfinite(r["loss"]) for r in records)
+    from compressai.models import FactorizedPrior
+
+    net = FactorizedPrior(N=8, M=12)
+    net.load_state_dict(checkpoint.load(tmp_path / "checkpoint.pth.tar")["state_dict"])
