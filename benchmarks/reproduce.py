@@ -86,6 +86,11 @@ def run_all(pool: Any, jobs: list[tuple[str, list[str], Path]], start: float) ->
             raise SystemExit(f"a run failed: see {log}")
 
 
+def run_minutes(out: Path) -> float:
+    """The run time of every finished run and evaluation, from their ``.done`` files."""
+    return sum(float(p.read_text() or 0) for p in out.rglob("*.done")) / 60
+
+
 def summarise(out: Path, seeds: list[int], args: argparse.Namespace) -> str:
     from plugins.lic import report
 
@@ -157,12 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", default="1e-3", help="Adam learning rate from scratch (fine-tuning: a tenth)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
+    parser.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU (then raise --steps and --jobs 1)")
     parser.add_argument("--eval-dataset", default="samples", help="what the checkpoints are entropy-coded on")
     args = parser.parse_args(argv)
+    if args.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--cuda: no CUDA device is available; drop --cuda")
     start = time.perf_counter()
     out: Path = args.out
     common = [*MODEL, "-d", "synthetic", "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size),
-              "--test-batch-size", "16", "--log-every", "25", "--no-progress"]  # fmt: skip
+              "--test-batch-size", "16", "--log-every", "25", "--no-progress", *(["--cuda"] if args.cuda else [])]  # fmt: skip
     ft_lr = str(float(args.lr) / 10)
 
     def run_dir(seed: int, variant: str, lam: str) -> Path:
@@ -181,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 finetune.append(("train", [*common, "--seed", str(seed), "--lambda", lam, *flags, *ft, "--out", str(d)], d / "run.log"))
         for v in [*SCRATCH, *FINETUNE]:
             ckpts = [str(run_dir(seed, v, lam) / "checkpoint.pth.tar") for lam in args.lambdas]
-            evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
+            evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, *(["--cuda"] if args.cuda else []), "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
         print(f"{len(scratch)} runs from scratch, {len(finetune)} fine-tunes, {len(evals)} evaluations; {args.jobs} processes", flush=True)
@@ -207,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command}`: mbt2018-mean (N=32, M=48), {args.steps} steps from scratch at Adam lr {args.lr} and "
         f"{args.finetune_steps} fine-tuning steps at lr {ft_lr}, batch {args.batch_size} of {args.patch}² synthetic patches, "
         f"λ ∈ {{{', '.join(args.lambdas)}}}, seeds {args.seeds}; entropy-coded on `{args.eval_dataset}`. "
-        f"Wall time {(time.perf_counter() - start) / 60:.1f} min."
+        f"{len(scratch) + len(finetune)} training runs and {len(evals)} evaluations took {run_minutes(out):.0f} min of run time "
+        f"in all ({args.jobs} at a time); this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min."
     )
     (out / "summary.md").write_text(f"# Reproduction at CPU scale\n\n{settings}\n\n{table}\n")
     json.dump({"settings": settings}, (out / "settings.json").open("w"))
