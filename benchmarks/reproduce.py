@@ -10,9 +10,10 @@ CompressAI's set, for every seed:
 * ``c2f``: Solution 1 (``coarse-to-fine``, the exact same-batch mode);
 * ``c2f-gamma0`` and ``c2f-norenorm``: its ablations (γ = 0; no renormalisation);
 * ``c2f-every4``: the cheaper mode (the logits learn on one step in four);
-* ``standard-ft``, ``qp-ft`` and ``qp-ft-every2``: the ``standard`` checkpoint fine-tuned for the
-  same steps with the standard loss, with Solution 2, and with Solution 2 solving on one step in
-  two (the fine-tunes' anchor is ``standard-ft``).
+* ``standard-ft``, ``qp-ft``, ``qp-ft-every2`` and ``qp-ft-adam``: the ``standard`` checkpoint
+  fine-tuned for the same steps with the standard loss, with Solution 2, with Solution 2 solving
+  on one step in two, and with Solution 2 in Adam's metric (the fine-tunes' anchor is
+  ``standard-ft``).
 
 Every checkpoint is entropy-coded on the six ``samples`` photographs (``plugins.lic.evaluate``);
 each seed gets the report tool's BD-rates and plots; ``summary.md`` has the table over seeds
@@ -51,6 +52,7 @@ FINETUNE: dict[str, list[str]] = {
     "standard-ft": ["--balancer", "fixed"],
     "qp-ft": ["--balancer", "qp"],
     "qp-ft-every2": ["--balancer", "qp", "--balancer-opt", "solve_every=2"],
+    "qp-ft-adam": ["--balancer", "qp", "--balancer-opt", "metric=adam"],
 }
 #: variant → its anchor
 ANCHORS = {**{v: "standard" for v in SCRATCH if v != "standard"}, **{v: "standard-ft" for v in FINETUNE if v != "standard-ft"}}

@@ -98,13 +98,16 @@ class ObjectiveGradients:
     def num_objectives(self) -> int:
         return len(self.grads)
 
-    def gramian(self) -> Tensor:
+    def gramian(self, metric: Sequence[Tensor] | None = None) -> Tensor:
         """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their device.
 
         Products and sums are in float64 (a float32 product is exact in float64), so that the
         matrix is positive semi-definite to float64 precision even for nearly parallel gradients,
-        and it is symmetrised exactly.
+        and it is symmetrised exactly. ``metric``: one non-negative tensor per parameter, of its
+        shape, for ``Q = Gᵀ diag(metric) G`` (an optimiser's diagonal preconditioner).
         """
+        if metric is not None and len(metric) != len(self.params):
+            raise ValueError(f"metric needs one tensor per parameter ({len(self.params)}), got {len(metric)}")
         n = self.num_objectives
         device = self.params[0].device
         q = torch.zeros(n, n, dtype=torch.float64, device=device)
@@ -117,7 +120,7 @@ class ObjectiveGradients:
             m = torch.empty(len(rows), rows[0][1].numel(), dtype=torch.float64, device=device)
             for r, (_, g) in enumerate(rows):
                 m[r].copy_(g.reshape(-1))
-            block = m @ m.T
+            block = m @ m.T if metric is None else (m * metric[k].reshape(-1).to(torch.float64)) @ m.T
             if len(rows) == n:
                 q += block
             else:

@@ -32,6 +32,9 @@ def balanced_step(
     skipped step (``nonfinite="skip"``) leaves parameters and optimiser untouched.
     """
     params = list(parameters)
+    bind = getattr(balancer, "bind_optimizer", None)
+    if bind is not None:  # balancers that measure balance in the optimiser's metric
+        bind(optimizer)
     optimizer.zero_grad(set_to_none=True)
     info = balancer.backward(compute_losses(), params)
     if info.skipped:

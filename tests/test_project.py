@@ -61,7 +61,7 @@ def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
     proc = run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (out / "summary.md").read_text()
-    for v in ("c2f", "c2f-gamma0", "c2f-norenorm", "c2f-every4", "qp-ft", "qp-ft-every2"):
+    for v in ("c2f", "c2f-gamma0", "c2f-norenorm", "c2f-every4", "qp-ft", "qp-ft-every2", "qp-ft-adam"):
         assert f"| {v} |" in summary
     assert (out / "seed0" / "finetune" / "report.md").exists() and (out / "seed0-scratch-rd.png").exists()
     again = run(*args)  # finished runs are not run again

@@ -232,12 +232,15 @@ class GramianBalancer(Balancer):
         if distributed.world_size() > 1:  # each objective's gradient of the whole batch, then the Gramian
             grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
             grads.other_grads = [distributed.mean_tensors_(g, grads.others) for g in grads.other_grads]
-        gram = grads.gramian()
+        gram = self._gramian(grads)
         if not self._finite_or_skip(values, gram):
             return self._skipped(values)
         weights, result, extras = self._weights(values, gram)
         grads.accumulate(weights)
         return BalanceInfo(weights=weights, losses=values, solve=result, extras=extras, skips=self.skips)
+
+    def _gramian(self, grads: ObjectiveGradients) -> Tensor:
+        return grads.gramian()
 
     @abstractmethod
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:

@@ -10,9 +10,12 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets
+from moo_opt.gradients import ObjectiveGradients
+from moo_opt.metrics import adam_metric
 from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
 
 Backend = Literal["analytic", "cvxpy"]
+Metric = Literal["euclidean", "adam"]
 
 
 def renormalized(coeff: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,6 +61,12 @@ class QPBalancer(GramianBalancer):
         backend: ``"analytic"`` (moo-opt's solvers) or ``"cvxpy"`` (the reference, slow; only when
             asked, never as a fallback).
         solve_every: solve the QP on one step in k (1: every step, the paper's method).
+        metric: ``"euclidean"`` (the paper's :math:`G^\top G`) or ``"adam"``:
+            :math:`G^\top P G` with Adam's preconditioner :math:`P = 1/(\sqrt{\hat v}+\epsilon)`
+            (:func:`~moo_opt.metrics.adam_metric`), so that the balance holds for the step Adam
+            takes; needs :meth:`bind_optimizer` (:func:`~moo_opt.balanced_step` binds it). Before
+            Adam's first step there is no preconditioner: that step is Euclidean and its info
+            says so (``adam_metric=0``).
         rcond, ridge: passed to :func:`~moo_opt.solvers.solve_equality_qp` (degenerate Gramians get
             the minimum-norm weights and a ``DEGENERATE`` status by default).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
@@ -74,6 +83,7 @@ class QPBalancer(GramianBalancer):
         simplex: bool = False,
         backend: Backend = "analytic",
         solve_every: int = 1,
+        metric: Metric = "euclidean",
         rcond: float | None = None,
         ridge: float = 0.0,
         nonfinite: NonFinite = "raise",
@@ -88,6 +98,8 @@ class QPBalancer(GramianBalancer):
             raise ValueError(f"ridge must be >= 0, got {ridge!r}")
         if isinstance(solve_every, bool) or not isinstance(solve_every, int) or solve_every < 1:
             raise ValueError(f"solve_every must be a positive integer, got {solve_every!r}")
+        if metric not in ("euclidean", "adam"):
+            raise ValueError(f"metric must be 'euclidean' or 'adam', got {metric!r}")
         if backend == "cvxpy":
             from moo_opt.solvers import reference  # noqa: F401  (fails now, with the install hint)
 
@@ -95,6 +107,9 @@ class QPBalancer(GramianBalancer):
         self.renormalize, self.simplex, self.backend = bool(renormalize), bool(simplex), backend
         self.rcond, self.ridge = rcond, float(ridge)
         self.solve_every = solve_every
+        self.metric: Metric = metric
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._metric_used: Tensor | None = None
         #: steps balanced so far (not skipped): decides which steps solve under solve_every
         self.calls = 0
         #: the last QP solution z and its result, reused by the steps in between
@@ -104,6 +119,28 @@ class QPBalancer(GramianBalancer):
     @property
     def offsets(self) -> tuple[float, ...]:
         return self._offsets.values
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimiser whose preconditioner ``metric="adam"`` reads (a runtime binding: not in
+        the state dict, kept across :meth:`load_state_dict`)."""
+        if self.metric == "adam" and not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            raise ValueError(f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}")
+        self._optimizer = optimizer
+
+    def _gramian(self, grads: ObjectiveGradients) -> Tensor:
+        if self.metric == "euclidean":
+            return grads.gramian()
+        if self._optimizer is None:
+            raise RuntimeError("QPBalancer(metric='adam') needs balancer.bind_optimizer(optimizer) before backward() (balanced_step does it)")
+        precond = adam_metric(self._optimizer, grads.params)
+        device = grads.params[0].device
+        self._metric_used = torch.full((), float(precond is not None), dtype=torch.float64, device=device)
+        return grads.gramian(precond)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        optimizer = self._optimizer
+        super().load_state_dict(state_dict)
+        self._optimizer = optimizer
 
     def _solve(self, gram: Tensor) -> SolveResult:
         if self.backend == "cvxpy":
@@ -120,6 +157,8 @@ class QPBalancer(GramianBalancer):
         result = self._solve(gram / (scale[:, None] * scale[None, :]))
         z = result.weights.to(values.device)
         coeff, extras = self._coefficients(values, z)
+        if self.metric == "adam" and self._metric_used is not None:
+            extras["adam_metric"] = self._metric_used
         if self.solve_every > 1:
             extras["solve_age"] = torch.zeros((), dtype=torch.float64, device=values.device)
         return coeff, result, extras
