@@ -14,6 +14,12 @@ import torch
 from torch import Tensor
 
 
+def require_adam(optimizer: torch.optim.Optimizer) -> None:
+    """``ValueError`` unless ``optimizer`` is ``torch.optim.Adam`` or ``AdamW``."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise ValueError(f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}")
+
+
 def adam_metric(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> list[Tensor] | None:
     """``1 / (√v̂ + ε)`` for each parameter, from the state of ``torch.optim.Adam`` or ``AdamW``
     (``v̂`` the bias-corrected second moment, ``max_exp_avg_sq`` with ``amsgrad``).
@@ -22,8 +28,7 @@ def adam_metric(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> l
     optimiser or a parameter it does not update. Computed on the parameters' device, no host
     synchronisation (a tensor ``step`` stays a tensor).
     """
-    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise ValueError(f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}")
+    require_adam(optimizer)
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     out: list[Tensor] = []
     for i, p in enumerate(params):

@@ -32,9 +32,7 @@ def balanced_step(
     skipped step (``nonfinite="skip"``) leaves parameters and optimiser untouched.
     """
     params = list(parameters)
-    bind = getattr(balancer, "bind_optimizer", None)
-    if bind is not None:  # balancers that measure balance in the optimiser's metric
-        bind(optimizer)
+    balancer.bind_optimizer(optimizer)  # for balancers that measure balance in the optimiser's metric
     optimizer.zero_grad(set_to_none=True)
     info = balancer.backward(compute_losses(), params)
     if info.skipped:

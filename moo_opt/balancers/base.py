@@ -86,6 +86,13 @@ def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
     return values
 
 
+def check_every(name: str, value: int) -> int:
+    """A period ``k`` of an amortised mode (``update_every``, ``solve_every``): a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 @functools.cache
 def _option_names(cls: type) -> tuple[str, ...]:
     """The keyword arguments of ``cls.__init__`` (read once per class: state_dict() runs every step
@@ -147,6 +154,11 @@ class Balancer(ABC):
         """Amortised balancers: learn from the losses recomputed after the optimiser step.
         A no-op returning False for the others."""
         return False
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Balancers that read the optimiser's state (``QPBalancer(metric="adam")``) keep it; a no-op
+        for the others. :func:`moo_opt.balanced_step` calls it."""
+        return None
 
     @abstractmethod
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo: ...

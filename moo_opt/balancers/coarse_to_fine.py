@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from moo_opt import distributed
-from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets
+from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, check_every
 
 Mode = Literal["same_batch", "next_batch"]
 
@@ -78,15 +78,13 @@ class CoarseToFineBalancer(Balancer):
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         if mode not in ("same_batch", "next_batch"):
             raise ValueError(f"mode must be 'same_batch' or 'next_batch', got {mode!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be a positive integer, got {update_every!r}")
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
         if not (math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
-        self.update_every = update_every
+        self.update_every = check_every("update_every", update_every)
         self.betas, self.eps = (b1, b2), float(eps)
         self.logits = torch.zeros(num_objectives, dtype=torch.float64)
         self.exp_avg = torch.zeros(num_objectives, dtype=torch.float64)

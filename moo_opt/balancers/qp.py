@@ -9,9 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets
+from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets, check_every
 from moo_opt.gradients import ObjectiveGradients
-from moo_opt.metrics import adam_metric
+from moo_opt.metrics import adam_metric, require_adam
 from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
 
 Backend = Literal["analytic", "cvxpy"]
@@ -96,8 +96,6 @@ class QPBalancer(GramianBalancer):
             raise ValueError(f"rcond must be >= 0 or None, got {rcond!r}")
         if not (math.isfinite(ridge) and ridge >= 0.0):
             raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-        if isinstance(solve_every, bool) or not isinstance(solve_every, int) or solve_every < 1:
-            raise ValueError(f"solve_every must be a positive integer, got {solve_every!r}")
         if metric not in ("euclidean", "adam"):
             raise ValueError(f"metric must be 'euclidean' or 'adam', got {metric!r}")
         if backend == "cvxpy":
@@ -106,7 +104,7 @@ class QPBalancer(GramianBalancer):
             reference._cvxpy()
         self.renormalize, self.simplex, self.backend = bool(renormalize), bool(simplex), backend
         self.rcond, self.ridge = rcond, float(ridge)
-        self.solve_every = solve_every
+        self.solve_every = check_every("solve_every", solve_every)
         self.metric: Metric = metric
         self._optimizer: torch.optim.Optimizer | None = None
         self._metric_used: Tensor | None = None
@@ -123,8 +121,8 @@ class QPBalancer(GramianBalancer):
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimiser whose preconditioner ``metric="adam"`` reads (a runtime binding: not in
         the state dict, kept across :meth:`load_state_dict`)."""
-        if self.metric == "adam" and not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-            raise ValueError(f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}")
+        if self.metric == "adam":
+            require_adam(optimizer)
         self._optimizer = optimizer
 
     def _gramian(self, grads: ObjectiveGradients) -> Tensor:

@@ -209,9 +209,7 @@ class Trainer:
         self.main_params, self.aux_params = models.parameter_groups(self.net)
         self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
-        bind = getattr(self.balancer, "bind_optimizer", None)
-        if bind is not None:  # QPBalancer(metric="adam") reads Adam's preconditioner
-            bind(self.optimizer)
+        self.balancer.bind_optimizer(self.optimizer)  # QPBalancer(metric="adam") reads Adam's preconditioner
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
         self.step, self.epoch, self.best = 0, 0, math.inf
         self.skipped_steps = self.consecutive_skips = 0
