@@ -8,10 +8,13 @@ from moo_opt.balancers import (
     BalanceInfo,
     Balancer,
     CoarseToFineBalancer,
+    DWABalancer,
     FixedWeights,
+    IMTLGBalancer,
     MGDABalancer,
     NonFiniteLossError,
     QPBalancer,
+    RLWBalancer,
 )
 from moo_opt.registry import available, create, options, register
 from moo_opt.training import balanced_step
@@ -22,10 +25,13 @@ __all__ = [
     "BalanceInfo",
     "Balancer",
     "CoarseToFineBalancer",
+    "DWABalancer",
     "FixedWeights",
+    "IMTLGBalancer",
     "MGDABalancer",
     "NonFiniteLossError",
     "QPBalancer",
+    "RLWBalancer",
     "available",
     "balanced_step",
     "create",

@@ -5,10 +5,19 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from moo_opt.balancers import Balancer, CoarseToFineBalancer, FixedWeights, MGDABalancer, QPBalancer
+from moo_opt.balancers import (
+    Balancer,
+    CoarseToFineBalancer,
+    DWABalancer,
+    FixedWeights,
+    IMTLGBalancer,
+    MGDABalancer,
+    QPBalancer,
+    RLWBalancer,
+)
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer)
 }
 
 

@@ -2,17 +2,23 @@
 
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
+from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.fixed import FixedWeights
+from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.mgda import MGDABalancer
 from moo_opt.balancers.qp import QPBalancer
+from moo_opt.balancers.rlw import RLWBalancer
 
 __all__ = [
     "BalanceInfo",
     "Balancer",
     "CoarseToFineBalancer",
+    "DWABalancer",
     "FixedWeights",
     "GramianBalancer",
+    "IMTLGBalancer",
     "MGDABalancer",
     "NonFiniteLossError",
     "QPBalancer",
+    "RLWBalancer",
 ]

@@ -86,8 +86,8 @@ def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
     return values
 
 
-def check_every(name: str, value: int) -> int:
-    """A period ``k`` of an amortised mode (``update_every``, ``solve_every``): a positive int."""
+def positive_int(name: str, value: int) -> int:
+    """``value`` if it is a positive int (not a bool), else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
@@ -128,8 +128,7 @@ class Balancer(ABC):
     needs_update: ClassVar[bool] = False
 
     def __init__(self, num_objectives: int, *, nonfinite: NonFinite = "raise") -> None:
-        if not isinstance(num_objectives, int) or isinstance(num_objectives, bool) or num_objectives < 1:
-            raise ValueError(f"num_objectives must be a positive integer, got {num_objectives!r}")
+        positive_int("num_objectives", num_objectives)
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
         self.num_objectives = num_objectives

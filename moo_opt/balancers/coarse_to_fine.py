@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from moo_opt import distributed
-from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, check_every
+from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, positive_int
 
 Mode = Literal["same_batch", "next_batch"]
 
@@ -84,7 +84,7 @@ class CoarseToFineBalancer(Balancer):
         if not (math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
-        self.update_every = check_every("update_every", update_every)
+        self.update_every = positive_int("update_every", update_every)
         self.betas, self.eps = (b1, b2), float(eps)
         self.logits = torch.zeros(num_objectives, dtype=torch.float64)
         self.exp_avg = torch.zeros(num_objectives, dtype=torch.float64)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite
+from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, positive_int
 
 
 class FixedWeights(Balancer):
@@ -27,6 +27,8 @@ class FixedWeights(Balancer):
     name = "fixed"
 
     def __init__(self, weights: Sequence[float] | None = None, *, num_objectives: int | None = None, nonfinite: NonFinite = "raise") -> None:
+        if num_objectives is not None:
+            positive_int("num_objectives", num_objectives)
         if weights is None:
             if num_objectives is None:
                 raise ValueError("FixedWeights needs weights or num_objectives")

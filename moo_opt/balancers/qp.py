@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets, check_every
+from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets, positive_int
 from moo_opt.gradients import ObjectiveGradients
 from moo_opt.metrics import adam_metric, require_adam
 from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
@@ -104,7 +104,7 @@ class QPBalancer(GramianBalancer):
             reference._cvxpy()
         self.renormalize, self.simplex, self.backend = bool(renormalize), bool(simplex), backend
         self.rcond, self.ridge = rcond, float(ridge)
-        self.solve_every = check_every("solve_every", solve_every)
+        self.solve_every = positive_int("solve_every", solve_every)
         self.metric: Metric = metric
         self._optimizer: torch.optim.Optimizer | None = None
         self._metric_used: Tensor | None = None

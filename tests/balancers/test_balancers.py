@@ -22,7 +22,7 @@ from moo_opt.balancers.qp import renormalized
 from moo_opt.solvers import SolveStatus
 from tests.helpers.models import toy_problem
 
-ALL = pytest.mark.parametrize("name", ["fixed", "coarse-to-fine", "qp", "mgda"])
+ALL = pytest.mark.parametrize("name", available())
 
 
 def grads_of(problem, weights: torch.Tensor) -> list[torch.Tensor | None]:
@@ -314,7 +314,7 @@ def test_invalid_options_name_the_option() -> None:
 def test_registry_names_and_errors() -> None:
     assert set(available()) >= {"fixed", "coarse-to-fine", "qp", "mgda"}
     assert isinstance(create("qp", 3, offsets=0.5), QPBalancer)
-    with pytest.raises(ValueError, match="available: coarse-to-fine, fixed, mgda, qp"):
+    with pytest.raises(ValueError, match="available: coarse-to-fine, dwa, fixed, imtl-g, mgda, qp, rlw"):
         create("famo")
     with pytest.raises(ValueError, match=r"unknown option\(s\) lr .*valid: offsets, beta"):
         create("coarse-to-fine", 2, lr=0.1)
@@ -322,7 +322,7 @@ def test_registry_names_and_errors() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["fixed", "coarse-to-fine", "qp", "mgda"])
+@pytest.mark.parametrize("name", available())
 def test_two_objectives_on_cuda_add_no_synchronisation(name: str) -> None:
     p = toy_problem(dtype=torch.float32)
     for m in (p.trunk, p.heads):

@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moo_opt import balanced_step, create
+from moo_opt import available, balanced_step, create
 from tests.helpers.models import toy_problem
 
-NAMES = ["fixed", "coarse-to-fine", "qp", "mgda"]
+NAMES = available()
 STEPS = 3
 
 

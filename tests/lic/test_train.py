@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from moo_opt import available
 from plugins.lic import checkpoint
 from plugins.lic.errors import UsageError
 from plugins.lic.logs import read
@@ -27,7 +28,7 @@ def train(out: Path, *extra: str) -> int:
     return main([*TINY, "--out", str(out), *extra])
 
 
-@pytest.mark.parametrize("balancer", ["fixed", "coarse-to-fine", "qp", "mgda"])
+@pytest.mark.parametrize("balancer", available())
 def test_twenty_steps_with_each_balancer(tmp_path: Path, balancer: str, capsys) -> None:
     assert train(tmp_path, "--balancer", balancer, "--steps", "20") == 0
     assert "done: 20 steps" in capsys.readouterr().out
@@ -57,7 +58,7 @@ def test_checkpoint_is_compressai_format_and_loads_into_the_plain_class(tmp_path
     FactorizedPrior(N=8, M=12).load_state_dict(ckpt["state_dict"])
 
 
-@pytest.mark.parametrize("balancer", ["fixed", "coarse-to-fine", "qp", "mgda"])
+@pytest.mark.parametrize("balancer", available())
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path, balancer: str) -> None:
     """12 steps in one go, or 6, stop, resume, 6 more: bit-identical parameters and balancer state."""
     assert train(tmp_path / "a", "--balancer", balancer, "--steps", "12") == 0

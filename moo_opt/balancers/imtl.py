@@ -1,0 +1,46 @@
+"""IMTL-G (Liu et al., ICLR 2021): the direction with equal projections on every unit gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.qp import renormalized
+from moo_opt.solvers import SolveResult, solve_equality_qp
+
+
+class IMTLGBalancer(GramianBalancer):
+    r"""Impartial MTL, gradient part: :math:`d = \sum_i \alpha_i g_i` with :math:`\sum_i \alpha_i = 1`
+    and the same projection on every unit gradient, :math:`d \cdot u_i = d \cdot u_j` with
+    :math:`u_i = g_i / |g_i|`.
+
+    Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
+    ICLR 2021. The paper's closed form :math:`\alpha_{2:N} = g_1 U^\top (D U^\top)^{-1}` (with
+    :math:`D_i = g_1 - g_i`, :math:`U_i = u_1 - u_i`) is, written with :math:`\gamma_i = \alpha_i |g_i|`,
+    the system :math:`\tilde Q \gamma \propto \mathbf 1` on the Gramian of the unit gradients
+    :math:`\tilde Q = N^{-1} Q N^{-1}`, :math:`N = \mathrm{diag}(|g_i|)`: the equality-constrained QP
+    of :func:`~moo_opt.solvers.solve_equality_qp`, solved exactly with its status. The weights on the
+    raw losses are :math:`z_i / |g_i|` renormalised to sum to one (:func:`~moo_opt.balancers.qp.renormalized`).
+    A zero gradient has no direction: its norm is taken as 1 (the QP is then degenerate and gets
+    the minimum-norm weights, reported as ``DEGENERATE``). The paper's loss part (IMTL-L, learned
+    loss scales) is not included.
+
+    Args:
+        rcond: passed to :func:`~moo_opt.solvers.solve_equality_qp`.
+        nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
+    """
+
+    name = "imtl-g"
+
+    def __init__(self, num_objectives: int, *, rcond: float | None = None, nonfinite: NonFinite = "raise") -> None:
+        super().__init__(num_objectives, nonfinite=nonfinite)
+        self.rcond = rcond
+
+    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        norms = gram.diagonal().clamp(min=0.0).sqrt()
+        norms = torch.where(norms > 0.0, norms, torch.ones_like(norms))
+        result = solve_equality_qp(gram / (norms[:, None] * norms[None, :]), rcond=self.rcond)
+        z = result.weights.to(values.device)
+        alpha, flipped = renormalized(z / norms.to(values.device))
+        return alpha, result, {"z": z, "grad_norm": norms.to(values.device), "renormalized_by_abs": flipped}

@@ -1,0 +1,83 @@
+"""Hand cases and promised invariances of the well-known balancers (issue 9): IMTL-G, DWA, RLW."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moo_opt import DWABalancer, IMTLGBalancer, RLWBalancer, balanced_step
+from moo_opt.solvers import SolveStatus
+from tests.helpers.models import toy_problem
+
+
+def _linear_losses(*gradients: list[float]):
+    """Losses ``gᵢ·θ`` at θ = 0: their gradients are exactly the given vectors."""
+    theta = torch.zeros(len(gradients[0]), dtype=torch.float64, requires_grad=True)
+    return theta, [torch.tensor(g, dtype=torch.float64) @ theta + 1.0 for g in gradients]
+
+
+def test_imtl_g_two_orthogonal_gradients_by_hand() -> None:
+    # g1 = (3, 0), g2 = (0, 1): d = (3α1, α2) projects 3α1 on u1 and α2 on u2; equal with α1+α2 = 1
+    theta, losses = _linear_losses([3.0, 0.0], [0.0, 1.0])
+    info = IMTLGBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([0.25, 0.75], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(theta.grad, torch.tensor([0.75, 0.75], dtype=torch.float64))
+    assert info.solve.status is SolveStatus.OPTIMAL
+
+
+def test_imtl_g_three_gradients_by_hand() -> None:
+    # g1 = (1,0,0), g2 = (0,2,0), g3 = (0,0,4): equal projections 1·α1 = 2α2 = 4α3 → α ∝ (4, 2, 1)
+    theta, losses = _linear_losses([1.0, 0, 0], [0, 2.0, 0], [0, 0, 4.0])
+    info = IMTLGBalancer(3).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64) / 7, rtol=1e-12, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 4))
+def test_imtl_g_projections_on_unit_gradients_are_equal(seed: int, n: int) -> None:
+    p = toy_problem(seed=seed, num_objectives=n, width=8)
+    b = IMTLGBalancer(n)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    info = b.backward(p.losses(), p.shared())
+    d = g @ info.weights
+    proj = (g / g.norm(dim=0)).T @ d
+    assert float(info.weights.sum()) == pytest.approx(1.0, abs=1e-12)
+    if info.solve.status is SolveStatus.OPTIMAL:
+        torch.testing.assert_close(proj, proj.mean().expand(n), rtol=1e-8, atol=1e-12 * float(d.norm()))
+
+
+def test_dwa_weights_follow_the_loss_ratios_of_the_last_two_periods() -> None:
+    p = toy_problem(num_objectives=2, scales=[1.0, 1.0])
+    b = DWABalancer(2, temperature=2.0, period=2)
+    opt = torch.optim.SGD(p.all_parameters(), lr=0.05)
+    seen, weights = [], []
+    for _ in range(8):
+        info = balanced_step(b, opt, p.losses, p.shared())
+        seen.append(info.losses)
+        weights.append(info.weights)
+    for w in weights[:4]:  # the first two periods: ones
+        assert torch.equal(w, torch.ones(2, dtype=torch.float64))
+    means = [torch.stack(seen[i : i + 2]).mean(0) for i in (0, 2, 4)]
+    for step, (before, last) in ((4, means[:2]), (6, means[1:])):
+        expected = 2 * torch.softmax((last / before) / 2.0, dim=0)
+        torch.testing.assert_close(weights[step], expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(weights[step + 1], expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="temperature"):
+        DWABalancer(2, temperature=0.0)
+    with pytest.raises(ValueError, match="period"):
+        DWABalancer(2, period=0)
+
+
+def test_rlw_draws_softmax_normal_weights_from_its_own_seeded_generator() -> None:
+    p = toy_problem(num_objectives=3)
+    global_state = torch.get_rng_state()
+    b = RLWBalancer(3, seed=7)
+    draws = [b.backward(p.losses(), p.shared()).weights for _ in range(4)]
+    gen = torch.Generator().manual_seed(7)
+    for w in draws:
+        torch.testing.assert_close(w, torch.softmax(torch.randn(3, generator=gen, dtype=torch.float64), 0), rtol=0, atol=0)
+        assert float(w.sum()) == pytest.approx(1.0, abs=1e-12) and bool((w > 0).all())
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG is never drawn from
