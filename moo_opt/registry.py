@@ -9,15 +9,17 @@ from moo_opt.balancers import (
     Balancer,
     CoarseToFineBalancer,
     DWABalancer,
+    FAMOBalancer,
     FixedWeights,
     IMTLGBalancer,
     MGDABalancer,
     QPBalancer,
     RLWBalancer,
+    UncertaintyWeighting,
 )
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting)
 }
 
 

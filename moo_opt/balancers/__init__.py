@@ -3,17 +3,20 @@
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.balancers.dwa import DWABalancer
+from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.mgda import MGDABalancer
 from moo_opt.balancers.qp import QPBalancer
 from moo_opt.balancers.rlw import RLWBalancer
+from moo_opt.balancers.uncertainty import UncertaintyWeighting
 
 __all__ = [
     "BalanceInfo",
     "Balancer",
     "CoarseToFineBalancer",
     "DWABalancer",
+    "FAMOBalancer",
     "FixedWeights",
     "GramianBalancer",
     "IMTLGBalancer",
@@ -21,4 +24,5 @@ __all__ = [
     "NonFiniteLossError",
     "QPBalancer",
     "RLWBalancer",
+    "UncertaintyWeighting",
 ]

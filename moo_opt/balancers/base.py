@@ -93,6 +93,16 @@ def positive_int(name: str, value: int) -> int:
     return value
 
 
+def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
+    """One step of ``torch.optim.Adam``'s arithmetic, in place, for a balancer's own small
+    parameters (``step``: the count including this step)."""
+    b1, b2 = betas
+    exp_avg.lerp_(grad, 1.0 - b1)
+    exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+    denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - b2**step)).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-lr / (1.0 - b1**step))
+
+
 @functools.cache
 def _option_names(cls: type) -> tuple[str, ...]:
     """The keyword arguments of ``cls.__init__`` (read once per class: state_dict() runs every step

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from moo_opt import distributed
-from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, positive_int
+from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, adam_step_, positive_int
 
 Mode = Literal["same_batch", "next_batch"]
 
@@ -180,15 +180,8 @@ class CoarseToFineBalancer(Balancer):
 
     def _learn(self, before: Tensor, after: Tensor) -> None:
         """One Adam step (torch.optim.Adam's arithmetic, in float64) on the logits."""
-        grad = self.logit_gradient(before, after)
-        b1, b2 = self.betas
         self.step += 1
-        self.exp_avg.lerp_(grad, 1.0 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-        bias1 = 1.0 - b1**self.step
-        bias2 = 1.0 - b2**self.step
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(self.eps)
-        self.logits.addcdiv_(self.exp_avg, denom, value=-self.beta / bias1)
+        adam_step_(self.logits, self.logit_gradient(before, after), self.exp_avg, self.exp_avg_sq, self.step, self.beta, self.betas, self.eps)
 
     # ------------------------------------------------------------------ state
 

@@ -81,3 +81,48 @@ def test_rlw_draws_softmax_normal_weights_from_its_own_seeded_generator() -> Non
         assert float(w.sum()) == pytest.approx(1.0, abs=1e-12) and bool((w > 0).all())
     assert not torch.equal(draws[0], draws[1])
     assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG is never drawn from
+
+
+def test_famo_matches_its_update_rule_written_with_autograd_and_torch_adam() -> None:
+    """FAMO's rule as its paper states it: d = ∂softmax(w)/∂w ᵀ δ, then Adam(lr, weight_decay=γ) on w."""
+    from moo_opt import FAMOBalancer
+
+    p = toy_problem(num_objectives=3)
+    b = FAMOBalancer(3)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    w_opt = torch.optim.Adam([w], lr=0.025, weight_decay=0.01)
+    for _ in range(5):
+        before = torch.stack([loss.detach() for loss in p.losses()])
+        z = torch.softmax(w.detach(), 0)
+        info = balanced_step(b, opt, p.losses, p.shared())
+        coeff = z / (before + 1e-8)
+        torch.testing.assert_close(info.weights, coeff / coeff.sum(), rtol=1e-10, atol=0)
+        after = torch.stack([loss.detach() for loss in p.losses()])
+        delta = torch.log(before + 1e-8) - torch.log(after + 1e-8)
+        (w.grad,) = torch.autograd.grad(torch.softmax(w, 0), w, grad_outputs=delta)
+        w_opt.step()
+        torch.testing.assert_close(b.logits, w.detach(), rtol=1e-10, atol=1e-14)
+
+
+def test_uncertainty_weighting_learns_like_torch_adam_on_its_objective() -> None:
+    """Σ exp(−sᵢ) Lᵢ + sᵢ minimised over s by torch.optim.Adam (with autograd), step for step."""
+    from moo_opt import UncertaintyWeighting
+
+    p = toy_problem(num_objectives=2)
+    b = UncertaintyWeighting(2, lr=0.05)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    s = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    s_opt = torch.optim.Adam([s], lr=0.05)
+    for _ in range(6):
+        values = torch.stack([loss.detach() for loss in p.losses()])
+        info = balanced_step(b, opt, p.losses, p.shared())
+        torch.testing.assert_close(info.weights, torch.exp(-s.detach()), rtol=1e-12, atol=0)
+        s_opt.zero_grad()
+        (torch.exp(-s) * values + s).sum().backward()
+        s_opt.step()
+        torch.testing.assert_close(b.log_variance, s.detach(), rtol=1e-10, atol=1e-14)
+    # the larger loss (scale 100) gets the larger variance, i.e. the smaller weight
+    assert float(b.log_variance[1]) > float(b.log_variance[0]) and float(info.weights[1]) < float(info.weights[0])
+    with pytest.raises(ValueError, match="lr"):
+        UncertaintyWeighting(2, lr=0.0)

@@ -100,7 +100,7 @@ def test_trains_on_an_image_folder(tmp_path: Path) -> None:
 
 BAD = [
     (["-m", "nope"], "-m nope: unknown model"),
-    (["--balancer", "famo"], "--balancer famo: unknown"),
+    (["--balancer", "pcgrad-typo"], "--balancer pcgrad-typo: unknown"),
     (["-d", "imagenet"], "-d imagenet: neither a registered dataset"),
     (["--lambda", "0"], "--lambda 0.0: must be > 0"),
     (["--lambda", "-0.01"], "must be > 0"),
