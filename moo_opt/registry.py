@@ -13,13 +13,14 @@ from moo_opt.balancers import (
     FixedWeights,
     IMTLGBalancer,
     MGDABalancer,
+    PCGradBalancer,
     QPBalancer,
     RLWBalancer,
     UncertaintyWeighting,
 )
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer)
 }
 
 

@@ -7,6 +7,7 @@ from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.mgda import MGDABalancer
+from moo_opt.balancers.pcgrad import PCGradBalancer
 from moo_opt.balancers.qp import QPBalancer
 from moo_opt.balancers.rlw import RLWBalancer
 from moo_opt.balancers.uncertainty import UncertaintyWeighting
@@ -22,6 +23,7 @@ __all__ = [
     "IMTLGBalancer",
     "MGDABalancer",
     "NonFiniteLossError",
+    "PCGradBalancer",
     "QPBalancer",
     "RLWBalancer",
     "UncertaintyWeighting",

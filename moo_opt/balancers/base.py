@@ -136,6 +136,9 @@ class Balancer(ABC):
     #: True when :meth:`update` is due after this step's optimiser step (amortised balancers, on
     #: the steps that learn; read it after :meth:`backward`; see :func:`moo_opt.balanced_step`)
     needs_update: ClassVar[bool] = False
+    #: True for a method that reads values back to the host every step by design (on CUDA, a
+    #: synchronisation even with ``nonfinite="unchecked"``)
+    reads_host: ClassVar[bool] = False
 
     def __init__(self, num_objectives: int, *, nonfinite: NonFinite = "raise") -> None:
         positive_int("num_objectives", num_objectives)
@@ -264,8 +267,9 @@ class GramianBalancer(Balancer):
         return grads.gramian()
 
     @abstractmethod
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        """``(weights on the raw losses, solver result, extras)`` from the loss values and Gramian."""
+    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult | None, dict[str, Tensor]]:
+        """``(weights on the raw losses, solver result or None for a method without a solver,
+        extras)`` from the loss values and Gramian."""
 
     def gradients(self, losses: Sequence[Tensor], parameters: Iterable[Tensor]) -> ObjectiveGradients:
         """The per-objective gradients this balancer would use (for inspection and tests)."""

@@ -126,3 +126,34 @@ def test_uncertainty_weighting_learns_like_torch_adam_on_its_objective() -> None
     assert float(b.log_variance[1]) > float(b.log_variance[0]) and float(info.weights[1]) < float(info.weights[0])
     with pytest.raises(ValueError, match="lr"):
         UncertaintyWeighting(2, lr=0.0)
+
+
+def test_pcgrad_two_conflicting_gradients_by_hand() -> None:
+    # g1 = (1, 0), g2 = (-1, 1) conflict (g1·g2 = -1): g1' = g1 + g2/2 = (.5, .5), g2' = g2 + g1 = (0, 1)
+    from moo_opt import PCGradBalancer
+
+    theta, losses = _linear_losses([1.0, 0.0], [-1.0, 1.0])
+    info = PCGradBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([2.0, 1.5], dtype=torch.float64))
+    torch.testing.assert_close(theta.grad, torch.tensor([0.5, 1.5], dtype=torch.float64))
+    assert float(info.extras["projections"]) == 2.0
+    # no conflict: the plain sum
+    theta, losses = _linear_losses([1.0, 0.0], [1.0, 1.0])
+    assert torch.equal(PCGradBalancer(2).backward(losses, [theta]).weights, torch.ones(2, dtype=torch.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_pcgrad_removes_the_conflicting_component_for_two_objectives(seed: int) -> None:
+    from moo_opt import PCGradBalancer
+
+    p = toy_problem(seed=seed, num_objectives=2, width=6)
+    b = PCGradBalancer(2, seed=seed)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    q = g.T @ g
+    w, _ = b.surgery(q)
+    projected = [g[:, 0] - min(0.0, float(q[0, 1])) / float(q[1, 1]) * g[:, 1], g[:, 1] - min(0.0, float(q[0, 1])) / float(q[0, 0]) * g[:, 0]]
+    torch.testing.assert_close(g @ w, projected[0] + projected[1], rtol=1e-10, atol=1e-12 * float(g.abs().max()))
+    if float(q[0, 1]) < 0:  # each projected gradient is orthogonal to the other original one
+        assert abs(float(projected[0] @ g[:, 1])) <= 1e-9 * float(g.norm()) ** 2
+        assert abs(float(projected[1] @ g[:, 0])) <= 1e-9 * float(g.norm()) ** 2
