@@ -225,6 +225,14 @@ class Balancer(ABC):
     def _load_state(self, state: Mapping[str, Any]) -> None:
         return None
 
+    def _load_vectors(self, state: Mapping[str, Any], keys: Sequence[str]) -> None:
+        """Set each attribute in ``keys`` from ``state``: a float64 tensor of shape (N,), checked."""
+        for key in keys:
+            value = state[key]
+            if not isinstance(value, Tensor) or value.shape != (self.num_objectives,):
+                raise ValueError(f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)")
+            setattr(self, key, value.to(torch.float64))
+
     def state_dict(self) -> dict[str, Any]:
         """``{"balancer": name, "options": {...}, "state": {...}, "skips": int}``; tensors are cloned."""
         state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._state().items()}

@@ -189,11 +189,7 @@ class CoarseToFineBalancer(Balancer):
         return {"logits": self.logits, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step, "calls": self.calls, "pending": self.pending}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        for key in ("logits", "exp_avg", "exp_avg_sq"):
-            value = state[key]
-            if not isinstance(value, Tensor) or value.shape != (self.num_objectives,):
-                raise ValueError(f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)")
-            setattr(self, key, value.to(torch.float64))
+        self._load_vectors(state, ("logits", "exp_avg", "exp_avg_sq"))
         self.step = int(state["step"])
         self.calls = int(state.get("calls", 0))
         pending = state.get("pending")

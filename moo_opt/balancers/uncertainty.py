@@ -67,9 +67,5 @@ class UncertaintyWeighting(Balancer):
         return {"log_variance": self.log_variance, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        for key in ("log_variance", "exp_avg", "exp_avg_sq"):
-            value = state[key]
-            if not isinstance(value, Tensor) or value.shape != (self.num_objectives,):
-                raise ValueError(f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)")
-            setattr(self, key, value.to(torch.float64))
+        self._load_vectors(state, ("log_variance", "exp_avg", "exp_avg_sq"))
         self.step = int(state["step"])
