@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import moo_opt  # noqa: E402
 from plugins.lic import models  # noqa: E402
 from plugins.lic.objectives import rd_losses  # noqa: E402
 from plugins.lic.train import Trainer, build_parser  # noqa: E402
@@ -52,6 +53,9 @@ VARIANTS: dict[str, tuple[str, list[str]] | tuple[str, list[str], list[str]]] = 
     "fixed-cl": ("fixed", [], ["--channels-last"]),
     "c2f-same-cl": ("coarse-to-fine", [], ["--channels-last"]),
 }
+#: the other registered balancers at their defaults (the zoo's cost table: --variants zoo)
+ZOO = [name for name in moo_opt.available() if name not in ("fixed", "coarse-to-fine", "qp", "mgda")]
+VARIANTS.update({name: (name, []) for name in ZOO})
 #: model label → CLI flags ("mbt2018-mean": its usual size, CompressAI's quality 3)
 MODELS: dict[str, list[str]] = {
     "mbt2018-mean": ["-m", "mbt2018-mean", "--quality", "3"],
@@ -243,7 +247,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="small,mbt2018-mean", help=f"comma-separated, of {', '.join(MODELS)}")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (fixed is always run)")
+    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in ZOO),
+                   help=f"comma-separated, of {', '.join(VARIANTS)} (fixed is always run), or 'zoo': every registered balancer")  # fmt: skip
     p.add_argument("--patch", type=int, default=128, help="square patch size (256 is CompressAI's; 128 keeps the CPU run short)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=15, help="interleaved rounds")
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     labels = args.models.split(",")
-    variants = args.variants.split(",")
+    variants = ["fixed", "c2f-same", "qp", "mgda", *ZOO] if args.variants == "zoo" else args.variants.split(",")
     for name in [*labels, *variants]:
         if name not in MODELS and name not in VARIANTS:
             p.error(f"{name}: not a model ({', '.join(MODELS)}) or variant ({', '.join(VARIANTS)})")

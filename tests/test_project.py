@@ -45,6 +45,15 @@ def test_step_overhead_benchmark_runs_and_reports_ratios() -> None:
     assert "| fixed | " in proc.stdout and "1.000×" in proc.stdout and "commit" in proc.stdout
 
 
+def test_step_overhead_covers_every_registered_balancer() -> None:
+    from moo_opt import available
+
+    proc = run("benchmarks/step_overhead.py", "--models", "small", "--variants", "zoo", "--reps", "1", "--warmup", "0", "--patch", "64", "--batch", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in available():
+        assert f"| {'c2f-same' if name == 'coarse-to-fine' else name} |" in proc.stdout
+
+
 def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
     """`benchmarks/reproduce.py` end to end, a couple of steps per run, evaluated on two small images."""
     import numpy as np
