@@ -134,3 +134,12 @@ def equality_condition(gram: np.ndarray) -> float:
     if lam[0] <= 0.0:
         return math.inf
     return max(1.0, float(lam[-1])) / float(lam[0])
+
+
+def gram_condition(gram: np.ndarray) -> float:
+    """``λmax(C) / λmin(C)`` of the Jacobi-equilibrated Gramian (``inf`` when it is singular)."""
+    _, c = equilibrate(gram)
+    lam = np.linalg.eigvalsh(0.5 * (c + c.T))
+    if lam[0] <= 0.0:
+        return math.inf
+    return float(lam[-1]) / float(lam[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import cached_property
 from typing import Literal
 
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Problem = Literal["equality", "simplex"]
+#: "equality" (Solution 2), "simplex" (MGDA), "box" (UPGrad's projections), "nash" (Nash-MTL),
+#: "cagrad" (CAGrad's inner problem), "alignment" (Aligned-MTL's balance transform)
+Problem = Literal["equality", "simplex", "box", "nash", "cagrad", "alignment"]
 
 
 class SolveStatus(enum.Enum):
@@ -37,6 +40,9 @@ class SolveStatus(enum.Enum):
     INACCURATE = "inaccurate"
     #: Non-finite or non-PSD input found by a deferred (on-device) check; weights are uniform.
     INVALID_INPUT = "invalid_input"
+    #: The problem as posed has no solution (Nash-MTL when no direction improves every objective);
+    #: the solver's docstring says which documented answer the weights are instead.
+    INFEASIBLE = "infeasible"
 
 
 # Integer codes for statuses computed on a device without a host synchronisation.
@@ -49,7 +55,9 @@ def status_code(status: SolveStatus) -> int:
 
 @dataclass(frozen=True)
 class KKTReport:
-    """KKT residuals of ``1/2 wᵀQw`` s.t. ``Σw = 1`` (and ``w ≥ 0`` on the simplex).
+    """KKT residuals of ``1/2 wᵀQw`` s.t. ``Σw = 1`` (and ``w ≥ 0`` on the simplex); the other
+    problems fill the same four relative terms from their own optimality conditions (see each
+    solver's docstring).
 
     With ``μ = wᵀQw`` and ``ν = Qw − μ1`` (the multiplier of ``w ≥ 0``), each stationarity and
     complementarity term of row ``i`` is relative: divided by ``T·(sᵢ + T)`` with ``sᵢ = √Qᵢᵢ``
@@ -133,6 +141,8 @@ class SolveResult:
     gram: HostOrDevice = field(repr=False)
     _status: SolveStatus | Tensor = field(repr=False)
     _condition: float | None = field(default=None, repr=False)
+    #: the problem's own certificate (problems other than "equality" and "simplex")
+    _certificate: Callable[[], KKTReport] | None = field(default=None, repr=False)
 
     @cached_property
     def status(self) -> SolveStatus:
@@ -152,6 +162,8 @@ class SolveResult:
 
     @cached_property
     def kkt(self) -> KKTReport:
+        if self._certificate is not None:
+            return self._certificate()
         return kkt_report(_host(self.gram), self._w, self.problem)
 
     @property
@@ -169,9 +181,11 @@ class SolveResult:
         """
         if self._condition is not None:
             return self._condition
-        from moo_opt.solvers._core import equality_condition
+        from moo_opt.solvers._core import equality_condition, gram_condition
 
         gram = _host(self.gram)
+        if self.problem not in ("equality", "simplex"):
+            return gram_condition(gram)
         if self.problem == "simplex":
             support = self._w > 0.0
             gram = gram[np.ix_(support, support)]
