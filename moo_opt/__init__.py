@@ -5,12 +5,14 @@
 """
 
 from moo_opt.balancers import (
+    AlignedMTLBalancer,
     BalanceInfo,
     Balancer,
     CoarseToFineBalancer,
     DWABalancer,
     FAMOBalancer,
     FixedWeights,
+    GradNormBalancer,
     IMTLGBalancer,
     MGDABalancer,
     NonFiniteLossError,
@@ -25,12 +27,14 @@ from moo_opt.training import balanced_step
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignedMTLBalancer",
     "BalanceInfo",
     "Balancer",
     "CoarseToFineBalancer",
     "DWABalancer",
     "FAMOBalancer",
     "FixedWeights",
+    "GradNormBalancer",
     "IMTLGBalancer",
     "MGDABalancer",
     "NonFiniteLossError",

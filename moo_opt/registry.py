@@ -6,11 +6,13 @@ import inspect
 from typing import Any
 
 from moo_opt.balancers import (
+    AlignedMTLBalancer,
     Balancer,
     CoarseToFineBalancer,
     DWABalancer,
     FAMOBalancer,
     FixedWeights,
+    GradNormBalancer,
     IMTLGBalancer,
     MGDABalancer,
     PCGradBalancer,
@@ -20,7 +22,7 @@ from moo_opt.balancers import (
 )
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, GradNormBalancer, AlignedMTLBalancer)
 }
 
 

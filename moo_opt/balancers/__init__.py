@@ -1,10 +1,12 @@
 """Balancing policies, one module each, behind the API of :class:`~moo_opt.balancers.base.Balancer`."""
 
+from moo_opt.balancers.aligned import AlignedMTLBalancer
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
+from moo_opt.balancers.gradnorm import GradNormBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.mgda import MGDABalancer
 from moo_opt.balancers.pcgrad import PCGradBalancer
@@ -13,12 +15,14 @@ from moo_opt.balancers.rlw import RLWBalancer
 from moo_opt.balancers.uncertainty import UncertaintyWeighting
 
 __all__ = [
+    "AlignedMTLBalancer",
     "BalanceInfo",
     "Balancer",
     "CoarseToFineBalancer",
     "DWABalancer",
     "FAMOBalancer",
     "FixedWeights",
+    "GradNormBalancer",
     "GramianBalancer",
     "IMTLGBalancer",
     "MGDABalancer",

@@ -7,8 +7,8 @@ does not synchronise with the host until one of those figures is read.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
@@ -131,6 +131,8 @@ class SolveResult:
     host-side Python values computed when first read (on CUDA, reading one synchronises).
     """
 
+    #: (N,) weights, or (K, N) with one row per sub-problem ("box" with several lower bounds,
+    #: "alignment": the balance transform B)
     weights: Tensor
     problem: Problem
     #: which algorithm produced the weights ("closed-form", "cholesky", "null-space", "wolfe", "cvxpy:…")
@@ -156,9 +158,10 @@ class SolveResult:
 
     @cached_property
     def objective(self) -> float:
-        """``1/2 wᵀQw`` on the original (un-regularised) Q."""
-        w = self._w
-        return 0.5 * float(w @ _host(self.gram) @ w)
+        """``1/2 wᵀQw`` on the original (un-regularised) Q; for a matrix of weights (one row per
+        sub-problem: UPGrad's projections, Aligned-MTL's transform) the sum over its rows."""
+        w = np.atleast_2d(self._w)
+        return 0.5 * float(np.einsum("ki,ij,kj->", w, _host(self.gram), w))
 
     @cached_property
     def kkt(self) -> KKTReport:

@@ -157,3 +157,85 @@ def test_pcgrad_removes_the_conflicting_component_for_two_objectives(seed: int) 
     if float(q[0, 1]) < 0:  # each projected gradient is orthogonal to the other original one
         assert abs(float(projected[0] @ g[:, 1])) <= 1e-9 * float(g.norm()) ** 2
         assert abs(float(projected[1] @ g[:, 0])) <= 1e-9 * float(g.norm()) ** 2
+
+
+def test_aligned_mtl_two_orthogonal_gradients_by_hand() -> None:
+    # g1 = (2, 0), g2 = (0, 1): Q = diag(4, 1), σ = 1, B = diag(1/2, 1); the aligned gradients are
+    # e1 and e2, and with u = (1/2, 1/2) the weights are B u = (1/4, 1/2), d = (1/2, 1/2)
+    from moo_opt import AlignedMTLBalancer
+
+    theta, losses = _linear_losses([2.0, 0.0], [0.0, 1.0])
+    info = AlignedMTLBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([0.25, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(theta.grad, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert info.solve.status is SolveStatus.OPTIMAL
+    theta, losses = _linear_losses([2.0, 0.0], [0.0, 1.0])
+    median = AlignedMTLBalancer(2, scale="rmse", task_weights=[1.0, 1.0]).backward(losses, [theta])
+    torch.testing.assert_close(median.weights, (2.5**0.5) * torch.tensor([0.5, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="task_weights"):
+        AlignedMTLBalancer(2, task_weights=[1.0])
+    with pytest.raises(ValueError, match="scale"):
+        AlignedMTLBalancer(2, scale="max")
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5), scale=st.sampled_from(["min", "median", "rmse"]))
+def test_aligned_mtl_aligns_into_orthogonal_equal_norm_components(seed: int, n: int, scale: str) -> None:
+    """Ĝ = G B has ĜᵀĜ = σ²I (condition number 1); the weights are TorchJD's AlignedMTLWeighting's."""
+    from torchjd.aggregation import AlignedMTLWeighting
+
+    from moo_opt import AlignedMTLBalancer
+    from moo_opt.solvers.alignment import balance_transform
+
+    p = toy_problem(seed=seed, num_objectives=n, width=8, scales=[1.0 + i for i in range(n)])
+    b = AlignedMTLBalancer(n, scale=scale)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    q = g.T @ g
+    result = balance_transform(q, scale=scale)
+    aligned = g @ result.weights
+    gram = aligned.T @ aligned
+    sigma2 = float(gram.diagonal().mean())
+    torch.testing.assert_close(gram, sigma2 * torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12 * result.condition * sigma2)
+    assert result.kkt_residual <= 1e-12 * result.condition and result.status is SolveStatus.OPTIMAL
+    lam = torch.linalg.eigvalsh(q)
+    expected = {"min": lam.min(), "median": lam.median(), "rmse": lam.mean()}[scale]
+    if scale != "median" or n % 2 == 1:  # torch's median of an even count is the lower middle, numpy's the mean
+        assert sigma2 == pytest.approx(float(expected), rel=1e-8)
+    info = b.backward(p.losses(), p.shared())
+    if scale != "median":
+        torch.testing.assert_close(info.weights, AlignedMTLWeighting(scale_mode=scale)(q), rtol=1e-7, atol=1e-12)
+
+
+def test_gradnorm_matches_its_update_rule_written_with_autograd_and_torch_adam() -> None:
+    """GradNorm as the paper states it: L_grad = Σ|wᵢ‖∇Lᵢ‖ − Ḡ rᵢ^α| with a constant target,
+    differentiated by autograd through wᵢ‖∇(wᵢLᵢ)‖, one torch Adam step, renormalise to Σw = N."""
+    from moo_opt import GradNormBalancer
+
+    p = toy_problem(num_objectives=3, scales=[1.0, 10.0, 0.1])
+    b = GradNormBalancer(3, alpha=1.5, lr=0.025)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-2)
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    w_opt = torch.optim.Adam([w], lr=0.025)
+    initial = None
+    for _ in range(6):
+        losses = p.losses()
+        values = torch.stack([loss.detach() for loss in losses])
+        initial = values if initial is None else initial
+        norms = torch.stack([torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(w[i] * losses[i], p.shared(), create_graph=True)]).norm() for i in range(3)])
+        ratio = values / initial
+        target = (norms.mean() * (ratio / ratio.mean()) ** 1.5).detach()
+        expected_weights = w.detach().clone()
+        w_opt.zero_grad()
+        (norms - target).abs().sum().backward(inputs=[w])
+        w_opt.step()
+        with torch.no_grad():
+            w.mul_(3 / w.sum())
+        info = balanced_step(b, opt, p.losses, p.shared())
+        torch.testing.assert_close(info.weights, expected_weights, rtol=1e-10, atol=0)
+        torch.testing.assert_close(b.loss_weights, w.detach(), rtol=1e-10, atol=1e-14)
+    assert float(b.loss_weights.sum()) == pytest.approx(3.0, abs=1e-12)
+    # the objective of scale 10 (largest gradient) loses weight
+    assert float(b.loss_weights[1]) < 1.0
+    for bad in ({"alpha": -1.0}, {"lr": 0.0}, {"min_weight": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GradNormBalancer(2, **bad)

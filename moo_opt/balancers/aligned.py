@@ -1,0 +1,66 @@
+"""Aligned-MTL (Senushkin et al., CVPR 2023): follow the gradients after aligning them into an
+orthogonal system of equal norms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.solvers import SolveResult
+from moo_opt.solvers.alignment import ALIGNMENT_SCALES, AlignmentScale, balance_transform
+
+
+class AlignedMTLBalancer(GramianBalancer):
+    r"""The direction :math:`d = \hat G u` of the aligned gradients :math:`\hat G = G B`, whose
+    components are orthogonal and of equal norm σ (the smallest singular value of G by default).
+
+    Senushkin, Patakin, Kuznetsov & Konushin, "Independent Component Alignment for Multi-Task
+    Learning", CVPR 2023, Algorithm 1: :math:`Q = G^\top G = V\Lambda V^\top`,
+    :math:`B = \sigma V \Lambda^{-1/2} V^\top`, weights :math:`w = B u` on the raw losses, with
+    task preferences u (default :math:`1/N` each, as TorchJD; LibMTL uses ones, i.e. N times
+    larger steps). The transform is exact (one eigen-decomposition,
+    :func:`~moo_opt.solvers.alignment.balance_transform`, with its status: ``DEGENERATE`` when the
+    gradients are linearly dependent, whose null directions are then left out). Aligned-MTL's
+    condition number of :math:`\hat G` is 1 by construction, which the tests check.
+
+    Args:
+        num_objectives: N.
+        task_weights: the preferences u (N non-negative finite numbers), default 1/N each.
+        scale: σ from the ``"min"`` (paper), ``"median"`` or ``"rmse"`` singular value.
+        rcond: relative eigenvalue cut-off of the rank (default ``N·100·eps``).
+        nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
+    """
+
+    name = "aligned-mtl"
+    reads_host = True
+
+    def __init__(
+        self,
+        num_objectives: int,
+        *,
+        task_weights: Sequence[float] | None = None,
+        scale: AlignmentScale = "min",
+        rcond: float | None = None,
+        nonfinite: NonFinite = "raise",
+    ) -> None:
+        super().__init__(num_objectives, nonfinite=nonfinite)
+        if task_weights is not None:
+            task_weights = tuple(float(u) for u in task_weights)
+            if len(task_weights) != num_objectives or not all(math.isfinite(u) and u >= 0.0 for u in task_weights):
+                raise ValueError(f"task_weights needs {num_objectives} finite values >= 0, got {task_weights}")
+        if scale not in ALIGNMENT_SCALES:
+            raise ValueError(f"scale must be one of {ALIGNMENT_SCALES}, got {scale!r}")
+        self.task_weights = task_weights
+        self.scale: AlignmentScale = scale
+        self.rcond = rcond
+
+    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        result = balance_transform(gram, scale=self.scale, rcond=self.rcond)
+        n = self.num_objectives
+        u = torch.full((n,), 1.0 / n, dtype=torch.float64) if self.task_weights is None else torch.tensor(self.task_weights, dtype=torch.float64)
+        b = result.weights.to(values.device)
+        return b @ u.to(values.device), result, {}
