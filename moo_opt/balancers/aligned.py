@@ -3,13 +3,11 @@ orthogonal system of equal norms."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.base import GramianBalancer, NonFinite, preference_vector, preferences
 from moo_opt.solvers import SolveResult
 from moo_opt.solvers.alignment import ALIGNMENT_SCALES, AlignmentScale, balance_transform
 
@@ -48,19 +46,13 @@ class AlignedMTLBalancer(GramianBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
-        if task_weights is not None:
-            task_weights = tuple(float(u) for u in task_weights)
-            if len(task_weights) != num_objectives or not all(math.isfinite(u) and u >= 0.0 for u in task_weights):
-                raise ValueError(f"task_weights needs {num_objectives} finite values >= 0, got {task_weights}")
         if scale not in ALIGNMENT_SCALES:
             raise ValueError(f"scale must be one of {ALIGNMENT_SCALES}, got {scale!r}")
-        self.task_weights = task_weights
+        self.task_weights = preferences(task_weights, num_objectives)
         self.scale: AlignmentScale = scale
         self.rcond = rcond
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
         result = balance_transform(gram, scale=self.scale, rcond=self.rcond)
-        n = self.num_objectives
-        u = torch.full((n,), 1.0 / n, dtype=torch.float64) if self.task_weights is None else torch.tensor(self.task_weights, dtype=torch.float64)
-        b = result.weights.to(values.device)
-        return b @ u.to(values.device), result, {}
+        u = preference_vector(self.task_weights, self.num_objectives).to(values.device)
+        return result.weights.to(values.device) @ u, result, {}
