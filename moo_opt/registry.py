@@ -15,6 +15,7 @@ from moo_opt.balancers import (
     GradNormBalancer,
     IMTLGBalancer,
     MGDABalancer,
+    NashMTLBalancer,
     PCGradBalancer,
     QPBalancer,
     RLWBalancer,
@@ -22,7 +23,7 @@ from moo_opt.balancers import (
 )
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, GradNormBalancer, AlignedMTLBalancer)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, NashMTLBalancer, GradNormBalancer, AlignedMTLBalancer)
 }
 
 

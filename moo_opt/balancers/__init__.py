@@ -9,6 +9,7 @@ from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.gradnorm import GradNormBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.mgda import MGDABalancer
+from moo_opt.balancers.nash import NashMTLBalancer
 from moo_opt.balancers.pcgrad import PCGradBalancer
 from moo_opt.balancers.qp import QPBalancer
 from moo_opt.balancers.rlw import RLWBalancer
@@ -26,6 +27,7 @@ __all__ = [
     "GramianBalancer",
     "IMTLGBalancer",
     "MGDABalancer",
+    "NashMTLBalancer",
     "NonFiniteLossError",
     "PCGradBalancer",
     "QPBalancer",

@@ -1,11 +1,22 @@
-"""Pure math on Gram matrices: the equality-constrained QP (Solution 2) and the simplex QP (MGDA).
+"""Pure math on Gram matrices: the equality-constrained QP (Solution 2), the simplex QP (MGDA),
+Nash-MTL's bargaining weights, UPGrad's projections, CAGrad's inner problem, Aligned-MTL's transform.
 
 No autograd here: a solver takes ``Q = GᵀG`` (N×N) and returns a :class:`SolveResult` whose
 weights, status and KKT certificate say exactly what was solved.
 """
 
+from moo_opt.solvers.alignment import balance_transform
 from moo_opt.solvers.equality import solve_equality_qp
+from moo_opt.solvers.nash import solve_nash
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 from moo_opt.solvers.simplex import solve_simplex_qp
 
-__all__ = ["KKTReport", "SolveResult", "SolveStatus", "solve_equality_qp", "solve_simplex_qp"]
+__all__ = [
+    "KKTReport",
+    "SolveResult",
+    "SolveStatus",
+    "solve_equality_qp",
+    "solve_nash",
+    "solve_simplex_qp",
+    "balance_transform",
+]

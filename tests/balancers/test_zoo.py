@@ -239,3 +239,42 @@ def test_gradnorm_matches_its_update_rule_written_with_autograd_and_torch_adam()
     for bad in ({"alpha": -1.0}, {"lr": 0.0}, {"min_weight": 0.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             GradNormBalancer(2, **bad)
+
+
+def test_nash_mtl_two_orthogonal_gradients_by_hand() -> None:
+    # g1 = (3, 0), g2 = (0, 1): Qα = 1/α gives 9α1 = 1/α1, α2 = 1/α2 → α = (1/3, 1), d = (1, 1)
+    from moo_opt import NashMTLBalancer
+
+    theta, losses = _linear_losses([3.0, 0.0], [0.0, 1.0])
+    info = NashMTLBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([1 / 3, 1.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(theta.grad, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert info.solve.status is SolveStatus.OPTIMAL
+    # the paper's code solves on Q/‖Q‖_F: the same direction, scaled by ‖Q‖_F^½ = (81 + 1)^¼
+    theta, losses = _linear_losses([3.0, 0.0], [0.0, 1.0])
+    scaled = NashMTLBalancer(2, normalization="frobenius").backward(losses, [theta])
+    torch.testing.assert_close(scaled.weights, 82**0.25 * info.weights, rtol=1e-12, atol=0)
+    # a zero gradient can not be improved: no bargaining solution, weight 0 and the status says so
+    theta, losses = _linear_losses([3.0, 0.0], [0.0, 0.0])
+    blocked = NashMTLBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(blocked.weights, torch.tensor([1 / 3, 0.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert blocked.solve.status is SolveStatus.INFEASIBLE
+    with pytest.raises(ValueError, match="normalization"):
+        NashMTLBalancer(2, normalization="l2")
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5))
+def test_nash_mtl_weights_satisfy_gtg_w_equals_one_over_w(seed: int, n: int) -> None:
+    """The paper's optimality condition GᵀGα = 1/α, hence equal utilities αᵢ gᵢ·d = 1 and |d|² = N."""
+    from moo_opt import NashMTLBalancer
+
+    p = toy_problem(seed=seed, num_objectives=n, width=8, scales=[1.0 + i for i in range(n)])
+    b = NashMTLBalancer(n)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    info = b.backward(p.losses(), p.shared())
+    alpha = info.weights
+    assert info.solve.status is SolveStatus.OPTIMAL and bool((alpha > 0).all())
+    torch.testing.assert_close(g.T @ g @ alpha, 1.0 / alpha, rtol=1e-9, atol=0)
+    d = g @ alpha
+    assert float(d @ d) == pytest.approx(n, rel=1e-9)
