@@ -21,6 +21,7 @@ from moo_opt.balancers import (
     QPBalancer,
     RLWBalancer,
     UncertaintyWeighting,
+    UPGradBalancer,
 )
 from moo_opt.registry import available, create, options, register
 from moo_opt.training import balanced_step
@@ -44,6 +45,7 @@ __all__ = [
     "QPBalancer",
     "RLWBalancer",
     "UncertaintyWeighting",
+    "UPGradBalancer",
     "available",
     "balanced_step",
     "create",

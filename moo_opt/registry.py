@@ -20,10 +20,11 @@ from moo_opt.balancers import (
     QPBalancer,
     RLWBalancer,
     UncertaintyWeighting,
+    UPGradBalancer,
 )
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, NashMTLBalancer, GradNormBalancer, AlignedMTLBalancer)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, UPGradBalancer, NashMTLBalancer, GradNormBalancer, AlignedMTLBalancer)
 }
 
 

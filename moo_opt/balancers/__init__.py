@@ -14,6 +14,7 @@ from moo_opt.balancers.pcgrad import PCGradBalancer
 from moo_opt.balancers.qp import QPBalancer
 from moo_opt.balancers.rlw import RLWBalancer
 from moo_opt.balancers.uncertainty import UncertaintyWeighting
+from moo_opt.balancers.upgrad import UPGradBalancer
 
 __all__ = [
     "AlignedMTLBalancer",
@@ -33,4 +34,5 @@ __all__ = [
     "QPBalancer",
     "RLWBalancer",
     "UncertaintyWeighting",
+    "UPGradBalancer",
 ]

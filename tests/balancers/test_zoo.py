@@ -278,3 +278,39 @@ def test_nash_mtl_weights_satisfy_gtg_w_equals_one_over_w(seed: int, n: int) -> 
     torch.testing.assert_close(g.T @ g @ alpha, 1.0 / alpha, rtol=1e-9, atol=0)
     d = g @ alpha
     assert float(d @ d) == pytest.approx(n, rel=1e-9)
+
+
+def test_upgrad_two_conflicting_gradients_by_hand() -> None:
+    # g1 = (1, 0), g2 = (-1, 1), Q = [[1, -1], [-1, 2]]. Projection of g1/2: v ≥ (1/2, 0) with
+    # (Qv)_2 = -1/2 + 2t = 0 → v1 = (1/2, 1/4); of g2/2: v ≥ (0, 1/2), (Qv)_1 = s - 1/2 = 0 →
+    # v2 = (1/2, 1/2). w = v1 + v2 = (1, 3/4), d = (1/4, 3/4): g1·d = 1/4 ≥ 0, g2·d = 1/2 ≥ 0
+    from moo_opt import UPGradBalancer
+
+    theta, losses = _linear_losses([1.0, 0.0], [-1.0, 1.0])
+    info = UPGradBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([1.0, 0.75], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(theta.grad, torch.tensor([0.25, 0.75], dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(info.solve.weights, torch.tensor([[0.5, 0.25], [0.5, 0.5]], dtype=torch.float64))
+    assert info.solve.status is SolveStatus.OPTIMAL
+    # no conflict: nothing to project, the preferences themselves
+    theta, losses = _linear_losses([1.0, 0.0], [1.0, 1.0])
+    plain = UPGradBalancer(2, task_weights=[1.0, 2.0]).backward(losses, [theta])
+    torch.testing.assert_close(plain.weights, torch.tensor([1.0, 2.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="task_weights"):
+        UPGradBalancer(2, task_weights=[1.0, -1.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5))
+def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(seed: int, n: int) -> None:
+    from moo_opt import UPGradBalancer
+
+    p = toy_problem(seed=seed, num_objectives=n, width=8)
+    b = UPGradBalancer(n)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    info = b.backward(p.losses(), p.shared())
+    d = g @ info.weights
+    inner = g.T @ d
+    assert bool((inner >= -1e-10 * g.norm(dim=0) * d.norm()).all()), inner
+    assert info.solve.kkt_residual <= 1e-9
+    assert bool((info.weights >= 1.0 / n - 1e-12).all())  # every projection keeps at least its own share
