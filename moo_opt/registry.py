@@ -8,6 +8,7 @@ from typing import Any
 from moo_opt.balancers import (
     AlignedMTLBalancer,
     Balancer,
+    CAGradBalancer,
     CoarseToFineBalancer,
     DWABalancer,
     FAMOBalancer,
@@ -24,7 +25,7 @@ from moo_opt.balancers import (
 )
 
 _REGISTRY: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, UPGradBalancer, NashMTLBalancer, GradNormBalancer, AlignedMTLBalancer)
+    cls.name: cls for cls in (FixedWeights, CoarseToFineBalancer, QPBalancer, MGDABalancer, IMTLGBalancer, DWABalancer, RLWBalancer, FAMOBalancer, UncertaintyWeighting, PCGradBalancer, CAGradBalancer, UPGradBalancer, NashMTLBalancer, GradNormBalancer, AlignedMTLBalancer)
 }
 
 

@@ -2,6 +2,7 @@
 
 from moo_opt.balancers.aligned import AlignedMTLBalancer
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError
+from moo_opt.balancers.cagrad import CAGradBalancer
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.famo import FAMOBalancer
@@ -20,6 +21,7 @@ __all__ = [
     "AlignedMTLBalancer",
     "BalanceInfo",
     "Balancer",
+    "CAGradBalancer",
     "CoarseToFineBalancer",
     "DWABalancer",
     "FAMOBalancer",

@@ -7,6 +7,7 @@ weights, status and KKT certificate say exactly what was solved.
 
 from moo_opt.solvers.alignment import balance_transform
 from moo_opt.solvers.box import project_to_dual_cone, solve_box_qp
+from moo_opt.solvers.cagrad import cagrad_direction_weights, solve_cagrad
 from moo_opt.solvers.equality import solve_equality_qp
 from moo_opt.solvers.nash import solve_nash
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
@@ -20,6 +21,8 @@ __all__ = [
     "solve_nash",
     "solve_simplex_qp",
     "balance_transform",
+    "cagrad_direction_weights",
+    "solve_cagrad",
     "project_to_dual_cone",
     "solve_box_qp",
 ]

@@ -314,3 +314,44 @@ def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(s
     assert bool((inner >= -1e-10 * g.norm(dim=0) * d.norm()).all()), inner
     assert info.solve.kkt_residual <= 1e-9
     assert bool((info.weights >= 1.0 / n - 1e-12).all())  # every projection keeps at least its own share
+
+
+def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
+    # g1 = (1, 0), g2 = (0, 1), c = 1/2: g0 = (1/2, 1/2), r = c|g0|; by symmetry w* = (1/2, 1/2), g_w = g0,
+    # so d = g0 + c g0 = (3/4, 3/4): weights 3/4 each, divided by 1 + c² = 5/4 → 3/5
+    from moo_opt import CAGradBalancer
+
+    theta, losses = _linear_losses([1.0, 0.0], [0.0, 1.0])
+    info = CAGradBalancer(2, c=0.5).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([0.6, 0.6], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(info.extras["inner"], torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert info.solve.status is SolveStatus.OPTIMAL
+    theta, losses = _linear_losses([1.0, 0.0], [0.0, 1.0])
+    mean = CAGradBalancer(2, c=0.0, rescale="none").backward(losses, [theta])  # c = 0: the average gradient
+    torch.testing.assert_close(mean.weights, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    for bad in ({"c": -1.0}, {"rescale": "2"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CAGradBalancer(2, **bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5), c=st.floats(0.1, 0.9))
+def test_cagrad_direction_maximises_the_worst_improvement_in_its_ball(seed: int, n: int, c: float) -> None:
+    """(1+c²)·d lies on the sphere |x − g0| = c|g0| and its worst improvement min gᵢ·x is no lower
+    than that of any other point of the ball (checked against random points of it)."""
+    from moo_opt import CAGradBalancer
+
+    p = toy_problem(seed=seed, num_objectives=n, width=8, scales=[1.0 + i for i in range(n)])
+    b = CAGradBalancer(n, c=c)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    info = b.backward(p.losses(), p.shared())
+    g0 = g.mean(dim=1)
+    x = (1.0 + c**2) * (g @ info.weights)
+    radius = c * float(g0.norm())
+    assert float((x - g0).norm()) <= radius * (1 + 1e-9)
+    worst = float((g.T @ x).min())
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(g.shape[0], 200, generator=gen, dtype=torch.float64)
+    others = g0[:, None] + radius * u / u.norm(dim=0) * torch.rand(200, generator=gen, dtype=torch.float64)
+    assert float((g.T @ others).min(dim=0).values.max()) <= worst + 1e-9 * float(g.norm()) ** 2
+    assert info.solve.kkt_residual <= 1e-9
