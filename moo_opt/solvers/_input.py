@@ -156,3 +156,26 @@ def to_weights(w: np.ndarray, device: torch.device) -> Tensor:
     """A float64 tensor on ``device`` (sharing ``w``'s memory on the CPU)."""
     t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
     return t if device.type == "cpu" else t.to(device)
+
+
+def host_gramian(q: Tensor | np.ndarray, validate: bool | None) -> tuple[Gramian, np.ndarray]:
+    """For the solvers that run on the host: the Gramian, validated unless ``validate=False`` (the
+    solve synchronises anyway, so checking costs nothing extra), and its float64 host copy."""
+    g = prepare(q, True if validate is None else validate)
+    if g.host is not None:
+        return g, g.host
+    assert g.dev is not None  # N ≤ 2 on an accelerator with validate=False: prepare kept it there
+    return g, g.dev.to("cpu").numpy()
+
+
+def iteration_options(g: Gramian, rcond: float | None, tol: float, max_iter: int) -> float:
+    """Check an iterative host solver's ``tol`` (> 0), ``max_iter`` (≥ 1) and ``rcond`` (≥ 0, default
+    ``100·eps`` of the input's precision); returns the ``rcond`` to use."""
+    if not tol > 0.0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    rc = g.default_rcond() if rcond is None else float(rcond)
+    if not rc >= 0.0:
+        raise ValueError(f"rcond must be >= 0, got {rcond}")
+    return rc

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from moo_opt.solvers._core import equilibrate, jacobi_scales
-from moo_opt.solvers._input import Gramian, not_psd_error, prepare, to_weights
+from moo_opt.solvers._input import Gramian, host_gramian, iteration_options, not_psd_error, to_weights
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 
 # An index whose relative multiplier is at most this touches the optimal face (see _face_is_singular).
@@ -103,7 +103,7 @@ def solve_box_qp(
         ValueError: ``q`` is not square, empty, not finite, not symmetric or not PSD; ``lower`` is
             not a finite vector of length N; ``tol`` ≤ 0, ``rcond`` < 0 or ``max_iter`` < 1.
     """
-    g, host = _gramian(q, validate)
+    g, host = host_gramian(q, validate)
     u = _bounds(lower, (g.n,), "lower")
     v, iterations, status = _project(host, u[None, :], g, rcond, tol, max_iter, validate)
     return SolveResult(
@@ -153,7 +153,7 @@ def project_to_dual_cone(
         :class:`SolveResult` whose ``weights`` is the (K, N) float64 matrix of the :math:`v_k^*`
         (on ``q``'s device), ``problem="box"``, ``method="active-set"``.
     """
-    g, host = _gramian(q, validate)
+    g, host = host_gramian(q, validate)
     us = _bounds(lowers, (-1, g.n), "lowers")
     v, iterations, status = _project(host, us, g, rcond, tol, max_iter, validate)
     return SolveResult(
@@ -181,15 +181,6 @@ def box_kkt(gram: np.ndarray, lowers: np.ndarray, v: np.ndarray) -> KKTReport:
         dual = max(dual, float((np.maximum(-lam, 0.0) / s).max()) / t)
         compl = max(compl, float((np.abs(v_k - u_k) * np.abs(lam)).max()) / (t * t))
     return KKTReport(stationarity=0.0, primal_feasibility=primal, dual_feasibility=dual, complementarity=compl)
-
-
-def _gramian(q: Tensor | np.ndarray, validate: bool | None) -> tuple[Gramian, np.ndarray]:
-    """The validated Gramian and its host copy (the solve runs on the host, so checking is free)."""
-    g = prepare(q, True if validate is None else validate)
-    if g.host is not None:
-        return g, g.host
-    assert g.dev is not None  # N ≤ 2 on an accelerator with validate=False
-    return g, g.dev.to("cpu").numpy()
 
 
 def _bounds(x: Tensor | np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -247,14 +238,8 @@ def _project(
     validate: bool | None,
 ) -> tuple[np.ndarray, int, SolveStatus]:
     """Every row's projection: ``(v (K, N), total iterations, worst status)``."""
-    if tol <= 0.0:
-        raise ValueError(f"tol must be > 0, got {tol}")
     cap = 10 * g.n + 10 if max_iter is None else int(max_iter)
-    if cap < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    rc = g.default_rcond() if rcond is None else float(rcond)
-    if not rc >= 0.0:
-        raise ValueError(f"rcond must be >= 0, got {rcond}")
+    rc = iteration_options(g, rcond, tol, cap)
     f = _factor(host, rc, validate is not False)
     v = np.empty_like(lowers)
     total = 0

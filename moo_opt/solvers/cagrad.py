@@ -10,7 +10,7 @@ import numpy as np
 from torch import Tensor
 
 from moo_opt.solvers._core import _householder_basis, jacobi_scales
-from moo_opt.solvers._input import prepare, to_weights
+from moo_opt.solvers._input import host_gramian, iteration_options, to_weights
 from moo_opt.solvers.box import solve_box_qp
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 from moo_opt.solvers.simplex import solve_simplex_qp
@@ -147,19 +147,8 @@ def solve_cagrad(
     its reduced Hessian (a scalar for two indices), per simplex solve one :func:`solve_simplex_qp`.
     """
     cval = _check_c(c)
-    if not tol > 0.0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    g = prepare(q, True if validate is None else validate)
-    if g.host is not None:
-        host = g.host
-    else:  # validate=False with N ≤ 2 on an accelerator: prepare kept the (symmetrised) matrix there
-        assert g.dev is not None
-        host = g.dev.to("cpu").numpy()
-    rc = g.default_rcond() if rcond is None else float(rcond)
-    if not rc > 0.0:
-        raise ValueError(f"rcond must be > 0, got {rcond}")
+    g, host = host_gramian(q, validate)
+    rc = iteration_options(g, rcond, tol, max_iter)
     p = _problem(host, cval, rc, tol)
     sol = _solve_host(p, int(max_iter))
 

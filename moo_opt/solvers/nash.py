@@ -9,7 +9,7 @@ from scipy.linalg import lapack
 from torch import Tensor
 
 from moo_opt.solvers._core import equilibrate
-from moo_opt.solvers._input import not_psd_error, prepare, to_weights
+from moo_opt.solvers._input import host_gramian, iteration_options, not_psd_error, to_weights
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 
 # Newton steps are damped by 1/(1+λ) while the decrement λ is at least this (Nesterov & Nemirovski).
@@ -103,19 +103,8 @@ def solve_nash(
     ones; ≈ 0.1 ms for N = 8); an eigen-decomposition and one small LP only when ``C`` is singular
     (≈ 1.4 ms for N = 8).
     """
-    if not tol > 0.0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    g = prepare(q, True if validate is None else validate)
-    if g.host is not None:
-        host = g.host
-    else:  # validate=False with N ≤ 2 on an accelerator: prepare kept the (symmetrised) matrix there
-        assert g.dev is not None
-        host = g.dev.to("cpu").numpy()
-    rc = g.default_rcond() if rcond is None else float(rcond)
-    if not rc > 0.0:
-        raise ValueError(f"rcond must be > 0, got {rcond}")
+    g, host = host_gramian(q, validate)
+    rc = iteration_options(g, rcond, tol, max_iter)
     alpha, iterations, status, method = _solve_host(host, rc, tol, int(max_iter))
 
     def certificate() -> KKTReport:
