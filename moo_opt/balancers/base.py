@@ -97,7 +97,10 @@ def preferences(task_weights: Sequence[float] | None, n: int) -> tuple[float, ..
     """Validated task preferences ``u``: None (the default, 1/N each) or N finite numbers ≥ 0."""
     if task_weights is None:
         return None
-    values = tuple(float(u) for u in task_weights)
+    try:
+        values = tuple(float(u) for u in task_weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"task_weights needs {n} finite values >= 0 (a sequence), got {task_weights!r}") from None
     if len(values) != n or not all(math.isfinite(u) and u >= 0.0 for u in values):
         raise ValueError(f"task_weights needs {n} finite values >= 0, got {values}")
     return values

@@ -296,8 +296,9 @@ def test_upgrad_two_conflicting_gradients_by_hand() -> None:
     theta, losses = _linear_losses([1.0, 0.0], [1.0, 1.0])
     plain = UPGradBalancer(2, task_weights=[1.0, 2.0]).backward(losses, [theta])
     torch.testing.assert_close(plain.weights, torch.tensor([1.0, 2.0], dtype=torch.float64), rtol=1e-12, atol=0)
-    with pytest.raises(ValueError, match="task_weights"):
-        UPGradBalancer(2, task_weights=[1.0, -1.0])
+    for bad in ([1.0, -1.0], 1.0, ["a", "b"]):
+        with pytest.raises(ValueError, match="task_weights"):
+            UPGradBalancer(2, task_weights=bad)
 
 
 @settings(max_examples=40, deadline=None)
