@@ -21,7 +21,7 @@ class AlignedMTLBalancer(GramianBalancer):
     :math:`B = \sigma V \Lambda^{-1/2} V^\top`, weights :math:`w = B u` on the raw losses, with
     task preferences u (default :math:`1/N` each, as TorchJD; LibMTL uses ones, i.e. N times
     larger steps). The transform is exact (one eigen-decomposition,
-    :func:`~moo_opt.solvers.alignment.balance_transform`, with its status: ``DEGENERATE`` when the
+    :func:`~moo_opt.solvers.balance_transform`, with its status: ``DEGENERATE`` when the
     gradients are linearly dependent, whose null directions are then left out). Aligned-MTL's
     condition number of :math:`\hat G` is 1 by construction, which the tests check.
 

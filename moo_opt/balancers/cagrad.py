@@ -25,7 +25,7 @@ class CAGradBalancer(GramianBalancer):
     :math:`g_w = Gw`, then :math:`d = g_0 + \frac{c\|g_0\|}{\|g_w\|} g_w`, i.e. the weights
     :math:`\frac1N + \frac{c\|g_0\|}{\|g_w\|} w^*_i` on the raw losses, divided by :math:`1+c^2` (the
     paper code's default ``rescale``). The inner problem is solved exactly
-    (:func:`~moo_opt.solvers.cagrad.solve_cagrad`: a sequence of MGDA problems on shifted gradients
+    (:func:`~moo_opt.solvers.solve_cagrad`: a sequence of MGDA problems on shifted gradients
     and a closed form on the optimal support, certified by its KKT conditions), where the paper's
     code runs SciPy's SLSQP to its default tolerance. c = 0 gives the average gradient.
 

@@ -33,7 +33,12 @@ class FixedWeights(Balancer):
             if num_objectives is None:
                 raise ValueError("FixedWeights needs weights or num_objectives")
             weights = (1.0,) * num_objectives
-        values = tuple(float(w) for w in weights)
+        try:
+            values = tuple(float(w) for w in weights)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"weights must be a sequence of finite numbers, got {weights!r}; for N unit weights pass num_objectives=N"
+            ) from None
         if num_objectives is not None and len(values) != num_objectives:
             raise ValueError(f"weights has {len(values)} entries but num_objectives is {num_objectives}")
         if not values or not all(math.isfinite(w) for w in values):

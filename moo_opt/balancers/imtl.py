@@ -22,9 +22,10 @@ class IMTLGBalancer(GramianBalancer):
     :math:`\tilde Q = N^{-1} Q N^{-1}`, :math:`N = \mathrm{diag}(|g_i|)`: the equality-constrained QP
     of :func:`~moo_opt.solvers.solve_equality_qp`, solved exactly with its status. The weights on the
     raw losses are :math:`z_i / |g_i|` renormalised to sum to one (:func:`~moo_opt.balancers.qp.renormalized`).
-    A zero gradient has no direction: its norm is taken as 1 (the QP is then degenerate and gets
-    the minimum-norm weights, reported as ``DEGENERATE``). The paper's loss part (IMTL-L, learned
-    loss scales) is not included.
+    A zero gradient has no direction: its norm is taken as 1; its projection is 0 for every d, so
+    equal projections force :math:`d = 0` (the QP puts its weight on it and no step is taken;
+    the solver's status says whether the weights are unique). The paper's loss part (IMTL-L,
+    learned loss scales) is not included.
 
     Args:
         rcond: passed to :func:`~moo_opt.solvers.solve_equality_qp`.

@@ -303,6 +303,7 @@ def test_invalid_options_name_the_option() -> None:
         (lambda: QPBalancer(2, offsets=-1.0), "offsets"),
         (lambda: MGDABalancer(2, normalization="max"), "normalization"),  # type: ignore[arg-type]
         (lambda: FixedWeights((1.0, float("nan"))), "finite"),
+        (lambda: FixedWeights(2), "num_objectives=N"),  # type: ignore[arg-type]
         (lambda: QPBalancer(0), "num_objectives"),
         (lambda: QPBalancer(2, nonfinite="ignore"), "nonfinite"),  # type: ignore[arg-type]
     ]:
