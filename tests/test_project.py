@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,12 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_docs_build_without_warnings_and_doctests_pass(tmp_path: Path) -> None:
     html = run("-m", "sphinx", "-W", "-q", "-b", "html", "docs", str(tmp_path / "html"))
     assert html.returncode == 0, html.stdout + html.stderr
+    site = tmp_path / "html"
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file() and (site / "searchindex.js").is_file()
+    remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"(?:https?:)?//")
+    for page in site.rglob("*.html"):  # scripts, styles and images served by the site itself: no CDN
+        assert not remote.search(page.read_text(encoding="utf-8")), page
+    assert '_static/mathjax/tex-chtml.js' in (site / "mathematics.html").read_text(encoding="utf-8")
     doctest = run("-m", "sphinx", "-W", "-q", "-b", "doctest", "docs", str(tmp_path / "doctest"))
     assert doctest.returncode == 0, doctest.stdout + doctest.stderr
 
