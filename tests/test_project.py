@@ -23,8 +23,37 @@ def test_docs_build_without_warnings_and_doctests_pass(tmp_path: Path) -> None:
     for page in site.rglob("*.html"):  # scripts, styles and images served by the site itself: no CDN
         assert not remote.search(page.read_text(encoding="utf-8")), page
     assert '_static/mathjax/tex-chtml.js' in (site / "mathematics.html").read_text(encoding="utf-8")
+    assert_every_public_name_documented(site / "objects.inv")
     doctest = run("-m", "sphinx", "-W", "-q", "-b", "doctest", "docs", str(tmp_path / "doctest"))
     assert doctest.returncode == 0, doctest.stdout + doctest.stderr
+
+
+#: the modules whose public names (``__all__``, else the functions and classes they define) the API
+#: reference must document
+PUBLIC_MODULES = ("moo_opt", "moo_opt.solvers", "moo_opt.solvers.reference", "moo_opt.gradients", "moo_opt.metrics", "moo_opt.distributed")
+
+
+def assert_every_public_name_documented(inventory: Path) -> None:
+    import importlib
+    import inspect
+
+    from sphinx.util.inventory import InventoryFile
+
+    with inventory.open("rb") as f:
+        documented = {name for objects in InventoryFile.load(f, "", lambda base, uri: uri).values() for name in objects}
+    missing = []
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        names = getattr(module, "__all__", None) or [
+            n for n, obj in vars(module).items()
+            if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module_name
+        ]  # fmt: skip
+        for name in names:
+            obj = getattr(module, name)
+            home = f"{getattr(obj, '__module__', module_name)}.{name}"
+            if f"{module_name}.{name}" not in documented and home not in documented:
+                missing.append(f"{module_name}.{name}")
+    assert not missing, f"public names missing from the API reference: {missing}"
 
 
 def test_solvers_demo_prints_certificates() -> None:
