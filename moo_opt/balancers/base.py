@@ -266,7 +266,10 @@ class Balancer(ABC):
         options = dict(state_dict["options"])
         fresh = type(self)(**options)  # validates the options
         if fresh.num_objectives != self.num_objectives:
-            raise ValueError(f"state_dict has {fresh.num_objectives} objectives, this balancer {self.num_objectives}")
+            raise ValueError(
+                f"state_dict has {fresh.num_objectives} objectives, this balancer {self.num_objectives}: "
+                f"create it with num_objectives={fresh.num_objectives} to load it"
+            )
         self.__dict__.update(fresh.__dict__)
         self._load_state({k: v.clone() if isinstance(v, Tensor) else v for k, v in state_dict["state"].items()})
         self.skips = int(state_dict.get("skips", 0))
