@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from solvers import gramians, time_per_call  # benchmarks/solvers.py: the same Gramians and timing
 
 from moo_opt.solvers import (
     SolveResult,
@@ -33,25 +33,6 @@ from moo_opt.solvers import (
 )
 
 C = 0.5
-
-
-def gramians(n: int, count: int, seed: int) -> list[torch.Tensor]:
-    rng = np.random.default_rng(seed + n)
-    out = []
-    for _ in range(count):
-        g = rng.standard_normal((64, n)) * 10.0 ** rng.uniform(-1, 1, size=n)
-        out.append(torch.tensor(g.T @ g, dtype=torch.float64))
-    return out
-
-
-def time_per_call(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:

@@ -150,3 +150,11 @@ def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
     assert "Wall time" in text and (out / "finetune" / "report.md").exists()
     for png in ("rd.png", "figure1.png"):
         assert (out / png).stat().st_size > 10_000
+
+
+def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
+    proc = run("benchmarks/zoo_solvers.py", "--sizes", "2", "3", "--gramians", "2", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr
+    for row in ("| 3 | nash (Nash-MTL) |", "| 2 | dual cone, N rows (UPGrad) |", "| 3 | cagrad (CAGrad, c=0.5) |"):
+        assert row in proc.stdout
+    assert "×" in proc.stdout and "| optimal |" in proc.stdout
