@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test test-thorough bench reproduce docs clean
+.PHONY: install demo test test-thorough bench reproduce docs photos pretrained clean
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ bench: install
 
 reproduce: install
 	$(PY) benchmarks/reproduce.py --out repro-out --steps 2500 --finetune-steps 500 --batch-size 8
+
+photos: install
+	$(PY) -m plugins.lic.photos data/photos
+
+# Re-trains the shipped models (hours on 2 cores; resumable: run it again to continue).
+pretrained: photos
+	$(PY) -m plugins.lic.pretrained.build --photos data/photos --runs runs/pretrained
 
 docs: install
 	$(PY) -m sphinx -W -b html docs docs/_build/html

@@ -90,10 +90,26 @@ class Pictures:
         return self._sizes
 
 
+#: a folder whose pictures fit in this many bytes (8-bit RGB) is decoded once and kept in memory
+FOLDER_CACHE_BYTES = 2 * 1024**3
+
+
 def folder_pictures(folder: Path) -> Pictures:
+    """The images of a folder. When they fit in :data:`FOLDER_CACHE_BYTES` they are decoded on
+    first use and kept as 8-bit arrays (a small photo set is read from disk once, not once per
+    crop); larger folders are decoded on every access."""
     files = image_files(folder)
     sizes = [(img.height, img.width) for img in (_read(f, decode=False) for f in files)]
-    return Pictures(str(folder), len(files), lambda i: load_image(files[i]), sizes)
+    if sum(h * w * 3 for h, w in sizes) > FOLDER_CACHE_BYTES:
+        return Pictures(str(folder), len(files), lambda i: load_image(files[i]), sizes)
+    cache: dict[int, np.ndarray] = {}
+
+    def picture(i: int) -> np.ndarray:
+        if i not in cache:
+            cache[i] = np.round(load_image(files[i]) * 255).astype(np.uint8)
+        return cache[i].astype(np.float32) / 255.0
+
+    return Pictures(str(folder), len(files), picture, sizes)
 
 
 #: (seed, split offset, size) → generated pictures, for the life of the process
@@ -158,12 +174,26 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng((seed, epoch, index))
 
 
-class PatchDataset(Dataset):
-    """Random crops of ``patch`` pixels, as CHW float tensors in [0, 1]; the crop of an index is a
-    function of ``(seed, epoch, index)`` (call :meth:`set_epoch`). Pictures smaller than the patch
-    are left out (:attr:`skipped` counts them)."""
+#: ``crops_per_image="auto"`` gives an epoch at least this many crops
+AUTO_EPOCH_CROPS = 512
 
-    def __init__(self, pictures: Pictures, patch: tuple[int, int], seed: int) -> None:
+
+def auto_crops_per_image(images: int) -> int:
+    """Crops per image and epoch for ``--crops-per-image auto``: one for a folder of
+    :data:`AUTO_EPOCH_CROPS` images or more (CompressAI's one crop per image), else enough for an
+    epoch of at least that many crops (a folder of 24 photographs: 22 crops of each)."""
+    return max(1, math.ceil(AUTO_EPOCH_CROPS / max(images, 1)))
+
+
+class PatchDataset(Dataset):
+    """Random crops of ``patch`` pixels, as CHW float tensors in [0, 1]; ``crops_per_image`` of
+    each picture per epoch (index ``i`` crops picture ``i mod pictures``). The crop of an index is
+    a function of ``(seed, epoch, index)`` (call :meth:`set_epoch`). Pictures smaller than the
+    patch are left out (:attr:`skipped` counts them)."""
+
+    def __init__(self, pictures: Pictures, patch: tuple[int, int], seed: int, crops_per_image: int = 1) -> None:
+        if crops_per_image < 1:
+            raise UsageError(f"--crops-per-image {crops_per_image}: must be at least 1")
         ph, pw = patch
         sizes = pictures.sizes()
         self.keep = [i for i, (h, w) in enumerate(sizes) if h >= ph and w >= pw]
@@ -174,15 +204,21 @@ class PatchDataset(Dataset):
                 f"--patch-size {ph} {pw} is larger than every image of {pictures.name} (the largest is {h}x{w}); lower --patch-size"
             )
         self.pictures, self.patch, self.seed, self.epoch = pictures, patch, seed, 0
+        self.crops_per_image = crops_per_image
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    @property
+    def images(self) -> int:
+        """Pictures large enough for the patch."""
         return len(self.keep)
 
+    def __len__(self) -> int:
+        return len(self.keep) * self.crops_per_image
+
     def __getitem__(self, index: int) -> Tensor:
-        img = self.pictures[self.keep[index]]
+        img = self.pictures[self.keep[index % len(self.keep)]]
         rng = item_rng(self.seed, self.epoch, index)
         ph, pw = self.patch
         y = int(rng.integers(0, img.shape[0] - ph + 1))

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balancer", default="fixed", help=f"one of {', '.join(moo_opt.available())}")
     p.add_argument("--balancer-opt", action="append", default=[], metavar="KEY=VALUE", help="balancer option, repeatable")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps (overrides --epochs)")
+    p.add_argument("--crops-per-image", default="auto", metavar="K|auto",
+                   help=f"random crops of each training image per epoch (auto: 1 for {data.AUTO_EPOCH_CROPS}+ images, else enough for an epoch of {data.AUTO_EPOCH_CROPS} crops)")
+    p.add_argument("--test-every", type=int, default=None, metavar="STEPS", help="test every STEPS steps (default: at the end of each epoch) and at the end")
+    p.add_argument("--save-every", type=int, default=None, metavar="STEPS",
+                   help="write checkpoint.pth.tar every STEPS steps (default: at each test) and at the end; checkpoint_best.pth.tar at each test that improves")
+    p.add_argument("--lr-milestones", type=int, nargs="+", default=None, metavar="STEP",
+                   help="multiply the learning rate by --lr-gamma at these steps (default: CompressAI's ReduceLROnPlateau on the test loss)")
+    p.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-milestones step")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs")
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines (each reads values back from the device)")
     p.add_argument("--max-skips", type=int, default=10, help="stop after this many consecutive steps with a NaN/Inf loss or gradient")
@@ -109,9 +117,23 @@ def validate(args: argparse.Namespace) -> None:
         ("--epochs", args.epochs),
         ("--log-every", args.log_every),
         ("--max-skips", args.max_skips),
+        ("--test-every", args.test_every),
+        ("--save-every", args.save_every),
     ):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise UsageError(f"{flag} {value}: must be positive")
+    if args.crops_per_image != "auto":
+        try:
+            args.crops_per_image = int(args.crops_per_image)
+        except ValueError:
+            raise UsageError(f"--crops-per-image {args.crops_per_image}: expected a positive integer or auto") from None
+        if args.crops_per_image <= 0:
+            raise UsageError(f"--crops-per-image {args.crops_per_image}: must be positive (or auto)")
+    if args.lr_milestones is not None:
+        if any(m <= 0 for m in args.lr_milestones) or list(args.lr_milestones) != sorted(set(args.lr_milestones)):
+            raise UsageError(f"--lr-milestones {' '.join(map(str, args.lr_milestones))}: must be increasing positive step numbers")
+        if not (0 < args.lr_gamma and math.isfinite(args.lr_gamma)):
+            raise UsageError(f"--lr-gamma {args.lr_gamma}: must be > 0")
     if args.steps is not None and args.steps <= 0:
         raise UsageError(f"--steps {args.steps}: must be positive")
     if min(args.patch_size) <= 0:
@@ -191,12 +213,17 @@ class Trainer:
         self.rank, self.world = distributed_setup(args.cuda)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if args.cuda else "cpu")
         patch = tuple(args.patch_size)
-        self.train_set = data.PatchDataset(data.resolve(args.dataset, "train", args.seed), patch, args.seed)  # type: ignore[arg-type]
+        pictures = data.resolve(args.dataset, "train", args.seed)
+        self.train_set = data.PatchDataset(pictures, patch, args.seed)  # type: ignore[arg-type]
+        crops = data.auto_crops_per_image(self.train_set.images) if args.crops_per_image == "auto" else args.crops_per_image
+        self.train_set.crops_per_image = crops
         self.test_batches = data.test_batches(data.resolve(args.dataset, "test", args.seed), patch, args.test_batch_size)  # type: ignore[arg-type]
-        if len(self.train_set) < args.batch_size:
-            raise UsageError(f"--batch-size {args.batch_size}: larger than the {len(self.train_set)} usable training images")
         if len(self.train_set) < args.batch_size * self.world:
-            raise UsageError(f"--batch-size {args.batch_size} × {self.world} processes: more than the {len(self.train_set)} usable training images")
+            what = f"--batch-size {args.batch_size}" + (f" × {self.world} processes" if self.world > 1 else "")
+            raise UsageError(
+                f"{what}: more than the {len(self.train_set)} crops of an epoch ({self.train_set.images} usable training images × {crops}); "
+                f"raise --crops-per-image or lower --batch-size"
+            )
         self.sampler = data.EpochSampler(len(self.train_set), args.batch_size, args.seed, self.rank, self.world)
         self.net = models.build(self.spec)
         factor = int(getattr(self.net, "downsampling_factor", 1))
@@ -210,13 +237,23 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
         self.balancer.bind_optimizer(self.optimizer)  # QPBalancer(metric="adam") reads Adam's preconditioner
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
+        self.scheduler: Any
+        if args.lr_milestones is None:  # CompressAI's: on the test loss, at each test
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
+        else:  # stepped after every optimiser step, so that its count is the step number
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, args.lr_milestones, args.lr_gamma)
         self.step, self.epoch, self.best = 0, 0, math.inf
+        self.last_test_loss: float | None = None
         self.skipped_steps = self.consecutive_skips = 0
         if args.checkpoint is not None:
             self._load(args.checkpoint)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.total = args.steps if args.steps is not None else args.epochs * self.steps_per_epoch
+
+    @property
+    def plateau(self) -> bool:
+        """The learning rate follows the test loss (no ``--lr-milestones``)."""
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def _load(self, path: Path) -> None:
         ckpt = checkpoint.load(path)
@@ -234,6 +271,10 @@ class Trainer:
             return
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        saved_kind = ckpt.get("lr_scheduler_kind", "ReduceLROnPlateau")
+        if saved_kind != type(self.scheduler).__name__:
+            flag = "without --lr-milestones" if saved_kind == "ReduceLROnPlateau" else "with its --lr-milestones"
+            raise UsageError(f"--checkpoint {path}: was trained with the {saved_kind} learning-rate schedule; resume {flag}")
         self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         if "balancer" in ckpt:
             if ckpt["balancer"].get("balancer") != self.balancer.name:
@@ -241,6 +282,8 @@ class Trainer:
             self.balancer.load_state_dict(ckpt["balancer"])
         self.step, self.epoch = int(ckpt.get("step", 0)), int(ckpt.get("epoch", 0))
         self.best = float(ckpt.get("best_loss", math.inf))
+        loss = ckpt.get("loss")
+        self.last_test_loss = None if loss is None else float(loss)
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
 
@@ -314,25 +357,27 @@ class Trainer:
         res["psnr"] = psnr(res["mse"])
         return res
 
-    def save(self, test_loss: float) -> None:
-        is_best = test_loss < self.best
-        self.best = min(self.best, test_loss)
+    def save(self, last: bool, best: bool) -> None:
+        """Write ``checkpoint.pth.tar`` (``last``) and/or ``checkpoint_best.pth.tar`` (``best``)
+        with the whole training state at this step; ``loss`` is the latest test loss."""
         state = {
             "epoch": self.epoch,
             "step": self.step,
             "state_dict": self.net.state_dict(),
-            "loss": test_loss,
+            "loss": self.last_test_loss,
             "best_loss": self.best,
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
+            "lr_scheduler_kind": type(self.scheduler).__name__,
             "balancer": self.balancer.state_dict(),
             "rng": rng_state(),
             "model": self.spec.as_dict(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
         }
-        checkpoint.save_atomic(state, self.args.out / checkpoint.LAST)
-        if is_best:
+        if last:
+            checkpoint.save_atomic(state, self.args.out / checkpoint.LAST)
+        if best:
             checkpoint.save_atomic(state, self.args.out / checkpoint.BEST)
 
     # ----------------------------------------------------------------------- the loop
@@ -387,13 +432,26 @@ class Trainer:
                         bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}", w_d=f"{record['weight/distortion']:.3f}")
                 if bar is not None:
                     bar.update(1)
-                if self.step >= self.total or self.step % self.steps_per_epoch == 0:
+                if not self.plateau:
+                    self.scheduler.step()
+                end = self.step >= self.total
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                due_test = end or (end_of_epoch if args.test_every is None else self.step % args.test_every == 0)
+                due_save = end or (due_test if args.save_every is None else self.step % args.save_every == 0)
+                improved = False
+                if due_test:
+                    result = self.test()
+                    self.last_test_loss = result["loss"]
+                    improved = result["loss"] < self.best
+                    self.best = min(self.best, result["loss"])
+                    if self.plateau:
+                        self.scheduler.step(result["loss"])
+                    if log is not None:
+                        log.write({"step": self.step, "epoch": self.epoch, "test/loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
+                if main_process and (due_save or improved):
+                    self.save(last=due_save, best=improved)
+                if end or end_of_epoch:
                     break
-            result = self.test()
-            self.scheduler.step(result["loss"])
-            if main_process:
-                self.save(result["loss"])
-                log.write({"step": self.step, "epoch": self.epoch, "test/loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
         if bar is not None:
             bar.close()
         if log is not None:

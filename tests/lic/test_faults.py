@@ -89,9 +89,9 @@ def _folder(root: Path) -> Path:
 
 
 def test_k_consecutive_faults_stop_the_run_and_name_the_last_good_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
-    root = _folder(tmp_path / "imgs")  # 4 images, batch 2: a checkpoint every 2 steps
+    root = _folder(tmp_path / "imgs")
     inject(monkeypatch, set(range(5, 100)), "loss")
-    code = train_module.main([*TINY, "-d", str(root), "--steps", "50", "--max-skips", "3", "--out", str(tmp_path / "run")])
+    code = train_module.main([*TINY, "-d", str(root), "--steps", "50", "--test-every", "2", "--max-skips", "3", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err
     assert "stopped at step 7: 3 consecutive steps had a NaN or Inf loss or gradient" in err

@@ -1,0 +1,107 @@
+"""Train, evaluate and ship the pre-trained models (resumable: run it again to continue).
+
+    python -m plugins.lic.pretrained.build --photos data/photos --runs runs/pretrained [--jobs 2]
+
+For every λ: ``python -m plugins.lic.train`` with the standard loss (``--balancer fixed``) on the
+photographs of ``python -m plugins.lic.photos`` (never on ``samples``), resumed from its last
+checkpoint when one exists; then every finished model is entropy-coded on the ``samples``
+photographs (``python -m plugins.lic.evaluate``) and, with ``--export``, written into
+``plugins/lic/pretrained/`` (CDFs updated, optimiser state kept) and recorded in its
+``manifest.json``. Runs go through a pool of ``--jobs`` processes with one torch thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+LAMBDAS = ("0.0018", "0.0067", "0.0035", "0.013", "0.0009", "0.0005")
+MODEL = ("mbt2018-mean", 32, 48)
+#: the recipe: Adam at 1e-3, ×0.1 at 75 % and 94 % of the steps; batch 8 of 128² crops
+RECIPE = ["--patch-size", "128", "128", "--batch-size", "8", "-lr", "1e-3", "--aux-learning-rate", "1e-3",
+          "--clip_max_norm", "1.0", "--test-every", "500", "--save-every", "500", "--log-every", "50",
+          "--test-batch-size", "16", "--seed", "0", "--no-progress"]  # fmt: skip
+
+
+def run_name(model: str, n: int, m: int, metric: str, lam: str) -> str:
+    return f"{model}-N{n}-M{m}-{metric}-{lam}"
+
+
+def train_argv(args: argparse.Namespace, lam: str, out: Path) -> list[str]:
+    model, n, m = MODEL
+    milestones = [round(args.steps * 0.75), round(args.steps * 0.94)]
+    return ["-m", model, "--N", str(n), "--M", str(m), "-d", str(args.photos), "--lambda", lam, "--metric", "mse",
+            "--balancer", "fixed", "--steps", str(args.steps), "--lr-milestones", *map(str, milestones), *RECIPE,
+            "--out", str(out)]  # fmt: skip
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train(job: tuple[list[str], Path]) -> tuple[str, int, float]:
+    """One training run in this worker (resumed when it has a checkpoint); its output appended to run.log."""
+    argv, out = job
+    if (out / "done").exists():
+        return str(out), 0, 0.0
+    from plugins.lic import checkpoint, train
+
+    last = out / checkpoint.LAST
+    if last.exists():
+        argv = [*argv, "--checkpoint", str(last)]
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with (out / "run.log").open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        print(f"$ python -m plugins.lic.train {' '.join(argv)}", flush=True)
+        code = train.main(argv)
+    seconds = time.perf_counter() - start
+    with (out / "train_seconds").open("a") as f:  # one line per part of a resumed run
+        f.write(f"{seconds:.1f}\n")
+    if code == 0:
+        (out / "done").write_text("")
+    return str(out), code, seconds
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "plugins", "moo_opt"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the ImageFolder of python -m plugins.lic.photos")
+    parser.add_argument("--runs", type=Path, default=Path("runs/pretrained"))
+    parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS))
+    parser.add_argument("--steps", type=int, default=16000)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    if not (args.photos / "photos.json").exists():
+        parser.error(f"--photos {args.photos}: not made by python -m plugins.lic.photos; run it first (make photos)")
+    model, n, m = MODEL
+    jobs = [(train_argv(args, lam, args.runs / run_name(model, n, m, "mse", lam)), args.runs / run_name(model, n, m, "mse", lam)) for lam in args.lambdas]
+    args.runs.mkdir(parents=True, exist_ok=True)
+    (args.runs / "commit").write_text(git_commit() + "\n")
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
+        for out, code, seconds in pool.imap_unordered(_train, jobs):
+            print(f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
+            if code != 0:
+                print(f"see {out}/run.log", file=sys.stderr)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
