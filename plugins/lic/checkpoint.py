@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,23 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
+#: what a checkpoint file holds: ours (``plugins.lic.train``), CompressAI's ``examples/train.py``
+#: checkpoint (weights and optimisers, no model description), or a bare ``state_dict`` (the
+#: format of CompressAI's zoo downloads)
+KINDS = ("moo-opt", "compressai-train", "state-dict")
+
+
+def kind(ckpt: dict[str, Any]) -> str:
+    """Which of :data:`KINDS` a loaded checkpoint is."""
+    if isinstance(ckpt.get("model"), dict):
+        return "moo-opt"
+    return "state-dict" if set(ckpt) == {"state_dict"} else "compressai-train"
+
+
 def load(path: Path) -> dict[str, Any]:
+    """A checkpoint as a dict with a ``state_dict``, whatever the :data:`KINDS` of the file (a bare
+    state dict comes back as ``{"state_dict": it}``). Keys written by ``DataParallel``
+    (``module.``) and by older CompressAI releases are renamed as CompressAI's zoo renames them."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--checkpoint {path}: no such file")
@@ -59,6 +76,13 @@ def load(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file
         raise UsageError(f"--checkpoint {path}: not a readable checkpoint ({type(exc).__name__}); pass a checkpoint.pth.tar written by training") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UsageError(f"--checkpoint {path}: has no 'state_dict'; pass a CompressAI-format checkpoint")
+    if isinstance(ckpt, dict) and ckpt and "state_dict" not in ckpt and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt.items()):
+        ckpt = {"state_dict": ckpt}
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise UsageError(f"--checkpoint {path}: neither a checkpoint with a 'state_dict' nor a state_dict; pass a CompressAI-format checkpoint")
+    with warnings.catch_warnings():  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from compressai.zoo.pretrained import load_pretrained  # the zoo's renaming of old and DataParallel keys
+
+    ckpt["state_dict"] = load_pretrained(ckpt["state_dict"])
     return ckpt

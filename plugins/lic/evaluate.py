@@ -35,7 +35,12 @@ CONSISTENCY_TOL = 2.0 / 255.0
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint.pth.tar files written by plugins.lic.train")
+    p.add_argument("checkpoints", nargs="*", type=Path,
+                   help="checkpoints: written by plugins.lic.train, CompressAI train.py checkpoints or bare state_dicts (then -m/--N/--M where the tensors do not tell)")
+    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME", help="shipped models by name or pattern (python -m plugins.lic.pretrained lists them)")
+    p.add_argument("-m", "--model", default=None, help="architecture of bare state_dicts (default: read off their tensors)")
+    p.add_argument("--N", type=int, default=None)
+    p.add_argument("--M", type=int, default=None)
     p.add_argument("-d", "--dataset", default="samples", help="samples (default), synthetic, a folder of images, or an ImageFolder root (its test/)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: print it)")
     p.add_argument("--name", default=None, help="the curve's name (default: the first checkpoint's balancer)")
@@ -45,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(
+    path: Path, device: torch.device, name: str | None = None, N: int | None = None, M: int | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a checkpoint of any :data:`checkpoint.KINDS`, ready to code, and the checkpoint
+    (with its ``model`` description filled in)."""
     ckpt = checkpoint.load(path)
-    spec_dict = ckpt.get("model")
-    if not isinstance(spec_dict, dict) or spec_dict.get("name") not in models.available():
-        raise UsageError(f"{path}: no model description we can rebuild (written by another tool?); train it with python -m plugins.lic.train")
-    spec = models.ModelSpec(**spec_dict)
+    spec = models.resolve(ckpt["state_dict"], ckpt.get("model"), name, N, M, str(path))
+    ckpt["model"] = spec.as_dict()
     net = models.build(spec)
     try:
         net.load_state_dict(ckpt["state_dict"])
@@ -103,6 +110,7 @@ def code_image(net: torch.nn.Module, x: torch.Tensor, estimate: bool) -> dict[st
     return {
         "bpp": rate,
         "psnr-rgb": psnr255(org, out),
+        "mse": float(torch.mean((org - out) ** 2)) / 255.0**2,
         "ms-ssim-rgb": ms_ssim_or_nan(org, out),
         "encoding_time": enc_t,
         "decoding_time": dec_t,
@@ -110,12 +118,16 @@ def code_image(net: torch.nn.Module, x: torch.Tensor, estimate: bool) -> dict[st
     }
 
 
-def evaluate(paths: list[Path], dataset: str, estimate: bool, device: torch.device) -> list[dict[str, Any]]:
+def evaluate(
+    paths: list[Path], dataset: str, estimate: bool, device: torch.device, model: str | None = None, N: int | None = None, M: int | None = None,
+    lambdas: dict[Path, float] | None = None,
+) -> list[dict[str, Any]]:
+    """One point per checkpoint; ``lambdas`` gives the λ of checkpoints that do not record it."""
     pictures = data.resolve(dataset, "test")
     images = [torch.from_numpy(np.ascontiguousarray(pictures[i].transpose(2, 0, 1)))[None] for i in range(len(pictures))]
     points = []
     for path in paths:
-        net, ckpt = load_model(path, device)
+        net, ckpt = load_model(path, device, model, N, M)
         per_image = [code_image(net, x.to(device), estimate) for x in images]
         mean = {k: float(np.nanmean([r[k] for r in per_image])) if not all(math.isnan(r[k]) for r in per_image) else math.nan for k in per_image[0]}
         mean["max_decode_gap"] = max(r["max_decode_gap"] for r in per_image)
@@ -124,7 +136,7 @@ def evaluate(paths: list[Path], dataset: str, estimate: bool, device: torch.devi
             {
                 **mean,
                 "checkpoint": str(path),
-                "lambda": args.get("lmbda"),
+                "lambda": args.get("lmbda", (lambdas or {}).get(path)),
                 "balancer": ckpt.get("balancer", {}).get("balancer"),
                 "step": ckpt.get("step"),
                 "model": ckpt.get("model"),
@@ -135,7 +147,7 @@ def evaluate(paths: list[Path], dataset: str, estimate: bool, device: torch.devi
 
 
 def results_json(points: list[dict[str, Any]], name: str, description: str, dataset: str, estimate: bool) -> dict[str, Any]:
-    keys = ["bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", "lambda", "checkpoint", "step"]
+    keys = ["bpp", "psnr-rgb", "ms-ssim-rgb", "mse", "encoding_time", "decoding_time", "lambda", "checkpoint", "step"]
     consistent = all(p["max_decode_gap"] <= CONSISTENCY_TOL for p in points)
     return {
         "name": name,
@@ -155,7 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.cuda and not torch.cuda.is_available():
             raise UsageError("--cuda: no CUDA device is available; drop --cuda")
         device = torch.device("cuda" if args.cuda else "cpu")
-        points = evaluate(args.checkpoints, args.dataset, args.estimate, device)
+        paths, lambdas = list(args.checkpoints), {}
+        if args.pretrained:
+            from plugins.lic import pretrained
+
+            for entry in pretrained.select(args.pretrained):
+                paths.append(entry.path)
+                lambdas[entry.path] = entry.lmbda
+        if not paths:
+            raise UsageError("no checkpoints: pass checkpoint files or --pretrained NAME")
+        points = evaluate(paths, args.dataset, args.estimate, device, args.model, args.N, args.M, lambdas)
         name = args.name or (points[0]["balancer"] or "model")
         out = results_json(points, name, args.description, args.dataset, args.estimate)
         text = json.dumps(out, indent=2, allow_nan=True)
@@ -169,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     check = "decoded images match the forward pass" if out["decode_matches_forward"] else "WARNING: decoded images differ from the forward pass"
-    print(f"{name}: {len(points)} point(s), bpp {', '.join(f'{b:.3f}' for b in out['results']['bpp'])} ({out['bpp_kind']}); {check} (max gap {out['max_decode_gap']:.2g})", file=sys.stderr)
+    r = out["results"]
+    pts = ", ".join(f"{b:.3f} bpp / {p:.2f} dB" for b, p in zip(r["bpp"], r["psnr-rgb"]))
+    print(f"{name}: {len(points)} point(s): {pts} ({out['bpp_kind']}); {check} (max gap {out['max_decode_gap']:.2g})", file=sys.stderr)
     return 0
 
 

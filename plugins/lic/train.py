@@ -31,16 +31,21 @@ from plugins.lic.errors import ArgumentParser, UsageError
 from plugins.lic.logs import RunLog
 from plugins.lic.objectives import OBJECTIVES, psnr, rd_losses
 
+DEFAULT_MODEL = "bmshj2018-factorized"
+DEFAULT_LAMBDA = 1e-2
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("-m", "--model", default="bmshj2018-factorized", help=f"architecture: {', '.join(models.available())}")
+    p.add_argument("-m", "--model", default=None,
+                   help=f"architecture (default: the checkpoint's, else {DEFAULT_MODEL}): {', '.join(models.available())}")
     p.add_argument("-d", "--dataset", default="synthetic", help="synthetic (default, embedded), or an ImageFolder root with train/ and test/")
     p.add_argument("-e", "--epochs", type=int, default=100)
     p.add_argument("-lr", "--learning-rate", type=float, default=1e-4)
     p.add_argument("--aux-learning-rate", type=float, default=1e-3)
-    p.add_argument("--lambda", dest="lmbda", type=float, default=1e-2, help="R-D trade-off inside the distortion λ·255²·MSE")
-    p.add_argument("--metric", choices=["mse", "ms-ssim"], default="mse")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=None,
+                   help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})")
+    p.add_argument("--metric", choices=["mse", "ms-ssim"], default=None, help="distortion (default: the checkpoint's, else mse)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--test-batch-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, nargs=2, default=(256, 256))
@@ -50,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda", action="store_true")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and batches (faster convolutions on CPUs)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="resume from it (or, with --finetune, load its weights only)")
-    p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint (start of Solution 2)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint)")
+    p.add_argument("--pretrained", default=None, metavar="NAME", help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults")
+    p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint/--pretrained (start of Solution 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping max norm (0 disables)")
     p.add_argument("-n", "--num-workers", type=int, default=0)
@@ -108,6 +115,47 @@ def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
         raise UsageError(f"--balancer-opt: {exc}") from None
 
 
+def apply_checkpoint_defaults(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Read ``--checkpoint`` (or ``--pretrained``'s file) and fill the flags left unset from it:
+    λ and the metric from the run that wrote it, else the defaults. Returns the checkpoint."""
+    if args.pretrained is not None:
+        from plugins.lic import pretrained
+
+        if args.checkpoint is not None:
+            raise UsageError("--pretrained and --checkpoint: pass one of them")
+        entry = pretrained.get(args.pretrained)
+        args.checkpoint = entry.path
+        saved_args: dict[str, Any] = {"lmbda": entry.lmbda, "metric": entry.metric}
+    ckpt = None
+    if args.checkpoint is not None:
+        ckpt = checkpoint.load(args.checkpoint)
+        kind = checkpoint.kind(ckpt)
+        if kind != "moo-opt" and not args.finetune:
+            what = "a bare state_dict" if kind == "state-dict" else "a CompressAI train.py checkpoint"
+            raise UsageError(f"--checkpoint {args.checkpoint}: {what} has no training state of plugins.lic.train to resume; start from its weights with --finetune")
+        if args.pretrained is None:
+            saved_args = ckpt.get("args", {}) if kind == "moo-opt" else {}
+        lam = saved_args.get("lmbda")
+        if args.finetune and args.lmbda is not None and lam is not None and not math.isclose(args.lmbda, float(lam)):
+            print(f"note: fine-tuning at --lambda {args.lmbda:g}; the checkpoint was trained at {float(lam):g}", file=sys.stderr)
+        if args.lmbda is None and lam is not None:
+            args.lmbda = float(lam)
+        if args.metric is None and saved_args.get("metric") is not None:
+            args.metric = saved_args["metric"]
+    if args.lmbda is None:
+        args.lmbda = DEFAULT_LAMBDA
+    if args.metric is None:
+        args.metric = "mse"
+    return ckpt
+
+
+def model_spec(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> models.ModelSpec:
+    """The architecture: the checkpoint's (its description, or read off its tensors), else the flags."""
+    if ckpt is None:
+        return models.spec_for(args.model or DEFAULT_MODEL, args.quality, args.N, args.M)
+    return models.resolve(ckpt["state_dict"], ckpt.get("model"), args.model, args.N, args.M, f"--checkpoint {args.checkpoint}")
+
+
 def validate(args: argparse.Namespace) -> None:
     if not (args.lmbda > 0 and math.isfinite(args.lmbda)):
         raise UsageError(f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)")
@@ -144,8 +192,6 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("-lr/--learning-rate and --aux-learning-rate must be > 0")
     if args.num_workers < 0:
         raise UsageError(f"-n/--num-workers {args.num_workers}: must be >= 0")
-    if args.finetune and args.checkpoint is None:
-        raise UsageError("--finetune needs --checkpoint (the pre-trained model to start from)")
     if args.cuda and not torch.cuda.is_available():
         raise UsageError("--cuda: no CUDA device is available; drop --cuda to train on the CPU")
 
@@ -202,10 +248,13 @@ class TrainingStopped(Exception):
 
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
+        if args.finetune and args.checkpoint is None and args.pretrained is None:
+            raise UsageError("--finetune needs --checkpoint or --pretrained (the pre-trained model to start from)")
+        ckpt = apply_checkpoint_defaults(args)
         validate(args)
         self.args = args
         self.balancer = make_balancer(args)
-        self.spec = models.spec_for(args.model, args.quality, args.N, args.M)
+        self.spec = model_spec(args, ckpt)
         prepare_out(args.out, resuming=args.checkpoint is not None and not args.finetune)
         random.seed(args.seed)
         np.random.seed(args.seed)
@@ -245,8 +294,8 @@ class Trainer:
         self.step, self.epoch, self.best = 0, 0, math.inf
         self.last_test_loss: float | None = None
         self.skipped_steps = self.consecutive_skips = 0
-        if args.checkpoint is not None:
-            self._load(args.checkpoint)
+        if ckpt is not None:
+            self._load(args.checkpoint, ckpt)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.total = args.steps if args.steps is not None else args.epochs * self.steps_per_epoch
 
@@ -255,14 +304,7 @@ class Trainer:
         """The learning rate follows the test loss (no ``--lr-milestones``)."""
         return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
-    def _load(self, path: Path) -> None:
-        ckpt = checkpoint.load(path)
-        saved = ckpt.get("model")
-        if saved is not None and (saved.get("name"), saved.get("N"), saved.get("M")) != (self.spec.name, self.spec.N, self.spec.M):
-            raise UsageError(
-                f"--checkpoint {path}: holds {saved.get('name')} (N={saved.get('N')}, M={saved.get('M')}), not {self.spec.name} "
-                f"(N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M"
-            )
+    def _load(self, path: Path, ckpt: dict[str, Any]) -> None:
         try:
             self.net.load_state_dict(ckpt["state_dict"])
         except RuntimeError:

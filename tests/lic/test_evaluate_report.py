@@ -103,7 +103,7 @@ def test_bad_inputs_exit_2(checkpoints: list[Path], tmp_path: Path, capsys) -> N
     cases = [
         ([str(tmp_path / "missing.pth.tar")], "no such file"),
         ([str(tmp_path / "corrupt.pth.tar")], "not a readable checkpoint"),
-        ([str(foreign)], "no model description we can rebuild"),
+        ([str(foreign)], "the weights do not fit any CompressAI image architecture; pass the architecture they were trained with (-m, --N, --M)"),
         ([str(checkpoints[0]), "-d", str(tmp_path / "noimages")], "no images found"),
     ]
     for argv, message in cases:

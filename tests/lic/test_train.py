@@ -187,3 +187,85 @@ def test_channels_last_trains_and_saves_a_plain_checkpoint(tmp_path: Path) -> No
 
     net = FactorizedPrior(N=8, M=12)
     net.load_state_dict(checkpoint.load(tmp_path / "checkpoint.pth.tar")["state_dict"])
+
+
+# --------------------------------------------------------------------------- small photo sets
+def test_a_small_folder_gets_several_crops_per_image_and_tests_and_saves_on_its_intervals(tmp_path: Path, monkeypatch) -> None:
+    """Six images, batch 8 (more than the images): an epoch is auto-sized (86 crops of each), so
+    the run tests and writes checkpoints only at --test-every/--save-every, not after every step."""
+    root = _image_folder(tmp_path / "imgs", count=6)
+    writes: list[tuple[int, str]] = []
+    real_save = checkpoint.save_atomic
+
+    def counting(obj, path):
+        writes.append((obj["step"], Path(path).name))
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", counting)
+    assert train(tmp_path / "out", "-d", str(root), "--batch-size", "8", "--steps", "20", "--test-every", "5", "--save-every", "10") == 0
+    tests = [r["step"] for r in read(tmp_path / "out") if "test/loss" in r]
+    assert tests == [5, 10, 15, 20]
+    assert [s for s, name in writes if name == checkpoint.LAST] == [10, 20]
+    assert {s for s, name in writes if name == checkpoint.BEST} <= {5, 10, 15, 20}
+    ckpt = torch.load(tmp_path / "out" / checkpoint.LAST, weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["loss"] == pytest.approx([r["test/loss"] for r in read(tmp_path / "out") if "test/loss" in r][-1])
+
+
+def test_crops_per_image_sets_the_epoch(tmp_path: Path) -> None:
+    from plugins.lic import data
+
+    root = _image_folder(tmp_path / "imgs", count=6)
+    assert data.auto_crops_per_image(6) == 86 and data.auto_crops_per_image(512) == 1 and data.auto_crops_per_image(10_000) == 1
+    ds = data.PatchDataset(data.resolve(str(root), "train"), (32, 32), seed=0, crops_per_image=3)
+    assert len(ds) == 18
+    crops = [ds[i] for i in range(len(ds))]
+    assert not torch.equal(crops[0], crops[6])  # the same picture, another crop
+    ds.set_epoch(0)
+    assert torch.equal(ds[7], crops[7])  # a function of (seed, epoch, index)
+    # --crops-per-image 2: 12 crops, batch 4 -> 3 steps per epoch, tested at the end of each
+    assert train(tmp_path / "out", "-d", str(root), "--crops-per-image", "2", "--batch-size", "4", "--steps", "6") == 0
+    assert [r["step"] for r in read(tmp_path / "out") if "test/loss" in r] == [3, 6]
+
+
+def test_resume_in_the_middle_of_an_epoch_of_a_small_folder_is_bit_exact(tmp_path: Path) -> None:
+    """20 steps in one go against 10, stop, resume, 10 more, with a step learning-rate schedule whose
+    first milestone lies before and second after the interruption."""
+    root = _image_folder(tmp_path / "imgs", count=6)
+    common = ["-d", str(root), "--batch-size", "4", "--test-every", "5", "--save-every", "10", "--lr-milestones", "7", "15", "--lr-gamma", "0.5"]
+    assert train(tmp_path / "a", *common, "--steps", "20") == 0
+    assert train(tmp_path / "b", *common, "--steps", "10") == 0
+    assert train(tmp_path / "b", *common, "--steps", "20", "--checkpoint", str(tmp_path / "b" / checkpoint.LAST)) == 0
+    a = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)
+    b = torch.load(tmp_path / "b" / checkpoint.LAST, weights_only=False)
+    assert a["step"] == b["step"] == 20 and a["epoch"] == 0
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.25)
+    assert a["loss"] == b["loss"]
+    lrs = {r["step"]: r["lr"] for r in read(tmp_path / "b") if "lr" in r}
+    assert lrs[5] == pytest.approx(1e-3) and lrs[10] == pytest.approx(5e-4) and lrs[20] == pytest.approx(2.5e-4)
+
+
+SMALL_FOLDER_BAD = [
+    (["--crops-per-image", "0"], "--crops-per-image 0: must be positive"),
+    (["--crops-per-image", "many"], "--crops-per-image many: expected a positive integer or auto"),
+    (["--crops-per-image", "1", "--batch-size", "8"], "--batch-size 8: more than the 6 crops of an epoch (6 usable training images × 1); raise --crops-per-image"),
+    (["--test-every", "0"], "--test-every 0: must be positive"),
+    (["--save-every", "-5"], "--save-every -5: must be positive"),
+    (["--lr-milestones", "10", "5"], "--lr-milestones 10 5: must be increasing positive step numbers"),
+    (["--lr-milestones", "5", "--lr-gamma", "0"], "--lr-gamma 0.0: must be > 0"),
+]
+
+
+@pytest.mark.parametrize("extra, message", SMALL_FOLDER_BAD, ids=[m for _, m in SMALL_FOLDER_BAD])
+def test_small_folder_options_bad_input(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    root = _image_folder(tmp_path / "imgs", count=6)
+    assert train(tmp_path / "out", "-d", str(root), "--steps", "2", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_resuming_with_another_learning_rate_schedule_is_refused(tmp_path: Path, capsys) -> None:
+    assert train(tmp_path, "--steps", "2") == 0
+    assert train(tmp_path, "--steps", "4", "--lr-milestones", "3", "--checkpoint", str(tmp_path / checkpoint.LAST)) == 2
+    assert "was trained with the ReduceLROnPlateau learning-rate schedule; resume without --lr-milestones" in capsys.readouterr().err

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import multiprocessing as mp
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
 LAMBDAS = ("0.0018", "0.0067", "0.0035", "0.013", "0.0009", "0.0005")
@@ -58,6 +61,8 @@ def _train(job: tuple[list[str], Path]) -> tuple[str, int, float]:
     if last.exists():
         argv = [*argv, "--checkpoint", str(last)]
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "commit").exists():  # the code the run started with
+        (out / "commit").write_text(git_commit() + "\n")
     start = time.perf_counter()
     with (out / "run.log").open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         print(f"$ python -m plugins.lic.train {' '.join(argv)}", flush=True)
@@ -79,6 +84,60 @@ def git_commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+# --------------------------------------------------------------------------- evaluate and ship
+def photo_set(photos: Path) -> str:
+    """One line on the training data, from ``photos.json``."""
+    rec = json.loads((photos / "photos.json").read_text())
+    train = [p for p in rec["photos"] if p["split"] == "train"]
+    packages = sorted({f"{p['package']} {p['version']}" for p in rec["photos"] if "package" in p})
+    source = f"Debian packages {', '.join(packages)}" if packages else f"the folder {rec['source']}"
+    return f"{len(train)} photographs from {source} (python -m plugins.lic.photos, longer side <= {rec['max_side']} px); {len(rec['photos']) - len(train)} held out for the test loss"
+
+
+def export(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write every finished run into ``folder`` and entropy-code it on ``--eval-dataset``; returns the
+    manifest records and the evaluation points (by λ)."""
+    import torch
+
+    from plugins.lic import checkpoint, evaluate, models
+
+    model, n, m = MODEL
+    records, points = [], []
+    for lam in sorted(args.lambdas, key=float):
+        name = run_name(model, n, m, "mse", lam)
+        run = args.runs / name
+        if not (run / "done").exists():
+            print(f"not finished, not shipped: {run}", file=sys.stderr)
+            continue
+        ckpt = checkpoint.load(run / checkpoint.LAST)
+        spec = models.ModelSpec(**ckpt["model"])
+        net = models.build(spec)
+        net.load_state_dict(ckpt["state_dict"])
+        net.update(force=True)  # the entropy coders' tables travel with the weights: compress() works at once
+        ckpt["state_dict"] = net.state_dict()
+        target = folder / f"{name}.pth.tar"
+        checkpoint.save_atomic(ckpt, target)
+        point = evaluate.evaluate([target], args.eval_dataset, False, torch.device("cpu"))[0]
+        points.append(point)
+        minutes = sum(float(x) for x in (run / "train_seconds").read_text().split()) / 60
+        commit = (run / "commit").read_text().strip() if (run / "commit").exists() else (args.runs / "commit").read_text().strip()
+        mse = point["mse"]
+        records.append({
+            "name": name, "file": target.name, "model": spec.name, "N": spec.N, "M": spec.M, "lambda": float(lam), "metric": "mse",
+            "steps": int(ckpt["step"]), "data": photo_set(args.photos),
+            "command": f"python -m plugins.lic.train {' '.join(train_argv(args, lam, Path('runs/pretrained') / name))}",
+            "recipe": f"Adam lr 1e-3 (aux 1e-3), x0.1 at steps {' and '.join(map(str, ckpt['args']['lr_milestones']))}; batch 8 of 128x128 random crops; "
+                      "gradient clipping 1.0; seed 0; one torch thread",
+            "commit": commit, "train_minutes": round(minutes, 1), "machine": "2-core x86-64 CPU VM (two runs at a time, one thread each)",
+            "eval": {"dataset": args.eval_dataset, "bpp": point["bpp"], "psnr": point["psnr-rgb"], "ms_ssim": point["ms-ssim-rgb"], "mse": mse,
+                        "L_D": float(lam) * 255**2 * mse, "rate": point["bpp"], "coded": "entropy-coded bitstreams (compress/decompress)",
+                        "decode_matches_forward": point["max_decode_gap"] <= evaluate.CONSISTENCY_TOL},
+            "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "bytes": target.stat().st_size,
+        })  # fmt: skip
+        print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB): {point['bpp']:.3f} bpp, {point['psnr-rgb']:.2f} dB, L_D {float(lam) * 255**2 * mse:.3f}", flush=True)
+    return records, points
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the ImageFolder of python -m plugins.lic.photos")
@@ -86,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS))
     parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--eval-dataset", default="samples", help="what the shipped models are entropy-coded on (never trained on)")
+    parser.add_argument("--ship", type=Path, default=Path(__file__).resolve().parent, help="where the finished models and manifest.json go")
     args = parser.parse_args(argv)
     if not (args.photos / "photos.json").exists():
         parser.error(f"--photos {args.photos}: not made by python -m plugins.lic.photos; run it first (make photos)")
     model, n, m = MODEL
     jobs = [(train_argv(args, lam, args.runs / run_name(model, n, m, "mse", lam)), args.runs / run_name(model, n, m, "mse", lam)) for lam in args.lambdas]
     args.runs.mkdir(parents=True, exist_ok=True)
-    (args.runs / "commit").write_text(git_commit() + "\n")
+    if not (args.runs / "commit").exists():
+        (args.runs / "commit").write_text(git_commit() + "\n")
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
         for out, code, seconds in pool.imap_unordered(_train, jobs):
@@ -100,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 print(f"see {out}/run.log", file=sys.stderr)
                 return 1
+    records, points = export(args, args.ship)
+    if records:
+        from plugins.lic import evaluate, report
+
+        (args.ship / "manifest.json").write_text(json.dumps(records, indent=2) + "\n")
+        results = evaluate.results_json(points, "standard", "the shipped models (mbt2018-mean N=32 M=48), entropy-coded", args.eval_dataset, False)
+        (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
+        with contextlib.redirect_stdout(sys.stderr):
+            report.main([str(args.runs / "shipped.json"), "--anchor", "standard", "--out", str(args.runs / "report")])
+        print(f"manifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}")
     return 0
 
 
