@@ -62,6 +62,9 @@ def test_build_writes_loadable_files_and_a_manifest(registry: Path) -> None:
         assert ckpt["state_dict"]["entropy_bottleneck._quantized_cdf"].numel() > 0  # tables already updated
         assert r["steps"] == 4 and r["eval"]["L_D"] == pytest.approx(r["lambda"] * 255**2 * r["eval"]["mse"])
         assert "--lr-milestones 3 4" in r["command"] and r["command"].startswith("python -m plugins.lic.train -m mbt2018-mean --N 32 --M 48")
+    summary = (registry.parent / "runs" / "summary.md").read_text()
+    assert summary.count("| mbt2018-mean-N32-M48-mse-") == 2 and "Curve monotonic in λ" in summary
+    assert (registry.parent / "runs" / "report" / "rd.png").is_file()
 
 
 def test_by_name_in_python(registry: Path) -> None:

@@ -138,6 +138,30 @@ def export(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]]
     return records, points
 
 
+#: the paper's regime: the distortion term and the rate of order one (see the README)
+REGIME_MAX = 1.5
+
+
+def summary(records: list[dict[str, Any]]) -> str:
+    """The table of the shipped models (markdown) and whether they keep the promises: a
+    monotonic curve, and L_D and the rate of order one."""
+    lines = [
+        "| model | λ | steps | training (min) | bpp | PSNR (dB) | MS-SSIM | L_D = λ·255²·MSE | rate (bpp) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        e = r["eval"]
+        lines.append(f"| {r['name']} | {r['lambda']:g} | {r['steps']} | {r['train_minutes']:.0f} | {e['bpp']:.3f} | {e['psnr']:.2f} | "
+                     f"{e['ms_ssim']:.4f} | {e['L_D']:.3f} | {e['rate']:.3f} |")  # fmt: skip
+    bpp = [r["eval"]["bpp"] for r in records]
+    psnr = [r["eval"]["psnr"] for r in records]
+    monotonic = all(b > a for a, b in zip(bpp, bpp[1:])) and all(b > a for a, b in zip(psnr, psnr[1:]))
+    outside = [r["name"] for r in records if max(r["eval"]["L_D"], r["eval"]["rate"]) > REGIME_MAX]
+    lines += ["", f"Curve monotonic in λ (bpp and PSNR): {'yes' if monotonic else 'NO'}. "
+              f"L_D and rate at most {REGIME_MAX}: {'all' if not outside else 'not ' + ', '.join(outside)}."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the ImageFolder of python -m plugins.lic.photos")
@@ -146,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--eval-dataset", default="samples", help="what the shipped models are entropy-coded on (never trained on)")
+    parser.add_argument("--export-only", action="store_true", help="ship the finished runs without training the others")
     parser.add_argument("--ship", type=Path, default=Path(__file__).resolve().parent, help="where the finished models and manifest.json go")
     args = parser.parse_args(argv)
     if not (args.photos / "photos.json").exists():
@@ -157,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.runs / "commit").write_text(git_commit() + "\n")
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
-        for out, code, seconds in pool.imap_unordered(_train, jobs):
+        for out, code, seconds in pool.imap_unordered(_train, [] if args.export_only else jobs):
             print(f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
             if code != 0:
                 print(f"see {out}/run.log", file=sys.stderr)
@@ -171,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
         with contextlib.redirect_stdout(sys.stderr):
             report.main([str(args.runs / "shipped.json"), "--anchor", "standard", "--out", str(args.runs / "report")])
-        print(f"manifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}")
+        table = summary(records)
+        (args.runs / "summary.md").write_text(table + "\n")
+        print(f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}")
     return 0
 
 
