@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import moo_opt
-from plugins.lic import checkpoint, data, models
+from plugins.lic import checkpoint, data, models, optim
 from plugins.lic.errors import ArgumentParser, UsageError
 from plugins.lic.logs import RunLog
 from plugins.lic.objectives import OBJECTIVES, psnr, rd_losses
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--epochs", type=int, default=100)
     p.add_argument("-lr", "--learning-rate", type=float, default=1e-4)
     p.add_argument("--aux-learning-rate", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default="adam", help="for the model's parameters (the auxiliary loss keeps Adam)")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (--optimizer sgd; 0: plain SGD)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999): tested, evaluated and saved as state_dict; 0: off")
     p.add_argument("--lambda", dest="lmbda", type=float, default=None,
                    help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})")
     p.add_argument("--metric", choices=["mse", "ms-ssim"], default=None, help="distortion (default: the checkpoint's, else mse)")
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint)")
     p.add_argument("--pretrained", default=None, metavar="NAME", help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults")
     p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint/--pretrained (start of Solution 2)")
+    p.add_argument("--keep-optimizer", action="store_true",
+                   help="with --finetune: carry the checkpoint's optimiser state over (Adam's moments; the same --optimizer), at the new -lr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping max norm (0 disables)")
     p.add_argument("-n", "--num-workers", type=int, default=0)
@@ -190,6 +196,14 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--metric ms-ssim needs patches larger than 160 pixels (five scales); got --patch-size {args.patch_size[0]} {args.patch_size[1]}")
     if args.learning_rate <= 0 or args.aux_learning_rate <= 0:
         raise UsageError("-lr/--learning-rate and --aux-learning-rate must be > 0")
+    if not (0.0 <= args.momentum < 1.0):
+        raise UsageError(f"--momentum {args.momentum}: must lie in [0, 1)")
+    if args.momentum and args.optimizer != "sgd":
+        raise UsageError(f"--momentum is SGD's; pass --optimizer sgd (or drop --momentum with --optimizer {args.optimizer})")
+    if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
+        raise UsageError(f"--ema {args.ema}: a decay in (0, 1), e.g. 0.999, or 0 for none")
+    if args.keep_optimizer and not args.finetune:
+        raise UsageError("--keep-optimizer goes with --finetune (a resumed run always keeps its optimiser state)")
     if args.num_workers < 0:
         raise UsageError(f"-n/--num-workers {args.num_workers}: must be >= 0")
     if args.cuda and not torch.cuda.is_available():
@@ -283,9 +297,13 @@ class Trainer:
         if args.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
-        self.optimizer = torch.optim.Adam(self.main_params, lr=args.learning_rate)
+        self.optimizer = optim.build(args.optimizer, self.main_params, args.learning_rate, args.momentum)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
-        self.balancer.bind_optimizer(self.optimizer)  # QPBalancer(metric="adam") reads Adam's preconditioner
+        try:
+            self.balancer.bind_optimizer(self.optimizer)  # QPBalancer(metric="adam") reads Adam's preconditioner
+        except ValueError as exc:
+            raise UsageError(f"--balancer-opt: {exc}; use --optimizer adam or cautious-adam") from None
+        self.ema = optim.WeightEMA(self.net, args.ema) if args.ema else None
         self.scheduler: Any
         if args.lr_milestones is None:  # CompressAI's: on the test loss, at each test
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
@@ -305,14 +323,34 @@ class Trainer:
         return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def _load(self, path: Path, ckpt: dict[str, Any]) -> None:
+        resume = not self.args.finetune
+        # a resumed run continues from the raw weights; a fine-tune starts from the model (the EMA's, if any)
+        weights = ckpt.get("raw_state_dict", ckpt["state_dict"]) if resume else ckpt["state_dict"]
         try:
-            self.net.load_state_dict(ckpt["state_dict"])
+            self.net.load_state_dict(weights)
         except RuntimeError:
             raise UsageError(f"--checkpoint {path}: its weights do not fit {self.spec.name} (N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M") from None
-        if self.args.finetune:
+        if self.args.finetune and not self.args.keep_optimizer:
             return
+        saved_optimizer = ckpt.get("optimizer_kind", "adam")
+        if "optimizer" not in ckpt or checkpoint.kind(ckpt) != "moo-opt":
+            raise UsageError(f"--checkpoint {path}: holds no optimiser state of plugins.lic.train; drop --keep-optimizer")
+        if saved_optimizer != self.args.optimizer:
+            raise UsageError(f"--checkpoint {path}: its optimiser is {saved_optimizer}; pass --optimizer {saved_optimizer}")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        if self.args.finetune:  # the moments carry over; the learning rates are this run's
+            for opt, lr in ((self.optimizer, self.args.learning_rate), (self.aux_optimizer, self.args.aux_learning_rate)):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                    if "initial_lr" in group:
+                        group["initial_lr"] = lr
+            return
+        if ("ema" in ckpt) != (self.ema is not None):
+            flag = f"with --ema {ckpt['ema']['decay']}" if "ema" in ckpt else "without --ema"
+            raise UsageError(f"--checkpoint {path}: resume it {flag}, as it was trained")
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         saved_kind = ckpt.get("lr_scheduler_kind", "ReduceLROnPlateau")
         if saved_kind != type(self.scheduler).__name__:
             flag = "without --lr-milestones" if saved_kind == "ReduceLROnPlateau" else "with its --lr-milestones"
@@ -359,6 +397,8 @@ class Trainer:
         if not skipped and bool(torch.isfinite(aux)):
             aux.backward()
             self.aux_optimizer.step()
+        if self.ema is not None and not skipped:
+            self.ema.update()
         if self.balancer.needs_update and not skipped:
             with torch.no_grad():
                 self.balancer.update(self.losses(x).as_list())
@@ -382,6 +422,13 @@ class Trainer:
     # ----------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def test(self) -> dict[str, float]:
+        """The test loss, of the EMA weights when there are (``--ema``)."""
+        if self.ema is not None:
+            with self.ema.applied():
+                return self._test()
+        return self._test()
+
+    def _test(self) -> dict[str, float]:
         self.net.eval()
         sums = {"distortion": 0.0, "rate": 0.0, "mse": 0.0}
         count = 0
@@ -402,10 +449,19 @@ class Trainer:
     def save(self, last: bool, best: bool) -> None:
         """Write ``checkpoint.pth.tar`` (``last``) and/or ``checkpoint_best.pth.tar`` (``best``)
         with the whole training state at this step; ``loss`` is the latest test loss."""
+        extra: dict[str, Any] = {}
+        if self.ema is not None:  # the model is the EMA's; the raw weights and the average resume the run
+            with self.ema.applied():
+                model = {k: v.clone() for k, v in self.net.state_dict().items()}
+            extra = {"raw_state_dict": self.net.state_dict(), "ema": self.ema.state_dict()}
+        else:
+            model = self.net.state_dict()
         state = {
             "epoch": self.epoch,
             "step": self.step,
-            "state_dict": self.net.state_dict(),
+            "state_dict": model,
+            **extra,
+            "optimizer_kind": self.args.optimizer,
             "loss": self.last_test_loss,
             "best_loss": self.best,
             "optimizer": self.optimizer.state_dict(),
