@@ -67,6 +67,20 @@ def test_build_writes_loadable_files_and_a_manifest(registry: Path) -> None:
     assert (registry.parent / "runs" / "report" / "rd.png").is_file()
 
 
+def test_a_later_build_of_one_lambda_keeps_the_others_listed(shipped: Path, registry: Path, capsys) -> None:
+    root = shipped.parent
+    argv = ["--photos", str(root / "photos"), "--runs", str(root / "runs"), "--steps", "4", "--lambdas", "0.05", "--jobs", "1",
+            "--ship", str(shipped), "--eval-dataset", str(root / "photos" / "test"), "--export-only"]  # fmt: skip
+    before = json.loads((shipped / "manifest.json").read_text())
+    assert build.main(argv) == 0
+    assert json.loads((shipped / "manifest.json").read_text()) == before
+    from plugins.lic.pretrained.__main__ import main as listing
+
+    assert listing() == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in NAMES) and "bpp" in out and "PSNR" in out
+
+
 def test_by_name_in_python(registry: Path) -> None:
     assert pretrained.names() == NAMES
     assert [e.name for e in pretrained.select(["*-0.05", NAMES[0], "mbt2018-mean-*"])] == [NAMES[1], NAMES[0]]

@@ -4,10 +4,12 @@
 
 For every λ: ``python -m plugins.lic.train`` with the standard loss (``--balancer fixed``) on the
 photographs of ``python -m plugins.lic.photos`` (never on ``samples``), resumed from its last
-checkpoint when one exists; then every finished model is entropy-coded on the ``samples``
-photographs (``python -m plugins.lic.evaluate``) and, with ``--export``, written into
-``plugins/lic/pretrained/`` (CDFs updated, optimiser state kept) and recorded in its
-``manifest.json``. Runs go through a pool of ``--jobs`` processes with one torch thread each.
+checkpoint when one exists; then every finished model is written into
+``plugins/lic/pretrained/`` (entropy coders' tables updated, optimiser state kept), entropy-coded on
+the ``samples`` photographs (``python -m plugins.lic.evaluate``) and recorded in its
+``manifest.json`` (models of other λ already listed there stay), and ``RUNS/summary.md`` and
+``RUNS/report/rd.png`` show the curve. Runs go through a pool of ``--jobs`` processes with one
+torch thread each; ``--export-only`` ships what is finished without training.
 """
 
 from __future__ import annotations
@@ -94,15 +96,15 @@ def photo_set(photos: Path) -> str:
     return f"{len(train)} photographs from {source} (python -m plugins.lic.photos, longer side <= {rec['max_side']} px); {len(rec['photos']) - len(train)} held out for the test loss"
 
 
-def export(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     """Write every finished run into ``folder`` and entropy-code it on ``--eval-dataset``; returns the
-    manifest records and the evaluation points (by λ)."""
+    manifest records (by λ)."""
     import torch
 
     from plugins.lic import checkpoint, evaluate, models
 
     model, n, m = MODEL
-    records, points = [], []
+    records = []
     for lam in sorted(args.lambdas, key=float):
         name = run_name(model, n, m, "mse", lam)
         run = args.runs / name
@@ -118,7 +120,6 @@ def export(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]]
         target = folder / f"{name}.pth.tar"
         checkpoint.save_atomic(ckpt, target)
         point = evaluate.evaluate([target], args.eval_dataset, False, torch.device("cpu"))[0]
-        points.append(point)
         minutes = sum(float(x) for x in (run / "train_seconds").read_text().split()) / 60
         commit = (run / "commit").read_text().strip() if (run / "commit").exists() else (args.runs / "commit").read_text().strip()
         mse = point["mse"]
@@ -135,7 +136,7 @@ def export(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]]
             "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "bytes": target.stat().st_size,
         })  # fmt: skip
         print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB): {point['bpp']:.3f} bpp, {point['psnr-rgb']:.2f} dB, L_D {float(lam) * 255**2 * mse:.3f}", flush=True)
-    return records, points
+    return records
 
 
 #: the paper's regime: the distortion term and the rate of order one (see the README)
@@ -187,16 +188,23 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 print(f"see {out}/run.log", file=sys.stderr)
                 return 1
-    records, points = export(args, args.ship)
+    records = export(args, args.ship)
     if records:
-        from plugins.lic import evaluate, report
+        from plugins.lic import report
 
-        (args.ship / "manifest.json").write_text(json.dumps(records, indent=2) + "\n")
-        results = evaluate.results_json(points, "standard", "the shipped models (mbt2018-mean N=32 M=48), entropy-coded", args.eval_dataset, False)
+        built = {r["name"] for r in records}
+        manifest = args.ship / "manifest.json"
+        kept = [r for r in (json.loads(manifest.read_text()) if manifest.exists() else []) if r["name"] not in built and (args.ship / r["file"]).exists()]
+        records = sorted(kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"]))  # other λ shipped earlier stay listed
+        manifest.write_text(json.dumps(records, indent=2) + "\n")
+        curve = [r for r in records if (r["model"], r["N"], r["M"]) == MODEL]
+        keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "mse": "mse"}
+        results = {"name": "standard", "description": "the shipped models (mbt2018-mean N=32 M=48), entropy-coded", "dataset": args.eval_dataset,
+                   "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()}, "lambda": [r["lambda"] for r in curve]}}  # fmt: skip
         (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
         with contextlib.redirect_stdout(sys.stderr):
             report.main([str(args.runs / "shipped.json"), "--anchor", "standard", "--out", str(args.runs / "report")])
-        table = summary(records)
+        table = summary(curve)
         (args.runs / "summary.md").write_text(table + "\n")
         print(f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}")
     return 0
