@@ -98,13 +98,25 @@ class ObjectiveGradients:
     def num_objectives(self) -> int:
         return len(self.grads)
 
-    def gramian(self, metric: Sequence[Tensor] | None = None) -> Tensor:
+    def reach(self) -> list[list[int]]:
+        """For each balanced parameter, the objectives whose graph reaches it (autograd gives the
+        others no gradient, ``None``; a gradient that happens to be zero still counts as reached)."""
+        return [[i for i, g in enumerate(self.grads) if g[k] is not None] for k in range(len(self.params))]
+
+    def shared(self) -> list[bool]:
+        """For each balanced parameter: reached by two objectives or more."""
+        return [len(r) >= 2 for r in self.reach()]
+
+    def gramian(self, metric: Sequence[Tensor] | None = None, shared_only: bool = False) -> Tensor:
         """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their device.
 
         Products and sums are in float64 (a float32 product is exact in float64), so that the
         matrix is positive semi-definite to float64 precision even for nearly parallel gradients,
         and it is symmetrised exactly. ``metric``: one non-negative tensor per parameter, of its
         shape, for ``Q = Gᵀ diag(metric) G`` (an optimiser's diagonal preconditioner).
+        ``shared_only``: the sum runs over the parameters that two objectives or more reach
+        (:meth:`shared`); a parameter of one objective alone adds only to that objective's
+        diagonal entry, so leaving it out changes nothing else.
         """
         if metric is not None and len(metric) != len(self.params):
             raise ValueError(f"metric needs one tensor per parameter ({len(self.params)}), got {len(metric)}")
@@ -113,7 +125,7 @@ class ObjectiveGradients:
         q = torch.zeros(n, n, dtype=torch.float64, device=device)
         for k in range(len(self.params)):
             rows = [(i, g[k]) for i, g in enumerate(self.grads) if g[k] is not None]
-            if not rows:
+            if not rows or (shared_only and len(rows) < 2):
                 continue
             # one conversion copy per gradient, straight into float64 (stack-then-convert copies
             # twice and was 4x slower on a 1.5M-element parameter)
@@ -136,19 +148,22 @@ class ObjectiveGradients:
             cols.append(torch.cat(parts))
         return torch.stack(cols, dim=1)
 
-    def accumulate(self, weights: Tensor) -> None:
-        """Add ``Σᵢ wᵢ ∂Lᵢ/∂θ`` to ``θ.grad`` for every parameter, balanced or not."""
-        cast: dict[tuple[torch.dtype, torch.device], Tensor] = {}  # the weights, converted once per dtype
-        for params, grads in ((self.params, self.grads), (self.others, self.other_grads)):
+    def accumulate(self, weights: Tensor, own: Tensor | None = None) -> None:
+        """Add ``Σᵢ wᵢ ∂Lᵢ/∂θ`` to ``θ.grad`` for every parameter, balanced or not. With ``own``
+        (N coefficients), a balanced parameter that one objective ``i`` alone reaches receives
+        ``ownᵢ ∂Lᵢ/∂θ`` instead (its objective's own gradient, whatever the sign of ``wᵢ``)."""
+        cast: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}  # the coefficients, converted once per dtype
+        for params, grads, balanced in ((self.params, self.grads, True), (self.others, self.other_grads, False)):
             for k, p in enumerate(params):
                 direction: Tensor | None = None
+                alone = own is not None and balanced and sum(g[k] is not None for g in grads) == 1
                 for i, g in enumerate(grads):
                     gk = g[k]
                     if gk is None:
                         continue
-                    key = (gk.dtype, gk.device)
+                    key = (gk.dtype, gk.device, alone)
                     if key not in cast:
-                        cast[key] = weights.to(device=gk.device, dtype=gk.dtype)
+                        cast[key] = (own if alone else weights).to(device=gk.device, dtype=gk.dtype)  # type: ignore[union-attr]
                     w = cast[key][i]
                     # one new tensor per parameter; the objectives' gradients are left untouched
                     direction = gk * w if direction is None else direction.addcmul_(gk, w)

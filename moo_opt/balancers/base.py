@@ -280,7 +280,18 @@ class Balancer(ABC):
 
 
 class GramianBalancer(Balancer):
-    """Balancers that choose weights from the Gramian of the per-objective gradients."""
+    """Balancers that choose weights from the Gramian of the per-objective gradients.
+
+    Subclasses that offer ``shared_only`` (a constructor option kept in :attr:`shared_only`) balance
+    only the parameters that two objectives or more reach: the Gramian is taken over those, and a
+    parameter that one objective alone reaches gets that objective's own gradient (coefficient
+    :meth:`_own`, 1 by default), as MGDA (Sener & Koltun) and TorchJD's ``mtl_backward`` treat
+    task-specific parameters. Whatever the balanced weights, such a parameter is never pushed
+    against its own objective.
+    """
+
+    #: balance the shared parameters only (see the class docstring); an option where offered
+    shared_only: bool = False
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
         grads = objective_gradients(losses, params)
@@ -291,11 +302,16 @@ class GramianBalancer(Balancer):
         if not self._finite_or_skip(values, gram):
             return self._skipped(values)
         weights, result, extras = self._weights(values, gram)
-        grads.accumulate(weights)
+        grads.accumulate(weights, self._own(values) if self.shared_only else None)
         return BalanceInfo(weights=weights, losses=values, solve=result, extras=extras, skips=self.skips)
 
     def _gramian(self, grads: ObjectiveGradients) -> Tensor:
-        return grads.gramian()
+        return grads.gramian(shared_only=self.shared_only)
+
+    def _own(self, values: Tensor) -> Tensor:
+        """The coefficient of each objective on the parameters it alone reaches (``shared_only``):
+        1, its own plain gradient, as the standard sum of the losses gives it."""
+        return torch.ones_like(values)
 
     @abstractmethod
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult | None, dict[str, Tensor]]:

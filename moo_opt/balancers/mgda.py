@@ -27,13 +27,18 @@ class MGDABalancer(GramianBalancer):
     (:math:`|g_i|`), ``"loss"`` (:math:`L_i`), ``"loss+"`` (:math:`L_i |g_i|`); a zero norm is
     replaced by 1. Désidéri, "Multiple-gradient descent algorithm (MGDA) for multiobjective
     optimization", C. R. Math. 2012; Sener & Koltun, "Multi-Task Learning as Multi-Objective
-    Optimization", NeurIPS 2018.
+    Optimization", NeurIPS 2018. ``shared_only=True`` solves over the parameters two objectives or
+    more reach and gives the others their objective's own gradient, as Sener & Koltun treat
+    task-specific parameters (see :class:`~moo_opt.GramianBalancer`).
     """
 
     name = "mgda"
 
-    def __init__(self, num_objectives: int, *, normalization: Normalization = "none", rcond: float | None = None, nonfinite: NonFinite = "raise") -> None:
+    def __init__(
+        self, num_objectives: int, *, normalization: Normalization = "none", rcond: float | None = None, shared_only: bool = False, nonfinite: NonFinite = "raise"
+    ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
+        self.shared_only = bool(shared_only)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
         self.normalization: Normalization = normalization

@@ -69,6 +69,11 @@ class QPBalancer(GramianBalancer):
             says so (``adam_metric=0``).
         rcond, ridge: passed to :func:`~moo_opt.solvers.solve_equality_qp` (degenerate Gramians get
             the minimum-norm weights and a ``DEGENERATE`` status by default).
+        shared_only: balance only the parameters that two objectives or more reach (for a LIC
+            model, the analysis transform); each parameter that one objective alone reaches gets
+            that objective's own gradient, never a reversed one (see
+            :class:`~moo_opt.GramianBalancer`). ``False``: the paper's Gramian over every balanced
+            parameter.
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -86,10 +91,12 @@ class QPBalancer(GramianBalancer):
         metric: Metric = "euclidean",
         rcond: float | None = None,
         ridge: float = 0.0,
+        shared_only: bool = False,
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         self._offsets = Offsets(offsets, num_objectives)
+        self.shared_only = bool(shared_only)
         if backend not in ("analytic", "cvxpy"):
             raise ValueError(f"backend must be 'analytic' or 'cvxpy', got {backend!r}")
         if rcond is not None and not (math.isfinite(rcond) and rcond >= 0.0):
@@ -127,13 +134,13 @@ class QPBalancer(GramianBalancer):
 
     def _gramian(self, grads: ObjectiveGradients) -> Tensor:
         if self.metric == "euclidean":
-            return grads.gramian()
+            return grads.gramian(shared_only=self.shared_only)
         if self._optimizer is None:
             raise RuntimeError("QPBalancer(metric='adam') needs balancer.bind_optimizer(optimizer) before backward() (balanced_step does it)")
         precond = adam_metric(self._optimizer, grads.params)
         device = grads.params[0].device
         self._metric_used = torch.full((), float(precond is not None), dtype=torch.float64, device=device)
-        return grads.gramian(precond)
+        return grads.gramian(precond, shared_only=self.shared_only)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         optimizer = self._optimizer

@@ -34,3 +34,17 @@ def test_rate_skips_g_s_and_distortion_skips_the_entropy_models(name: str) -> No
     g_a = [(gd, gr) for p, gd, gr in zip(main, *grads.grads) if names[id(p)].startswith("g_a.")]
     cross = sum(float((gd.double() * gr.double()).sum()) for gd, gr in g_a)
     assert float(grads.gramian()[0, 1]) == pytest.approx(cross, rel=1e-12)
+    # shared_only balances g_a alone: exactly the parameters both objectives reach
+    assert {names[id(p)].split(".")[0] for p, s in zip(main, grads.shared()) if s} == {"g_a"}
+
+
+def test_qp_shared_only_trains_from_the_cli(tmp_path) -> None:
+    from plugins.lic.logs import read
+    from plugins.lic.train import main as train_main
+
+    argv = ["-m", "mbt2018-mean", "--N", "8", "--M", "12", "--patch-size", "64", "64", "--batch-size", "2", "--no-progress",
+            "--balancer", "qp", "--balancer-opt", "shared_only=true", "--steps", "4", "--log-every", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert train_main(argv) == 0
+    records = [r for r in read(tmp_path) if "weight/distortion" in r]
+    assert [r["step"] for r in records] == [2, 4] and all(r["solver/status"] == "optimal" for r in records)
+    assert torch.load(tmp_path / "checkpoint.pth.tar", weights_only=False)["balancer"]["options"]["shared_only"] is True
