@@ -158,3 +158,33 @@ def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
     for row in ("| 3 | nash (Nash-MTL) |", "| 2 | dual cone, N rows (UPGrad) |", "| 3 | cagrad (CAGrad, c=0.5) |"):
         assert row in proc.stdout
     assert "×" in proc.stdout and "| optimal |" in proc.stdout
+
+
+def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
+    """`benchmarks/finetune_study.py` end to end on a private zoo (MOO_OPT_PRETRAINED) of two toy models."""
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("test", 1)):
+        (photos / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)).save(photos / split / f"{i}.png")
+    (photos / "photos.json").write_text(json.dumps({"max_side": 0, "source": "test", "photos": []}))
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    built = run("-m", "plugins.lic.pretrained.build", "--photos", str(photos), "--runs", str(tmp_path / "runs"), "--steps", "4",
+                "--lambdas", "0.05", "0.005", "--jobs", "1", "--ship", str(zoo), "--eval-dataset", str(photos / "test"))  # fmt: skip
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    env = {**os.environ, "MOO_OPT_PRETRAINED": str(zoo)}
+    args = [sys.executable, "benchmarks/finetune_study.py", "--out", str(tmp_path / "ft"), "--photos", str(photos), "--steps", "2",
+            "--variants", "qp-shared", "qp-sgd", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = (tmp_path / "ft" / "summary.md").read_text()
+    for v in ("| standard |", "| standard-sgd |", "| qp-shared | standard |", "| qp-sgd | standard-sgd |"):
+        assert v in summary, summary

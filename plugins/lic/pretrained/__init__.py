@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plugins.lic.errors import UsageError
 
-FOLDER = Path(__file__).resolve().parent
+#: the shipped models; the environment variable ``MOO_OPT_PRETRAINED`` names another folder laid
+#: out the same way (a private zoo built with ``build --ship FOLDER``)
+FOLDER = Path(os.environ.get("MOO_OPT_PRETRAINED") or Path(__file__).resolve().parent)
 MANIFEST = FOLDER / "manifest.json"
 
 
