@@ -65,6 +65,9 @@ def test_build_writes_loadable_files_and_a_manifest(registry: Path) -> None:
     summary = (registry.parent / "runs" / "summary.md").read_text()
     assert summary.count("| mbt2018-mean-N32-M48-mse-") == 2 and "Curve monotonic in λ" in summary
     assert (registry.parent / "runs" / "report" / "rd.png").is_file()
+    jpeg = json.loads((registry.parent / "runs" / "jpeg.json").read_text())
+    assert jpeg["name"] == "JPEG (Pillow)" and len(jpeg["results"]["bpp"]) == 6 and jpeg["results"]["bpp"] == sorted(jpeg["results"]["bpp"])
+    assert "| standard | 2 |" in (registry.parent / "runs" / "report" / "report.md").read_text()
 
 
 def test_a_later_build_of_one_lambda_keeps_the_others_listed(shipped: Path, registry: Path, capsys) -> None:

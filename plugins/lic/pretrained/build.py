@@ -139,6 +139,36 @@ def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     return records
 
 
+def jpeg_reference(dataset: str, qualities: tuple[int, ...] = (5, 10, 15, 20, 30, 40)) -> dict[str, Any]:
+    """Pillow's JPEG (4:2:0, default tables) on ``dataset`` at ``qualities``, as CompressAI's
+    ``compressai.utils.bench jpeg`` measures it: bytes of the file, PSNR on 8-bit RGB; a
+    reference curve in CompressAI's results format."""
+    import io
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from plugins.lic import data
+
+    pictures = data.resolve(dataset, "test")
+    originals = [np.round(pictures[i] * 255).astype(np.uint8) for i in range(len(pictures))]
+    bpp, psnr = [], []
+    for q in qualities:
+        rates, quality = [], []
+        for a in originals:
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, "JPEG", quality=q)
+            decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float64)
+            rates.append(8 * buf.tell() / (a.shape[0] * a.shape[1]))
+            quality.append(10 * math.log10(255**2 / float(np.mean((a - decoded) ** 2))))
+        bpp.append(float(np.mean(rates)))
+        psnr.append(float(np.mean(quality)))
+    nan = [float("nan")] * len(qualities)
+    return {"name": "JPEG (Pillow)", "description": f"Pillow JPEG, qualities {list(qualities)}", "dataset": dataset,
+            "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": nan, "quality": list(qualities)}}  # fmt: skip
+
+
 #: the paper's regime: the distortion term and the rate of order one (see the README)
 REGIME_MAX = 1.5
 
@@ -200,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         curve = [r for r in records if (r["model"], r["N"], r["M"]) == MODEL]
         keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "mse": "mse"}
         results = {"name": "standard", "description": "the shipped models (mbt2018-mean N=32 M=48), entropy-coded", "dataset": args.eval_dataset,
-                   "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()}, "lambda": [r["lambda"] for r in curve]}}  # fmt: skip
+                   "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()}, "lambda": [r["lambda"] for r in curve],
+                               "checkpoint": [f"plugins/lic/pretrained/{r['file']}" for r in curve]}}  # fmt: skip
         (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
-        with contextlib.redirect_stdout(sys.stderr):
-            report.main([str(args.runs / "shipped.json"), "--anchor", "standard", "--out", str(args.runs / "report")])
+        (args.runs / "jpeg.json").write_text(json.dumps(jpeg_reference(args.eval_dataset), indent=2) + "\n")
+        with contextlib.redirect_stdout(sys.stderr):  # the shipped curve, with Pillow's JPEG for scale
+            report.main([str(args.runs / "shipped.json"), str(args.runs / "jpeg.json"), "--anchor", "JPEG (Pillow)", "--out", str(args.runs / "report")])
         table = summary(curve)
         (args.runs / "summary.md").write_text(table + "\n")
         print(f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}")
