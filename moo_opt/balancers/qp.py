@@ -31,6 +31,18 @@ def renormalized(coeff: Tensor) -> tuple[Tensor, Tensor]:
     return coeff / denom, flip.to(coeff.dtype)
 
 
+def within_trust_region(coeff: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """``coeff`` (summing to one) moved towards the standard coefficients ``1/N`` until no entry is
+    further than ``radius`` from them, along the segment between the two; returns the coefficients
+    and the fraction ``t`` of the step kept (1 when already inside). On the device, no host sync."""
+    standard = torch.full_like(coeff, 1.0 / coeff.numel())
+    diff = coeff - standard
+    excess = diff.abs().max()
+    outside = excess > radius
+    t = torch.where(outside, radius / excess.clamp_min(torch.finfo(coeff.dtype).tiny), torch.ones_like(excess))
+    return torch.where(outside, standard + t * diff, coeff), t
+
+
 class QPBalancer(GramianBalancer):
     r"""Exact per-step balance of the log-losses' improvement speed (Solution 2).
 
@@ -69,6 +81,23 @@ class QPBalancer(GramianBalancer):
             says so (``adam_metric=0``).
         rcond, ridge: passed to :func:`~moo_opt.solvers.solve_equality_qp` (degenerate Gramians get
             the minimum-norm weights and a ``DEGENERATE`` status by default).
+        trust_radius: keep the coefficients on the raw losses within this distance (max-norm) of
+            the standard loss's, :math:`c^{std}_i = 1/N` (the plain sum of the losses): when the QP's
+            coefficients :math:`c` lie further, they are moved back along the segment,
+            :math:`c^{std} + t\,(c - c^{std})` with :math:`t = \rho / \max_i|c_i - c^{std}_i|`, and the
+            info carries ``trust_scale`` t (1: inside). The sum stays one; below
+            :math:`\rho < 1/N` no coefficient can change sign. ``None`` (default): the QP's
+            coefficients as they are. Needs ``renormalize=True``.
+        gradient_ema: :math:`\beta \in [0, 1)`. 0 (default): the Gramian of this step's gradients,
+            the paper's method. :math:`\beta > 0`: the Gramian of exponential moving averages of
+            each objective's gradient, :math:`\bar g_i \leftarrow \beta \bar g_i + (1-\beta)\nabla L_i`,
+            and of its loss (both bias-corrected as in Adam; the scale :math:`L_i + c_i` is taken
+            from the averaged loss), updated on every step that solves. A minibatch gradient is
+            mostly noise near a trained model, and the min-norm QP gives the objective with the
+            noisier (longer) gradient the smaller weight; averaging removes most of that noise, as
+            MoCo (Fernando et al., ICLR 2023) tracks gradients to correct stochastic MGDA. The step
+            itself uses this step's gradients with the weights so found. Costs N copies of the
+            balanced parameters' gradients in memory (kept in the state dict).
         shared_only: balance only the parameters that two objectives or more reach (for a LIC
             model, the analysis transform); each parameter that one objective alone reaches gets
             that objective's own gradient, never a reversed one (see
@@ -91,6 +120,8 @@ class QPBalancer(GramianBalancer):
         metric: Metric = "euclidean",
         rcond: float | None = None,
         ridge: float = 0.0,
+        trust_radius: float | None = None,
+        gradient_ema: float = 0.0,
         shared_only: bool = False,
         nonfinite: NonFinite = "raise",
     ) -> None:
@@ -103,6 +134,22 @@ class QPBalancer(GramianBalancer):
             raise ValueError(f"rcond must be >= 0 or None, got {rcond!r}")
         if not (math.isfinite(ridge) and ridge >= 0.0):
             raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+        if trust_radius is not None:
+            if not (isinstance(trust_radius, (int, float)) and math.isfinite(trust_radius) and trust_radius >= 0.0):
+                raise ValueError(f"trust_radius must be a number >= 0 or None, got {trust_radius!r}")
+            if not renormalize:
+                raise ValueError("trust_radius bounds the renormalised coefficients; use it with renormalize=True")
+            trust_radius = float(trust_radius)
+        self.trust_radius = trust_radius
+        if not (isinstance(gradient_ema, (int, float)) and 0.0 <= gradient_ema < 1.0):
+            raise ValueError(f"gradient_ema must be a number in [0, 1), got {gradient_ema!r}")
+        self.gradient_ema = float(gradient_ema)
+        #: the averaged gradients (per objective, per balanced parameter; None where unreached) and
+        #: losses, and the number of averaged steps (for the bias correction)
+        self.tracked: list[list[Tensor | None]] | None = None
+        self.tracked_losses: Tensor | None = None
+        self.tracked_steps = 0
+        self._pending: tuple[list[list[Tensor | None]], int] | None = None
         if metric not in ("euclidean", "adam"):
             raise ValueError(f"metric must be 'euclidean' or 'adam', got {metric!r}")
         if backend == "cvxpy":
@@ -132,7 +179,37 @@ class QPBalancer(GramianBalancer):
             require_adam(optimizer)
         self._optimizer = optimizer
 
+    def _averaged(self, grads: ObjectiveGradients) -> ObjectiveGradients:
+        """The gradients with this step's folded into the moving averages (``gradient_ema``); kept
+        aside and committed by :meth:`_weights`, so that a skipped (non-finite) step leaves them."""
+        beta = self.gradient_ema
+        old = self.tracked
+        if old is not None and (len(old) != len(grads.grads) or len(old[0]) != len(grads.params)):
+            raise ValueError(
+                f"QPBalancer(gradient_ema): the averaged gradients are of {len(old[0])} parameters, this step has {len(grads.params)}; "
+                "balance the same parameters, or start from a fresh balancer"
+            )
+        new: list[list[Tensor | None]] = []
+        for i, row in enumerate(grads.grads):
+            out: list[Tensor | None] = []
+            for k, g in enumerate(row):
+                prev = None if old is None else old[i][k]
+                if g is None:
+                    out.append(prev)
+                elif prev is None:  # the first step that reaches it (the bias correction assumes all start together)
+                    out.append((1.0 - beta) * g.detach())
+                else:
+                    out.append(torch.lerp(g.detach(), prev.to(g.device, g.dtype), beta))  # β·prev + (1-β)·g
+            new.append(out)
+        steps = self.tracked_steps + 1
+        self._pending = (new, steps)
+        correction = 1.0 - beta**steps  # Adam's bias correction; a common factor of Q, kept for the values' sake
+        scaled = [[None if t is None else t / correction for t in row] for row in new]
+        return ObjectiveGradients(grads.params, scaled, [], [])
+
     def _gramian(self, grads: ObjectiveGradients) -> Tensor:
+        if self.gradient_ema > 0.0:
+            grads = self._averaged(grads)
         if self.metric == "euclidean":
             return grads.gramian(shared_only=self.shared_only)
         if self._optimizer is None:
@@ -158,7 +235,14 @@ class QPBalancer(GramianBalancer):
         return solve_equality_qp(gram, rcond=self.rcond, ridge=self.ridge)
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        scale = values + self._offsets.on(values.device)
+        averaged = values
+        if self.gradient_ema > 0.0 and self._pending is not None:
+            self.tracked, self.tracked_steps = self._pending
+            self._pending = None
+            prev = torch.zeros_like(values) if self.tracked_losses is None else self.tracked_losses.to(values.device, values.dtype)
+            self.tracked_losses = torch.lerp(values, prev, self.gradient_ema)
+            averaged = self.tracked_losses / (1.0 - self.gradient_ema**self.tracked_steps)
+        scale = averaged + self._offsets.on(values.device)
         result = self._solve(gram / (scale[:, None] * scale[None, :]))
         z = result.weights.to(values.device)
         coeff, extras = self._coefficients(values, z)
@@ -175,6 +259,8 @@ class QPBalancer(GramianBalancer):
         if self.renormalize:
             coeff, flipped = renormalized(coeff)
             extras["renormalized_by_abs"] = flipped
+        if self.trust_radius is not None:
+            coeff, extras["trust_scale"] = within_trust_region(coeff, self.trust_radius)
         return coeff, extras
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
@@ -195,11 +281,20 @@ class QPBalancer(GramianBalancer):
         return BalanceInfo(weights=coeff, losses=values, solve=self._last_solve, extras=extras, skips=self.skips)
 
     def _state(self) -> dict[str, Any]:
-        return {"calls": self.calls, "last_z": self.last_z}
+        state: dict[str, Any] = {"calls": self.calls, "last_z": self.last_z}
+        if self.gradient_ema > 0.0:
+            tracked = None if self.tracked is None else [[None if t is None else t.clone() for t in row] for row in self.tracked]
+            state.update(tracked=tracked, tracked_losses=self.tracked_losses, tracked_steps=self.tracked_steps)
+        return state
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.calls = int(state.get("calls", 0))
         last = state.get("last_z")
         self.last_z = None if last is None else last.to(torch.float64)
         self._last_solve = None
+        tracked = state.get("tracked")
+        self.tracked = None if tracked is None else [[None if t is None else t.clone() for t in row] for row in tracked]
+        self.tracked_losses = state.get("tracked_losses")
+        self.tracked_steps = int(state.get("tracked_steps", 0))
+        self._pending = None
 
