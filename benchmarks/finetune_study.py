@@ -1,7 +1,7 @@
 """Fine-tuning the shipped models: Solution 2's formulations against the standard loss, same steps.
 
     python benchmarks/finetune_study.py --out ft-out [--models 'mbt2018-mean-N32-M48-mse-*'] \\
-        [--steps 1000] [--lr 5e-5] [--sgd-lr 1e-3] [--variants qp qp-shared ...] [--jobs 2]
+        [--steps 1000] [--lr 5e-5] [--sgd-lr 1e-4] [--variants qp qp-shared ...] [--jobs 2]
 
 Every shipped model (``plugins/lic/pretrained``, trained with the standard loss on the
 photographs of ``python -m plugins.lic.photos``) is fine-tuned at its own λ on the same
@@ -30,21 +30,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reproduce import _init_worker, run_all  # noqa: E402  (the same pool and .done files)
 
-QP = ["--balancer", "qp"]
-SGD = ["--optimizer", "sgd", "--momentum", "0.9"]
-#: variant → (training flags, anchor); "{sgd_lr}" is replaced by --sgd-lr
+
+def qp(*opts: str) -> list[str]:
+    """``--balancer qp`` with these options, and the paper's unconstrained QP (``trust_radius=none``)
+    unless one is given: the CLI's fine-tuning default is the configuration this study recommends."""
+    if not any(o.startswith("trust_radius=") for o in opts):
+        opts = (*opts, "trust_radius=none")
+    return ["--balancer", "qp", *(x for o in opts for x in ("--balancer-opt", o))]
+
+
+SGD = ["--optimizer", "sgd", "--momentum", "0.9", "--clip_max_norm", "0"]  # unclipped: see below
+#: variant → (training flags, anchor); "{sgd_lr}" is replaced by --sgd-lr and "{sgd_lr2}" by twice it:
+#: Solution 2's coefficients sum to one where the standard loss's (1, 1) sum to two, so under SGD (not
+#: scale-free as Adam is) the balanced variants take twice the rate, and equal coefficients give
+#: exactly the standard step (which gradient clipping would break, hence no clipping under SGD)
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "standard": (["--balancer", "fixed"], "standard"),
     "standard-keep": (["--balancer", "fixed", "--keep-optimizer"], "standard-keep"),
     "standard-sgd": (["--balancer", "fixed", *SGD, "-lr", "{sgd_lr}"], "standard-sgd"),
-    "qp": (QP, "standard"),
-    "qp-shared": ([*QP, "--balancer-opt", "shared_only=true"], "standard"),
-    "qp-simplex": ([*QP, "--balancer-opt", "simplex=true"], "standard"),
-    "qp-keep": ([*QP, "--keep-optimizer"], "standard-keep"),
-    "qp-shared-keep": ([*QP, "--balancer-opt", "shared_only=true", "--keep-optimizer"], "standard-keep"),
-    "qp-adam-keep": ([*QP, "--balancer-opt", "metric=adam", "--keep-optimizer"], "standard-keep"),
-    "qp-sgd": ([*QP, *SGD, "-lr", "{sgd_lr}"], "standard-sgd"),
-    "qp-shared-sgd": ([*QP, "--balancer-opt", "shared_only=true", *SGD, "-lr", "{sgd_lr}"], "standard-sgd"),
+    "qp": (qp(), "standard"),
+    "qp-shared": (qp("shared_only=true"), "standard"),
+    "qp-simplex": (qp("simplex=true"), "standard"),
+    "qp-keep": ([*qp(), "--keep-optimizer"], "standard-keep"),
+    "qp-shared-keep": ([*qp("shared_only=true"), "--keep-optimizer"], "standard-keep"),
+    "qp-adam-keep": ([*qp("metric=adam"), "--keep-optimizer"], "standard-keep"),
+    "qp-trust0.05": (qp("trust_radius=0.05"), "standard"),
+    "qp-trust0.1": (qp("trust_radius=0.1"), "standard"),
+    "qp-shared-trust0.1": (qp("shared_only=true", "trust_radius=0.1"), "standard"),
+    "qp-ema0.99": (qp("gradient_ema=0.99"), "standard"),
+    "qp-ema0.999": (qp("gradient_ema=0.999"), "standard"),
+    "qp-sgd": ([*qp(), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
+    "qp-shared-sgd": ([*qp("shared_only=true"), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
 }
 
 
@@ -52,13 +68,16 @@ def rd_cost(point_bpp: float, mse: float, lam: float) -> float:
     return point_bpp + lam * 255**2 * mse
 
 
-def last_weight(run: Path) -> float:
-    """The mean weight on distortion over the run's last quarter of logged steps."""
+def last_weight(run: Path) -> tuple[float, float]:
+    """The mean weight on distortion over the run's last quarter of logged steps, and the mean ratio
+    of the weights on distortion and rate (the balanced step's λ is λ times it)."""
     from plugins.lic.logs import read
 
-    ws = [r["weight/distortion"] for r in read(run) if "weight/distortion" in r]
-    tail = ws[len(ws) * 3 // 4 :] or ws
-    return statistics.fmean(tail) if tail else float("nan")
+    rows = [r for r in read(run) if "weight/distortion" in r and "weight/rate" in r]
+    tail = rows[len(rows) * 3 // 4 :] or rows
+    if not tail:
+        return float("nan"), float("nan")
+    return statistics.fmean(r["weight/distortion"] for r in tail), statistics.fmean(r["weight/distortion"] / r["weight/rate"] for r in tail)
 
 
 def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str, Any], dataset: str = "samples") -> str:
@@ -68,8 +87,8 @@ def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str
     lams = [m.lmbda for m in models]
     lines = [
         f"R-D cost J = bpp + λ·255²·MSE on `{dataset}` against the anchor (the standard fine-tune with the same optimiser setting) "
-        "and, in brackets, against the shipped model the fine-tune started from; then bpp / PSNR and the weight on distortion "
-        "(mean of the last quarter of the run).",
+        "and, in brackets, against the shipped model the fine-tune started from; then bpp / PSNR, the weight on distortion "
+        "and λ_eff/λ = w_D/w_R (the standard loss at λ·w_D/w_R takes the same step direction; means over the last quarter of the run).",
         "",
         "| variant | anchor | " + " | ".join(f"λ={lam:g}" for lam in lams) + " | mean ΔJ | BD-rate vs anchor |",
         "|---|---|" + "---|" * (len(lams) + 2),
@@ -86,7 +105,8 @@ def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str
             s = rd_cost(start["results"]["bpp"][k], start["results"]["mse"][k], lam)
             deltas.append(100 * (cost / base - 1))
             run = out / "runs" / f"{v}-{lam:g}"
-            cells.append(f"{deltas[-1]:+.1f} % ({100 * (cost / s - 1):+.1f} %); {r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}; w_D {last_weight(run):.3f}")
+            w_d, ratio = last_weight(run)
+            cells.append(f"{deltas[-1]:+.1f} % ({100 * (cost / s - 1):+.1f} %); {r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}; w_D {w_d:.3f}, λ_eff/λ {ratio:.3g}")
         bd = report.bd_metrics(results[anchor], results[v]) if v != anchor else {"bd_rate_pchip": float("nan"), "reason": "anchor"}
         bd_text = report.fmt(bd["bd_rate_pchip"], 2, " %") + (f" ({bd['reason']})" if bd.get("reason") else "")
         lines.append(f"| {v} | {anchor} | " + " | ".join(cells) + f" | {statistics.fmean(deltas):+.1f} % | {bd_text} |")
@@ -101,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", default="data/photos", help="the fine-tuning data (the shipped models' training photographs)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", default="5e-5", help="Adam learning rate (the paper's fine-tuning rate)")
-    parser.add_argument("--sgd-lr", default="1e-3", help="learning rate of the SGD variants")
+    parser.add_argument("--sgd-lr", default="1e-4", help="learning rate of the SGD variants (1e-3 diverges within 20 steps)")
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
               "--log-every", "25", "--test-every", str(max(args.steps // 4, 1)), "--save-every", str(max(args.steps // 4, 1)), "--no-progress"]  # fmt: skip
     trains, evals = [], []
     for v in variants:
-        flags = [f.replace("{sgd_lr}", args.sgd_lr) for f in VARIANTS[v][0]]
+        flags = [f.replace("{sgd_lr2}", f"{2 * float(args.sgd_lr):g}").replace("{sgd_lr}", args.sgd_lr) for f in VARIANTS[v][0]]
         lr = [] if "-lr" in flags else ["-lr", args.lr]
         for m in models:
             d = out / "runs" / f"{v}-{m.lmbda:g}"
@@ -137,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     command = f"python benchmarks/finetune_study.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
     settings = (
         f"`{command}`: {len(models)} shipped models ({', '.join(m.name for m in models)}), {args.steps} fine-tuning steps each at "
-        f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, momentum 0.9), batch {args.batch_size} of {args.patch}² crops of {args.photos}; "
+        f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, momentum 0.9, no clipping), batch {args.batch_size} of {args.patch}² crops of {args.photos}; "
         f"entropy-coded on `{args.eval_dataset}`; wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
     )
     (out / "summary.md").write_text(f"# Fine-tuning the shipped models\n\n{settings}\n\n{table}\n")
