@@ -42,6 +42,12 @@ class CoarseToFineBalancer(Balancer):
     current logits. In ``same_batch`` mode only those steps pay the extra forward
     (:attr:`needs_update` says when), so the overhead is divided by k.
 
+    ``warmup=k`` follows the standard R-D trajectory first (the abstract's "coarse-to-fine
+    gradient descent along standard R-D optimization trajectories" read literally): the first k
+    steps that are not skipped apply the standard loss's weights :math:`w_i = 1/N` (1 without
+    renormalisation, the plain sum) and leave the logits at 0, with no extra forward; balancing
+    starts on step k + 1. Their info carries ``warmup=1``.
+
     Args:
         num_objectives: N.
         offsets: :math:`c_i` (scalar or one per objective, ≥ 0); default 1, i.e. log(L + 1).
@@ -50,6 +56,7 @@ class CoarseToFineBalancer(Balancer):
         renormalize: divide the coefficients by their sum (True; the paper's ablation).
         mode: ``"same_batch"`` (exact, call :meth:`update`) or ``"next_batch"``.
         update_every: learn the logits on one step in k (1: every step, the paper's method).
+        warmup: steps of the standard loss before balancing starts (0: none, the paper's method).
         betas, eps: Adam's moment decays and epsilon (torch.optim.Adam's defaults).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"`` (no host synchronisation at all).
     """
@@ -66,6 +73,7 @@ class CoarseToFineBalancer(Balancer):
         renormalize: bool = True,
         mode: Mode = "same_batch",
         update_every: int = 1,
+        warmup: int = 0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         nonfinite: NonFinite = "raise",
@@ -85,6 +93,9 @@ class CoarseToFineBalancer(Balancer):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
         self.update_every = positive_int("update_every", update_every)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an int >= 0 (steps), got {warmup!r}")
+        self.warmup = warmup
         self.betas, self.eps = (b1, b2), float(eps)
         self.logits = torch.zeros(num_objectives, dtype=torch.float64)
         self.exp_avg = torch.zeros(num_objectives, dtype=torch.float64)
@@ -134,11 +145,18 @@ class CoarseToFineBalancer(Balancer):
                 stacklevel=3,
             )
         logits = self.logits.clone()
-        w, z = self.weights_for(values)
+        warming = self.calls < self.warmup
+        if warming:  # the standard loss: no logits, no extra forward
+            z = torch.full_like(values, 1.0 / self.num_objectives)
+            w = z if self.renormalize else torch.ones_like(values)
+        else:
+            w, z = self.weights_for(values)
         self._backward_weighted(losses, w)
-        self.pending = values if self.calls % self.update_every == 0 else None
+        self.pending = values if not warming and (self.calls - self.warmup) % self.update_every == 0 else None
         self.calls += 1
         extras = {"logits": logits, "z": z}
+        if warming:
+            extras["warmup"] = torch.ones((), dtype=torch.float64, device=values.device)
         if self.mode == "next_batch":
             extras["approximate"] = torch.ones((), dtype=torch.float64, device=values.device)
         return BalanceInfo(weights=w, losses=values, extras=extras, skips=self.skips)
@@ -149,8 +167,8 @@ class CoarseToFineBalancer(Balancer):
         if self.mode != "same_batch":
             raise RuntimeError("update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns")
         if self.pending is None:
-            if self.skips:
-                return False
+            if self.skips or self.calls <= self.warmup:
+                return False  # a skipped step, or one of the standard loss's (warmup)
             if self.update_every > 1:
                 return False  # not a learning step: needs_update was False
             raise RuntimeError("update() needs a preceding backward() on the same batch")

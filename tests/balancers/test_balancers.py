@@ -342,3 +342,31 @@ def test_two_objectives_on_cuda_add_no_synchronisation(name: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert info.weights.device.type == "cuda"
+
+
+def test_warmup_takes_standard_steps_then_balances_from_zero_logits() -> None:
+    p = toy_problem()
+    b = CoarseToFineBalancer(2, warmup=3)
+    opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    for _ in range(3):
+        info = balanced_step(b, opt, p.losses, p.shared())
+        assert not b.needs_update and float(info.extras["warmup"]) == 1.0
+        torch.testing.assert_close(info.weights, torch.tensor([0.5, 0.5], dtype=info.weights.dtype))
+        assert b.update(p.losses()) is False  # nothing to learn from a standard step
+    assert b.step == 0 and torch.count_nonzero(b.logits) == 0 and b.calls == 3
+    # the gradient of a warm-up step is the standard loss's (halved: the weights sum to one)
+    grads = grads_of(p, torch.tensor([0.5, 0.5]))
+    b2 = CoarseToFineBalancer(2, warmup=1)
+    b2.backward(p.losses(), p.shared())
+    for got, want in zip((q.grad for q in p.shared()), grads):
+        torch.testing.assert_close(got, want)
+    # the state round-trips: the restored balancer knows the warm-up is over and balances
+    restored = CoarseToFineBalancer(2, warmup=3)
+    restored.load_state_dict(b.state_dict())
+    opt.zero_grad()
+    info = restored.backward(p.losses(), p.shared())
+    assert "warmup" not in info.extras and restored.needs_update
+    torch.testing.assert_close(info.weights, restored.weights_for(info.losses)[0])
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="warmup"):
+            CoarseToFineBalancer(2, warmup=bad)
