@@ -188,3 +188,25 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     summary = (tmp_path / "ft" / "summary.md").read_text()
     for v in ("| standard |", "| standard-sgd |", "| qp-shared | standard |", "| qp-sgd | standard-sgd |"):
         assert v in summary, summary
+
+
+def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
+    """`benchmarks/scratch_study.py` end to end: two steps per run, entropy-coded on two small images."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("test", 2)):
+        (photos / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(photos / split / f"{i}.png")
+    args = ["benchmarks/scratch_study.py", "--out", str(tmp_path / "s"), "--photos", str(photos), "--steps", "2", "--patch", "64",
+            "--batch-size", "2", "--variants", "c2f-warmup", "--lambdas", "standard=0.005,0.05", "c2f-warmup=0.05", "--eval-dataset", str(photos / "test"),
+            "--jobs", "1"]  # fmt: skip
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = (tmp_path / "s" / "summary.md").read_text()
+    assert "| standard | 0.005 |" in summary and "| c2f-warmup | 0.05 |" in summary and "| c2f-warmup | " in summary.split("overlapping")[1]
+    bad = run("benchmarks/scratch_study.py", "--lambdas", "nope=1")
+    assert bad.returncode != 0 and "VARIANT=λ" in bad.stderr
