@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import re
 import statistics
 import sys
 import time
@@ -56,12 +57,17 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "qp-adam-keep": ([*qp("metric=adam"), "--keep-optimizer"], "standard-keep"),
     "qp-trust0.05": (qp("trust_radius=0.05"), "standard"),
     "qp-trust0.1": (qp("trust_radius=0.1"), "standard"),
+    "qp-trust0.2": (qp("trust_radius=0.2"), "standard"),
     "qp-shared-trust0.1": (qp("shared_only=true", "trust_radius=0.1"), "standard"),
     "qp-ema0.99": (qp("gradient_ema=0.99"), "standard"),
     "qp-ema0.999": (qp("gradient_ema=0.999"), "standard"),
     "qp-sgd": ([*qp(), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
     "qp-shared-sgd": ([*qp("shared_only=true"), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
+    # the control of a trust region that its boundary pins (w_D/w_R = 0.4/0.6): the standard loss at
+    # the same λ_eff = 2λ/3, so that a gain is credited to the balancing only if this does not have it
+    "standard-lam0.667": (["--balancer", "fixed", "--lambda", "{lam*2/3}"], "standard"),
 }
+LAMBDA_SCALE = re.compile(r"\{lam\*(\d+)/(\d+)\}")  # "{lam*2/3}": the model's λ times 2/3
 
 
 def rd_cost(point_bpp: float, mse: float, lam: float) -> float:
@@ -78,6 +84,13 @@ def last_weight(run: Path) -> tuple[float, float]:
     if not tail:
         return float("nan"), float("nan")
     return statistics.fmean(r["weight/distortion"] for r in tail), statistics.fmean(r["weight/distortion"] / r["weight/rate"] for r in tail)
+
+
+def point(res: dict[str, Any], out: Path, variant: str, lam: float) -> int:  # res: an evaluation's "results"
+    """The index of the run ``variant`` fine-tuned from the model of ``lam`` in its evaluation (by
+    checkpoint path: a run may have trained at another λ, e.g. ``standard-lam0.667``)."""
+    want = (out / "runs" / f"{variant}-{lam:g}" / "checkpoint.pth.tar").as_posix()
+    return [Path(c).as_posix() for c in res["checkpoint"]].index(want)
 
 
 def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str, Any], dataset: str = "samples") -> str:
@@ -98,7 +111,7 @@ def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str
         r, a = results[v]["results"], results[anchor]["results"]
         cells, deltas = [], []
         for lam in lams:
-            i, j = r["lambda"].index(lam), a["lambda"].index(lam)
+            i, j = point(r, out, v, lam), point(a, out, anchor, lam)
             k = start["results"]["lambda"].index(lam)
             cost = rd_cost(r["bpp"][i], r["mse"][i], lam)
             base = rd_cost(a["bpp"][j], a["mse"][j], lam)
@@ -140,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         lr = [] if "-lr" in flags else ["-lr", args.lr]
         for m in models:
             d = out / "runs" / f"{v}-{m.lmbda:g}"
-            trains.append(("train", [*common, "--pretrained", m.name, "--finetune", "--steps", str(args.steps), *lr, *flags, "--out", str(d)], d / "run.log"))
+            own = [LAMBDA_SCALE.sub(lambda x, lam=m.lmbda: f"{lam * int(x[1]) / int(x[2]):.6g}", f) for f in flags]
+            trains.append(("train", [*common, "--pretrained", m.name, "--finetune", "--steps", str(args.steps), *lr, *own, "--out", str(d)], d / "run.log"))
         ckpts = [str(out / "runs" / f"{v}-{m.lmbda:g}" / "checkpoint.pth.tar") for m in models]
         evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")], out / f"{v}.eval.log"))
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],

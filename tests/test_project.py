@@ -182,11 +182,11 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     env = {**os.environ, "MOO_OPT_PRETRAINED": str(zoo)}
     args = [sys.executable, "benchmarks/finetune_study.py", "--out", str(tmp_path / "ft"), "--photos", str(photos), "--steps", "2",
-            "--variants", "qp-shared", "qp-sgd", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
+            "--variants", "qp-shared", "qp-sgd", "standard-lam0.667", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "ft" / "summary.md").read_text()
-    for v in ("| standard |", "| standard-sgd |", "| qp-shared | standard |", "| qp-sgd | standard-sgd |"):
+    for v in ("| standard |", "| standard-sgd |", "| qp-shared | standard |", "| qp-sgd | standard-sgd |", "| standard-lam0.667 | standard |"):
         assert v in summary, summary
 
 
