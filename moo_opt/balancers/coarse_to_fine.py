@@ -167,7 +167,7 @@ class CoarseToFineBalancer(Balancer):
         if self.mode != "same_batch":
             raise RuntimeError("update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns")
         if self.pending is None:
-            if self.skips or self.calls <= self.warmup:
+            if self.skips or 0 < self.calls <= self.warmup:
                 return False  # a skipped step, or one of the standard loss's (warmup)
             if self.update_every > 1:
                 return False  # not a learning step: needs_update was False

@@ -41,10 +41,12 @@ def test_the_shipped_models_keep_their_promises() -> None:
 
 
 def test_a_shipped_model_codes_samples_exactly_as_the_manifest_says(capsys) -> None:
-    """The measured numbers are reproducible: entropy coding on the CPU is deterministic."""
+    """The measured numbers are reproducible: entropy coding on the CPU is deterministic (the rate exactly)."""
     record = json.loads(pretrained.MANIFEST.read_text())[0]
     assert evaluate.main(["--pretrained", record["name"]]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["bpp"] == [pytest.approx(record["eval"]["bpp"], rel=1e-12)]
-    assert out["results"]["psnr-rgb"] == [pytest.approx(record["eval"]["psnr"], rel=1e-9)]
+    # the bitstream is exact; the reconstruction is float32 convolutions, whose summation order may
+    # follow the thread count and the kernels oneDNN picks (measured: 1.6e-8 relative apart)
+    assert out["results"]["psnr-rgb"] == [pytest.approx(record["eval"]["psnr"], rel=1e-6)]
     assert out["results"]["lambda"] == [record["lambda"]]
