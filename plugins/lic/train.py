@@ -112,9 +112,22 @@ def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+#: the options ``--balancer qp --finetune`` takes unless ``--balancer-opt`` sets them: the configuration
+#: that benchmarks/finetune_study.py found to keep a fine-tuned model's R-D cost (docs/tutorials/finetune.rst);
+#: ``--balancer-opt trust_radius=none`` gives the paper's unconstrained QP
+FINETUNE_QP_DEFAULTS: dict[str, Any] = {"trust_radius": 0.1}
+
+
 def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
     opts = parse_balancer_options(args.balancer, args.balancer_opt)
     opts.setdefault("nonfinite", "skip")  # a fault costs a step, not the run (see --max-skips)
+    if args.balancer == "qp" and args.finetune:
+        added = {k: v for k, v in FINETUNE_QP_DEFAULTS.items() if k not in opts}
+        opts.update(added)
+        if added:
+            shown = ", ".join(f"{k}={v}" for k, v in added.items())
+            print(f"note: --balancer qp --finetune uses {shown} by default (see docs/tutorials/finetune.rst); "
+                  f"override with --balancer-opt", file=sys.stderr)
     try:
         return moo_opt.create(args.balancer, len(OBJECTIVES), **opts)
     except (ValueError, TypeError) as exc:

@@ -148,3 +148,28 @@ def test_resume_and_keep_optimizer_refuse_what_does_not_match(tmp_path: Path, ca
     torch.save(torch.load(last, weights_only=False)["state_dict"], tmp_path / "raw.pth")
     assert train(tmp_path / "ft2", "--finetune", "--keep-optimizer", "--checkpoint", str(tmp_path / "raw.pth"), "--steps", "1") == 2
     assert "holds no optimiser state of plugins.lic.train; drop --keep-optimizer" in capsys.readouterr().err
+
+
+def test_qp_finetune_takes_the_recommended_options_unless_given(tmp_path: Path, capsys) -> None:
+    """``--balancer qp --finetune`` uses FINETUNE_QP_DEFAULTS (said on stderr, kept in the checkpoint,
+    so a resume keeps them); an option given with --balancer-opt wins; training from scratch and a
+    resume are untouched."""
+    from plugins.lic.train import FINETUNE_QP_DEFAULTS
+
+    assert train(tmp_path / "pre", "--steps", "2") == 0
+    pre = str(tmp_path / "pre" / checkpoint.LAST)
+    capsys.readouterr()
+    assert train(tmp_path / "ft", "--finetune", "--checkpoint", pre, "--balancer", "qp", "--steps", "2") == 0
+    assert "note: --balancer qp --finetune uses" in capsys.readouterr().err
+    opts = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    assert {k: opts[k] for k in FINETUNE_QP_DEFAULTS} == FINETUNE_QP_DEFAULTS
+    assert train(tmp_path / "ft", "--checkpoint", str(tmp_path / "ft" / checkpoint.LAST), "--balancer", "qp", "--steps", "3") == 0  # resume
+    resumed = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    assert {k: resumed[k] for k in FINETUNE_QP_DEFAULTS} == FINETUNE_QP_DEFAULTS
+    given = [x for k in FINETUNE_QP_DEFAULTS for x in ("--balancer-opt", f"{k}=none")]
+    assert train(tmp_path / "paper", "--finetune", "--checkpoint", pre, "--balancer", "qp", "--steps", "1", *given) == 0
+    paper = torch.load(tmp_path / "paper" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    assert all(paper[k] is None for k in FINETUNE_QP_DEFAULTS)
+    assert train(tmp_path / "scratch", "--balancer", "qp", "--steps", "1") == 0
+    scratch = torch.load(tmp_path / "scratch" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    assert scratch["trust_radius"] is None
