@@ -17,8 +17,6 @@ overlap. Finished runs (a ``.done`` file) are not run again.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import re
 import statistics
 import sys
@@ -29,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce import _init_worker, run_all  # noqa: E402  (the same pool and .done files)
+from reproduce import run_studies, write_summary  # noqa: E402  (the same pool and .done files)
 
 
 def qp(*opts: str) -> list[str]:
@@ -160,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip
     start = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
-        print(f"{len(trains)} fine-tunes, {len(evals)} evaluations; {args.jobs} processes", flush=True)
-        run_all(pool, trains, start)
-        run_all(pool, evals, start)
+    run_studies(args.jobs, trains, evals, start)
     from plugins.lic import report
 
     shipped = report.load_results(out / "shipped.json")
@@ -174,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, momentum 0.9, no clipping), batch {args.batch_size} of {args.patch}² crops of {args.photos}; "
         f"entropy-coded on `{args.eval_dataset}`; wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
     )
-    (out / "summary.md").write_text(f"# Fine-tuning the shipped models\n\n{settings}\n\n{table}\n")
-    json.dump({"settings": settings}, (out / "settings.json").open("w"))
-    print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
+    write_summary(out, "Fine-tuning the shipped models", settings, table)
     return 0
 
 

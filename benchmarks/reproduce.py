@@ -88,6 +88,21 @@ def run_all(pool: Any, jobs: list[tuple[str, list[str], Path]], start: float) ->
             raise SystemExit(f"a run failed: see {log}")
 
 
+def run_studies(jobs: int, trains: list[tuple[str, list[str], Path]], evals: list[tuple[str, list[str], Path]], start: float) -> None:
+    """The training runs, then the evaluations, through a pool of ``jobs`` one-thread processes."""
+    with mp.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
+        print(f"{len(trains)} training runs, {len(evals)} evaluations; {jobs} processes", flush=True)
+        run_all(pool, trains, start)
+        run_all(pool, evals, start)
+
+
+def write_summary(out: Path, title: str, settings: str, table: str) -> None:
+    """``summary.md`` (and ``settings.json``) of a study, echoed to stdout."""
+    (out / "summary.md").write_text(f"# {title}\n\n{settings}\n\n{table}\n")
+    json.dump({"settings": settings}, (out / "settings.json").open("w"))
+    print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
+
+
 def run_minutes(out: Path) -> float:
     """The run time of every finished run and evaluation, from their ``.done`` files."""
     return sum(float(p.read_text() or 0) for p in out.rglob("*.done")) / 60
@@ -223,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(scratch) + len(finetune)} training runs and {len(evals)} evaluations took {run_minutes(out):.0f} min of run time "
         f"in all ({args.jobs} at a time); this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min."
     )
-    (out / "summary.md").write_text(f"# Reproduction at CPU scale\n\n{settings}\n\n{table}\n")
-    json.dump({"settings": settings}, (out / "settings.json").open("w"))
-    print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
+    write_summary(out, "Reproduction at CPU scale", settings, table)
     for seed in args.seeds:  # the plots, for benchmarks/figures (small PNGs)
         for part in ("scratch", "finetune"):
             for name in ("rd.png", "figure1.png"):

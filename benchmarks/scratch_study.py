@@ -18,9 +18,7 @@ direction) over the run's quarters. Finished runs (a ``.done`` file) are not run
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -30,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce import _init_worker, run_all  # noqa: E402  (the same pool and .done files)
+from reproduce import run_studies, write_summary  # noqa: E402  (the same pool and .done files)
 
 C2F = ["--balancer", "coarse-to-fine"]
 #: variant → (training flags, default λ grid); "{quarter}" is replaced by a quarter of --steps
@@ -140,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpts = [str(out / "runs" / f"{v}-{float(lam):g}" / "checkpoint.pth.tar") for lam in lams]
         evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")], out / f"{v}.eval.log"))
     start = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
-        print(f"{len(trains)} runs from scratch, {len(evals)} evaluations; {args.jobs} processes", flush=True)
-        run_all(pool, trains, start)
-        run_all(pool, evals, start)
+    run_studies(args.jobs, trains, evals, start)
     table = summarise(out, grids, args.eval_dataset)
     command = f"python benchmarks/scratch_study.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
     settings = (
@@ -151,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' and '.join(milestones)}), batch {args.batch_size} of {args.patch}² crops of {args.photos}, clipping 1.0, seed 0; "
         f"entropy-coded on `{args.eval_dataset}`; wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
     )
-    (out / "summary.md").write_text(f"# Solution 1 from scratch against the standard loss\n\n{settings}\n\n{table}\n")
-    json.dump({"settings": settings, "grids": grids}, (out / "settings.json").open("w"))
-    print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
+    write_summary(out, "Solution 1 from scratch against the standard loss", settings, table)
     return 0
 
 

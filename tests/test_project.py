@@ -160,20 +160,25 @@ def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
     assert "×" in proc.stdout and "| optimal |" in proc.stdout
 
 
+def image_folder(root: Path, counts: dict[str, int], shape: tuple[int, int]) -> Path:
+    """An ImageFolder of random RGB pictures: ``counts`` images of ``shape`` (H, W) per split."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    return root
+
+
 def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     """`benchmarks/finetune_study.py` end to end on a private zoo (MOO_OPT_PRETRAINED) of two toy models."""
     import json
     import os
 
-    import numpy as np
-    from PIL import Image
-
-    photos = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("test", 1)):
-        (photos / split).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)).save(photos / split / f"{i}.png")
+    photos = image_folder(tmp_path / "photos", {"train": 3, "test": 1}, (128, 160))
     (photos / "photos.json").write_text(json.dumps({"max_side": 0, "source": "test", "photos": []}))
     zoo = tmp_path / "zoo"
     zoo.mkdir()
@@ -192,15 +197,7 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
 
 def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
     """`benchmarks/scratch_study.py` end to end: two steps per run, entropy-coded on two small images."""
-    import numpy as np
-    from PIL import Image
-
-    photos = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("test", 2)):
-        (photos / split).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(photos / split / f"{i}.png")
+    photos = image_folder(tmp_path / "photos", {"train": 3, "test": 2}, (64, 96))
     args = ["benchmarks/scratch_study.py", "--out", str(tmp_path / "s"), "--photos", str(photos), "--steps", "2", "--patch", "64",
             "--batch-size", "2", "--variants", "c2f-warmup", "--lambdas", "standard=0.005,0.05", "c2f-warmup=0.05", "--eval-dataset", str(photos / "test"),
             "--jobs", "1"]  # fmt: skip
