@@ -57,6 +57,27 @@ def test_cautious_adam_is_adam_where_every_sign_agrees() -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
 
 
+def test_sgd_with_momentum_matches_a_hand_computation() -> None:
+    """What ``--optimizer sgd --momentum μ`` builds: heavy ball, b ← μ·b + g (b = g at the first
+    step), θ ← θ − lr·b, no dampening, no Nesterov."""
+    theta0 = np.array([0.5, -1.0, 2.0], dtype=np.float64)
+    grads = [np.array([1.0, -2.0, 0.5]), np.array([-1.0, -1.0, 0.5]), np.array([-2.0, 1.0, -0.5])]
+    p = torch.nn.Parameter(torch.tensor(theta0))
+    opt = optim.build("sgd", [p], lr=0.1, momentum=0.9)
+    theta, buf = theta0.copy(), None
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+        buf = g.copy() if buf is None else 0.9 * buf + g
+        theta = theta - 0.1 * buf
+    np.testing.assert_allclose(p.detach().numpy(), theta, rtol=1e-14, atol=1e-15)
+    plain = torch.nn.Parameter(torch.tensor(theta0))
+    sgd = optim.build("sgd", [plain], lr=0.1)  # momentum 0: θ − lr·g
+    plain.grad = torch.tensor(grads[0])
+    sgd.step()
+    np.testing.assert_allclose(plain.detach().numpy(), theta0 - 0.1 * grads[0], rtol=1e-14)
+
+
 def test_weight_ema_by_hand_and_round_trip() -> None:
     net = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
