@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce import run_studies, write_summary  # noqa: E402  (the same pool and .done files)
+from reproduce import command_line, run_stages, write_summary  # noqa: E402  (the same pool and .done files)
 
 
 def qp(*opts: str) -> list[str]:
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip
     start = time.perf_counter()
-    run_studies(args.jobs, trains, evals, start)
+    run_stages(args.jobs, {"fine-tunes": trains, "evaluations": evals}, start)
     from plugins.lic import report
 
     shipped = report.load_results(out / "shipped.json")
     table = summarise(out, variants, models, shipped, args.eval_dataset)
-    command = f"python benchmarks/finetune_study.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    command = command_line("finetune_study.py", argv)
     settings = (
         f"`{command}`: {len(models)} shipped models ({', '.join(m.name for m in models)}), {args.steps} fine-tuning steps each at "
         f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, momentum 0.9, no clipping), batch {args.batch_size} of {args.patch}² crops of {args.photos}; "

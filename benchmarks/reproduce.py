@@ -88,12 +88,18 @@ def run_all(pool: Any, jobs: list[tuple[str, list[str], Path]], start: float) ->
             raise SystemExit(f"a run failed: see {log}")
 
 
-def run_studies(jobs: int, trains: list[tuple[str, list[str], Path]], evals: list[tuple[str, list[str], Path]], start: float) -> None:
-    """The training runs, then the evaluations, through a pool of ``jobs`` one-thread processes."""
+def run_stages(jobs: int, stages: dict[str, list[tuple[str, list[str], Path]]], start: float) -> None:
+    """Each stage's jobs (name → jobs, e.g. the training runs, then the evaluations), one stage
+    after the other, through a pool of ``jobs`` one-thread processes."""
     with mp.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
-        print(f"{len(trains)} training runs, {len(evals)} evaluations; {jobs} processes", flush=True)
-        run_all(pool, trains, start)
-        run_all(pool, evals, start)
+        print(", ".join(f"{len(todo)} {name}" for name, todo in stages.items()) + f"; {jobs} processes", flush=True)
+        for todo in stages.values():
+            run_all(pool, todo, start)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this study was invoked, for its summary."""
+    return f"python benchmarks/{script} {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
 
 
 def write_summary(out: Path, title: str, settings: str, table: str) -> None:
@@ -210,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in [*SCRATCH, *FINETUNE]:
             ckpts = [str(run_dir(seed, v, lam) / "checkpoint.pth.tar") for lam in args.lambdas]
             evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, *(["--cuda"] if args.cuda else []), "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
-        print(f"{len(scratch)} runs from scratch, {len(finetune)} fine-tunes, {len(evals)} evaluations; {args.jobs} processes", flush=True)
-        run_all(pool, scratch, start)
-        run_all(pool, finetune, start)
-        run_all(pool, evals, start)
+    run_stages(args.jobs, {"runs from scratch": scratch, "fine-tunes": finetune, "evaluations": evals}, start)
     from plugins.lic import report
 
     for seed in args.seeds:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 if report.main(argv_r) != 0:
                     return 1
     table = summarise(out, args.seeds, args)
-    command = f"python benchmarks/reproduce.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    command = command_line("reproduce.py", argv)
     settings = (
         f"`{command}`: mbt2018-mean (N=32, M=48), {args.steps} steps from scratch at Adam lr {args.lr} and "
         f"{args.finetune_steps} fine-tuning steps at lr {ft_lr}, batch {args.batch_size} of {args.patch}² synthetic patches, "

@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce import run_studies, write_summary  # noqa: E402  (the same pool and .done files)
+from reproduce import command_line, run_stages, write_summary  # noqa: E402  (the same pool and .done files)
 
 C2F = ["--balancer", "coarse-to-fine"]
 #: variant → (training flags, default λ grid); "{quarter}" is replaced by a quarter of --steps
@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpts = [str(out / "runs" / f"{v}-{float(lam):g}" / "checkpoint.pth.tar") for lam in lams]
         evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")], out / f"{v}.eval.log"))
     start = time.perf_counter()
-    run_studies(args.jobs, trains, evals, start)
+    run_stages(args.jobs, {"runs from scratch": trains, "evaluations": evals}, start)
     table = summarise(out, grids, args.eval_dataset)
-    command = f"python benchmarks/scratch_study.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    command = command_line("scratch_study.py", argv)
     settings = (
         f"`{command}`: mbt2018-mean N=32 M=48 from scratch, {args.steps} steps (Adam lr 1e-3 unless the variant says, ×0.1 at steps "
         f"{' and '.join(milestones)}), batch {args.batch_size} of {args.patch}² crops of {args.photos}, clipping 1.0, seed 0; "

@@ -86,10 +86,12 @@ def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
     return values
 
 
-def positive_int(name: str, value: int) -> int:
-    """``value`` if it is a positive int (not a bool), else a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum`` (1: positive; 0: a count
+    that may be zero), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
     return value
 
 

@@ -93,9 +93,7 @@ class CoarseToFineBalancer(Balancer):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
         self.update_every = positive_int("update_every", update_every)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be an int >= 0 (steps), got {warmup!r}")
-        self.warmup = warmup
+        self.warmup = positive_int("warmup", warmup, minimum=0)
         self.betas, self.eps = (b1, b2), float(eps)
         self.logits = torch.zeros(num_objectives, dtype=torch.float64)
         self.exp_avg = torch.zeros(num_objectives, dtype=torch.float64)
