@@ -65,11 +65,16 @@ def _init_worker() -> None:
 
 
 def _run(job: tuple[str, list[str], Path]) -> tuple[str, int, float]:
-    """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done."""
+    """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done.
+
+    The ``.done`` file holds the run's seconds and then its arguments: a call whose arguments changed
+    (an evaluation given more checkpoints) runs again; a ``.done`` without arguments (older) counts as done."""
     kind, argv, log = job
     done = log.with_suffix(".done")
     if done.exists():
-        return str(log), 0, 0.0
+        recorded = done.read_text().split("\n", 1)[1:]
+        if not recorded or not recorded[0].strip() or json.loads(recorded[0]) == [kind, *argv]:
+            return str(log), 0, 0.0
     from plugins.lic import evaluate, train
 
     start = time.perf_counter()
@@ -77,7 +82,7 @@ def _run(job: tuple[str, list[str], Path]) -> tuple[str, int, float]:
     with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         code = (train.main if kind == "train" else evaluate.main)(argv)
     if code == 0:
-        done.write_text(f"{time.perf_counter() - start:.1f}\n")
+        done.write_text(f"{time.perf_counter() - start:.1f}\n{json.dumps([kind, *argv])}\n")
     return str(log), code, time.perf_counter() - start
 
 
@@ -111,7 +116,7 @@ def write_summary(out: Path, title: str, settings: str, table: str) -> None:
 
 def run_minutes(out: Path) -> float:
     """The run time of every finished run and evaluation, from their ``.done`` files."""
-    return sum(float(p.read_text() or 0) for p in out.rglob("*.done")) / 60
+    return sum(float(p.read_text().split("\n", 1)[0] or 0) for p in out.rglob("*.done")) / 60
 
 
 def summarise(out: Path, seeds: list[int], args: argparse.Namespace) -> str:

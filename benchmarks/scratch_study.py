@@ -31,17 +31,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import command_line, run_stages, write_summary  # noqa: E402  (the same pool and .done files)
 
 C2F = ["--balancer", "coarse-to-fine"]
+#: the optimiser of the authors' ELIC script: cautious Adam at lr 2e-4 and a weight EMA of 0.999 (torch_ema, with its warm-up)
+AUTHORS = ["--optimizer", "cautious-adam", "--ema", "0.999", "-lr", "2e-4"]
 #: variant → (training flags, default λ grid); "{quarter}" is replaced by a quarter of --steps
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
-    "standard": (["--balancer", "fixed"], ["0.0005", "0.0018", "0.0067"]),
+    # down to λ 0.0001: Solution 1 lands at far lower rates than the standard loss at the same λ
+    "standard": (["--balancer", "fixed"], ["0.0001", "0.0002", "0.0005", "0.0018", "0.0067"]),
     "c2f": (C2F, ["0.0018", "0.0067", "0.025", "0.0932"]),
     # the logits' learning rate a tenth of the default: do they move early because β outruns the noise of δ?
     "c2f-beta0.0025": ([*C2F, "--balancer-opt", "beta=0.0025"], ["0.0018", "0.0067"]),
     # the standard loss for the first quarter of the run, then Solution 1 (balancing along the standard trajectory)
     "c2f-warmup": ([*C2F, "--balancer-opt", "warmup={quarter}"], ["0.0018", "0.0067"]),
+    # ten times the logit decay: γ pulls the logits back towards the standard weights (the authors: "γ needs tuning per model")
+    "c2f-gamma0.01": ([*C2F, "--balancer-opt", "gamma=0.01"], ["0.0018", "0.0067"]),
+    # log L instead of log(L + 1) (FAMO's default offsets c = 0): do the offsets make the rate's logit run?
+    "c2f-offsets0": ([*C2F, "--balancer-opt", "offsets=0"], ["0.0018", "0.0067"]),
     # the authors' ELIC script: cautious Adam, weight EMA 0.999, lr 2e-4, γ 0.003 (clipping 1.0 as everywhere here)
-    "c2f-authors": ([*C2F, "--balancer-opt", "gamma=0.003", "--optimizer", "cautious-adam", "--ema", "0.999", "-lr", "2e-4"], ["0.0018", "0.0067"]),
+    "c2f-authors": ([*C2F, "--balancer-opt", "gamma=0.003", *AUTHORS], ["0.0018", "0.0067"]),
+    # their optimiser with the standard loss: the anchor that tells the optimiser's effect from the balancing's
+    "standard-authors": (["--balancer", "fixed", *AUTHORS], ["0.0005", "0.0018"]),
 }
+
+#: a variant's second anchor (same optimiser), beside the standard loss
+ANCHORS = {"c2f-authors": "standard-authors"}
 
 
 def trajectory(run: Path, parts: int = 4) -> list[float]:
@@ -71,7 +83,7 @@ def summarise(out: Path, grids: dict[str, list[str]], dataset: str = "samples") 
 
     results = {v: report.load_results(out / f"{v}.json") for v in grids}
     std = results["standard"]["results"]
-    lo, hi = min(std["bpp"]), max(std["bpp"])
+    lo = min(std["bpp"])
     lines = [
         f"Per λ: bpp / PSNR on `{dataset}`, the R-D cost J = bpp + λ·255²·MSE at that λ, where the point lands on the standard curve "
         "(the standard λ with the same rate; the PSNR gap at that rate; `below`/`above`: outside the standard curve's rates), "
@@ -87,14 +99,15 @@ def summarise(out: Path, grids: dict[str, list[str]], dataset: str = "samples") 
             where = f"{at:.2g}" if math.isfinite(at) else ("below" if b < lo else "above")
             traj = ", ".join(f"{x:.3g}" for x in trajectory(out / "runs" / f"{v}-{lam:g}")) or "n/a"
             lines.append(f"| {v} | {lam:g} | {b:.3f} / {p:.2f} | {b + lam * 255**2 * mse:.4f} | {where} | {report.fmt(gap, 2, ' dB')} | {traj} |")
-    lines += ["", "| variant | λ overlapping the standard curve in rate | BD-rate vs standard (pchip) |", "|---|---|---|"]
-    for v, r in results.items():
-        if v == "standard":
-            continue
-        inside = [f"{lam:g}" for lam, b in zip(r["results"]["lambda"], r["results"]["bpp"]) if lo <= b <= hi]
-        bd = report.bd_metrics(results["standard"], r)
+    lines += ["", "| variant | anchor | λ overlapping the anchor's curve in rate | BD-rate vs the anchor (pchip) |", "|---|---|---|---|"]
+    pairs = [(v, "standard") for v in results if v != "standard"]
+    pairs += [(v, a) for v, a in ANCHORS.items() if v in results and a in results]
+    for v, a in pairs:
+        r, rates = results[v], results[a]["results"]["bpp"]
+        inside = [f"{lam:g}" for lam, b in zip(r["results"]["lambda"], r["results"]["bpp"]) if min(rates) <= b <= max(rates)]
+        bd = report.bd_metrics(results[a], r)
         text = report.fmt(bd["bd_rate_pchip"], 2, " %") + (f" ({bd['reason']})" if bd.get("reason") else "")
-        lines.append(f"| {v} | {', '.join(inside) or 'none'} | {text} |")
+        lines.append(f"| {v} | {a} | {', '.join(inside) or 'none'} | {text} |")
     return "\n".join(lines)
 
 

@@ -204,6 +204,10 @@ def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
     proc = run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "s" / "summary.md").read_text()
-    assert "| standard | 0.005 |" in summary and "| c2f-warmup | 0.05 |" in summary and "| c2f-warmup | " in summary.split("overlapping")[1]
+    assert "| standard | 0.005 |" in summary and "| c2f-warmup | 0.05 |" in summary and "| c2f-warmup | standard | " in summary.split("overlapping")[1]
+    more = [a.replace("c2f-warmup=0.05", "c2f-warmup=0.05,0.01") for a in args]  # a λ more: its run, and the evaluation again
+    again = run(*more)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert re.search(r"standard-0\.005/run\.log \(0 s;", again.stdout) and "| c2f-warmup | 0.01 |" in (tmp_path / "s" / "summary.md").read_text()
     bad = run("benchmarks/scratch_study.py", "--lambdas", "nope=1")
     assert bad.returncode != 0 and "VARIANT=λ" in bad.stderr

@@ -81,23 +81,36 @@ def build(name: str, params: Sequence[Tensor], lr: float, momentum: float = 0.0)
 
 
 class WeightEMA:
-    """An exponential moving average of a model's parameters, ``ē ← d·ē + (1−d)·θ`` after every
-    optimiser step (the authors' script keeps one with d = 0.999). :meth:`applied` swaps the
-    averages into the model for testing, evaluation and saving, and the raw weights back after;
-    :meth:`state_dict` round-trips exactly."""
+    r"""An exponential moving average of a model's parameters, ``ē ← d_t·ē + (1−d_t)·θ`` after
+    every optimiser step (the authors' script keeps one with d = 0.999, through ``torch_ema``).
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    ``warmup=True`` (the default, as ``torch_ema``'s ``use_num_updates``) uses
+    :math:`d_t = \min(d, (1 + t)/(10 + t))` on the t-th update, so that the average forgets the
+    initial weights within the first steps instead of keeping :math:`d^t` of them (with d = 0.999
+    a fixed decay keeps 5 % of the random initialisation after 3000 steps); ``warmup=False`` is the
+    fixed decay. :meth:`applied` swaps the averages into the model for testing, evaluation and
+    saving, and the raw weights back after; :meth:`state_dict` round-trips exactly (a state without
+    ``warmup``, written before it existed, resumes with the fixed decay it was trained with)."""
+
+    def __init__(self, model: nn.Module, decay: float, *, warmup: bool = True) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"the EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.shadow = [p.detach().clone() for p in self.params]
         self.updates = 0
 
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` applies."""
+        t = self.updates + 1
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
     @torch.no_grad()
     def update(self) -> None:
+        weight = 1.0 - self.current_decay()
         for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1.0 - self.decay)
+            s.lerp_(p.detach(), weight)
         self.updates += 1
 
     def applied(self) -> _Swap:
@@ -105,13 +118,14 @@ class WeightEMA:
         return _Swap(self)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shadow = state["shadow"]
         if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
             raise ValueError("the EMA state does not fit this model's parameters")
         self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        self.warmup = bool(state.get("warmup", False))
         for s, saved in zip(self.shadow, shadow):
             s.copy_(saved)
 

@@ -36,20 +36,23 @@ def load_results(path: Path) -> dict[str, Any]:
 def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rgb") -> dict[str, Any]:
     """BD-rate (%) and BD-quality of ``test`` against ``anchor`` (pchip, with cubic as a check).
 
-    NaN with a ``reason`` when it cannot be computed: fewer than two points (four for cubic), or
-    quality ranges that do not overlap (the integral would extrapolate)."""
+    NaN with a ``reason`` when it cannot be computed: fewer than two points (four for cubic),
+    quality ranges that do not overlap (the integral would extrapolate), or a curve that is not
+    monotonic (the quality falls somewhere as the rate rises: no BD-rate is quoted on it)."""
     import warnings
 
     import bjontegaard as bd
 
-    ra, da = anchor["results"]["bpp"], anchor["results"][metric]
-    rt, dt = test["results"]["bpp"], test["results"][metric]
+    ra, da = _by_rate(anchor["results"]["bpp"], anchor["results"][metric])
+    rt, dt = _by_rate(test["results"]["bpp"], test["results"][metric])
     out: dict[str, Any] = {}
     reasons = []
     if min(len(ra), len(rt)) < 2:
         reasons.append("fewer than two points")
     elif max(min(da), min(dt)) >= min(max(da), max(dt)):
         reasons.append(f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})")
+    elif unsorted := [n for n, r, d in (("anchor", ra, da), ("test", rt, dt)) if not _rises(r, d)]:
+        reasons.append(f"the {' and the '.join(unsorted)} curve is not monotonic ({metric} falls where the rate rises)")
     blocked = bool(reasons)
     for method in ("pchip", "cubic"):
         for key, fn in (("bd_rate", bd.bd_rate), ("bd_quality", bd.bd_psnr)):
@@ -60,12 +63,23 @@ def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr
                         warnings.simplefilter("ignore")
                         value = float(fn(ra, da, rt, dt, method=method, require_matching_points=False))
                 except (ValueError, ZeroDivisionError, AssertionError) as exc:
-                    reasons.append(f"{key} ({method}): {str(exc).rstrip('.')}")
+                    reasons.append(f"{key} ({method}): {str(exc).rstrip('.') or type(exc).__name__}")
             out[f"{key}_{method}"] = value
     if min(len(ra), len(rt)) < 4:
         reasons.append("cubic needs four points")
     out["reason"] = "; ".join(dict.fromkeys(reasons))
     return out
+
+
+def _by_rate(rates: list[float], quality: list[float]) -> tuple[list[float], list[float]]:
+    """The points sorted by rate (evaluations list them in checkpoint order)."""
+    pts = sorted(zip(rates, quality))
+    return [r for r, _ in pts], [q for _, q in pts]
+
+
+def _rises(rates: list[float], quality: list[float]) -> bool:
+    """Quality strictly increases with the rate (the points sorted by rate)."""
+    return all(b > a for a, b in zip(quality, quality[1:]))
 
 
 def monotonic(res: dict[str, Any]) -> bool:

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default="adam", help="for the model's parameters (the auxiliary loss keeps Adam)")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (--optimizer sgd; 0: plain SGD)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="keep an exponential moving average of the weights (e.g. 0.999): tested, evaluated and saved as state_dict; 0: off")
+                   help="keep an exponential moving average of the weights (e.g. 0.999, with torch_ema's warm-up min(d, (1+t)/(10+t))): "
+                        "tested, evaluated and saved as state_dict; 0: off")
     p.add_argument("--lambda", dest="lmbda", type=float, default=None,
                    help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})")
     p.add_argument("--metric", choices=["mse", "ms-ssim"], default=None, help="distortion (default: the checkpoint's, else mse)")

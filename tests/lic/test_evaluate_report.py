@@ -93,6 +93,12 @@ def test_bd_rate_known_answer() -> None:
     apart = {"name": "t", "results": {"bpp": rate, "psnr-rgb": [p + 20 for p in psnr]}}
     m = report.bd_metrics(anchor, apart)
     assert math.isnan(m["bd_rate_pchip"]) and "do not overlap" in m["reason"]
+    # a curve whose quality falls where its rate rises gets no BD-rate (cubic alone would return a number), in any order
+    bent = {"name": "t", "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [29.5, 26.0, 33.5, 30.0]}}
+    m = report.bd_metrics(anchor, bent)
+    assert all(math.isnan(m[k]) for k in ("bd_rate_pchip", "bd_rate_cubic", "bd_quality_pchip")) and "test curve is not monotonic" in m["reason"]
+    shuffled = {"name": "t", "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [31.5, 26.0, 33.5, 29.0]}}
+    assert report.bd_metrics(anchor, shuffled)["bd_rate_pchip"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bad_inputs_exit_2(checkpoints: list[Path], tmp_path: Path, capsys) -> None:

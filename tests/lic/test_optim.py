@@ -82,7 +82,7 @@ def test_weight_ema_by_hand_and_round_trip() -> None:
     net = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    ema = optim.WeightEMA(net, 0.5)
+    ema = optim.WeightEMA(net, 0.5, warmup=False)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[3.0, 0.0]]))
     ema.update()  # 0.5·[1, 2] + 0.5·[3, 0]
@@ -91,9 +91,35 @@ def test_weight_ema_by_hand_and_round_trip() -> None:
     assert net.weight.tolist() == [[3.0, 0.0]]
     other = optim.WeightEMA(net, 0.9)
     other.load_state_dict(ema.state_dict())
-    assert other.decay == 0.5 and other.updates == 1 and torch.equal(other.shadow[0], ema.shadow[0])
+    assert other.decay == 0.5 and other.updates == 1 and not other.warmup and torch.equal(other.shadow[0], ema.shadow[0])
+    old = {k: v for k, v in ema.state_dict().items() if k != "warmup"}  # written before the warm-up existed: the fixed decay
+    other.load_state_dict(old)
+    assert not other.warmup and other.current_decay() == 0.5
     with pytest.raises(ValueError, match="decay must lie in"):
         optim.WeightEMA(net, 1.0)
+
+
+def test_weight_ema_warmup_by_hand() -> None:
+    """torch_ema's default: d_t = min(d, (1 + t)/(10 + t)), so the average forgets the initial weights."""
+    net = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = optim.WeightEMA(net, 0.999)
+    expected, history = 0.0, []
+    for t in range(1, 2001):
+        with torch.no_grad():
+            net.weight.fill_(float(t))
+        d = min(0.999, (1 + t) / (10 + t))
+        assert ema.current_decay() == d
+        ema.update()
+        expected = d * expected + (1 - d) * t
+        history.append(expected)
+    assert ema.shadow[0].item() == pytest.approx(expected, rel=1e-12)
+    assert [d for d in (min(0.999, (1 + t) / (10 + t)) for t in (1, 8990, 8991))] == [2 / 11, 8991 / 9000, 0.999]
+    fixed = optim.WeightEMA(net, 0.999, warmup=False)
+    assert fixed.current_decay() == 0.999
+    # the warm-up's average tracks the iterates (it lags by about t/10 early on), a fixed decay keeps the start's zero
+    assert history[99] > 80 and 0.999**100 > 0.9
 
 
 @pytest.mark.parametrize("flags", [["--optimizer", "sgd", "--momentum", "0.9", "-lr", "1e-2"], ["--optimizer", "cautious-adam"]])
