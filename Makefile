@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
+PHOTOS := data/photos/photos.json
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: install demo test test-thorough bench reproduce docs photos pretrained clean
@@ -16,7 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
 	touch $(STAMP)
 
-demo: install
+# The demo fine-tunes the shipped models on the photographs (fetched once, see `photos`).
+demo: install $(PHOTOS)
 	$(PY) examples/lic_demo.py
 
 test: install
@@ -33,7 +35,10 @@ bench: install
 reproduce: install
 	$(PY) benchmarks/reproduce.py --out repro-out --steps 2500 --finetune-steps 500 --batch-size 8
 
-photos: install
+photos: $(PHOTOS)
+
+# The photographs' record is written last, so its presence means the folder is complete.
+$(PHOTOS): | $(STAMP)
 	$(PY) -m plugins.lic.photos data/photos
 
 # Re-trains the shipped models (hours on 2 cores; resumable: run it again to continue).

@@ -27,7 +27,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce import command_line, run_stages, write_summary  # noqa: E402  (the same pool and .done files)
+from reproduce import command_line, write_summary  # noqa: E402
+
+from plugins.lic.jobs import run_stages  # noqa: E402  (the same pool and .done files)
 
 
 def qp(*opts: str) -> list[str]:

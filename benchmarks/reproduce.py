@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import math
-import multiprocessing as mp
 import shutil
 import statistics
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plugins.lic.jobs import run_minutes, run_stages  # noqa: E402  (the studies import them from here too)
 
 LAMBDAS = ("0.0018", "0.0067", "0.025", "0.0932")
 MODEL = ["-m", "mbt2018-mean", "--N", "32", "--M", "48"]
@@ -58,50 +59,6 @@ FINETUNE: dict[str, list[str]] = {
 ANCHORS = {**{v: "standard" for v in SCRATCH if v != "standard"}, **{v: "standard-ft" for v in FINETUNE if v != "standard-ft"}}
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _run(job: tuple[str, list[str], Path]) -> tuple[str, int, float]:
-    """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done.
-
-    The ``.done`` file holds the run's seconds and then its arguments: a call whose arguments changed
-    (an evaluation given more checkpoints) runs again; a ``.done`` without arguments (older) counts as done."""
-    kind, argv, log = job
-    done = log.with_suffix(".done")
-    if done.exists():
-        recorded = done.read_text().split("\n", 1)[1:]
-        if not recorded or not recorded[0].strip() or json.loads(recorded[0]) == [kind, *argv]:
-            return str(log), 0, 0.0
-    from plugins.lic import evaluate, train
-
-    start = time.perf_counter()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        code = (train.main if kind == "train" else evaluate.main)(argv)
-    if code == 0:
-        done.write_text(f"{time.perf_counter() - start:.1f}\n{json.dumps([kind, *argv])}\n")
-    return str(log), code, time.perf_counter() - start
-
-
-def run_all(pool: Any, jobs: list[tuple[str, list[str], Path]], start: float) -> None:
-    for log, code, seconds in pool.imap_unordered(_run, jobs):
-        print(f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
-        if code != 0:
-            raise SystemExit(f"a run failed: see {log}")
-
-
-def run_stages(jobs: int, stages: dict[str, list[tuple[str, list[str], Path]]], start: float) -> None:
-    """Each stage's jobs (name → jobs, e.g. the training runs, then the evaluations), one stage
-    after the other, through a pool of ``jobs`` one-thread processes."""
-    with mp.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
-        print(", ".join(f"{len(todo)} {name}" for name, todo in stages.items()) + f"; {jobs} processes", flush=True)
-        for todo in stages.values():
-            run_all(pool, todo, start)
-
-
 def command_line(script: str, argv: list[str] | None) -> str:
     """How this study was invoked, for its summary."""
     return f"python benchmarks/{script} {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
@@ -112,11 +69,6 @@ def write_summary(out: Path, title: str, settings: str, table: str) -> None:
     (out / "summary.md").write_text(f"# {title}\n\n{settings}\n\n{table}\n")
     json.dump({"settings": settings}, (out / "settings.json").open("w"))
     print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
-
-
-def run_minutes(out: Path) -> float:
-    """The run time of every finished run and evaluation, from their ``.done`` files."""
-    return sum(float(p.read_text().split("\n", 1)[0] or 0) for p in out.rglob("*.done")) / 60
 
 
 def summarise(out: Path, seeds: list[int], args: argparse.Namespace) -> str:

@@ -28,7 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce import command_line, run_stages, write_summary  # noqa: E402  (the same pool and .done files)
+from reproduce import command_line, write_summary  # noqa: E402
+
+from plugins.lic.jobs import run_stages  # noqa: E402  (the same pool and .done files)
 
 C2F = ["--balancer", "coarse-to-fine"]
 #: the optimiser of the authors' ELIC script: cautious Adam at lr 2e-4 and a weight EMA of 0.999 (torch_ema, with its warm-up)
@@ -49,7 +51,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     # the authors' ELIC script: cautious Adam, weight EMA 0.999, lr 2e-4, γ 0.003 (clipping 1.0 as everywhere here)
     "c2f-authors": ([*C2F, "--balancer-opt", "gamma=0.003", *AUTHORS], ["0.0018", "0.0067"]),
     # their optimiser with the standard loss: the anchor that tells the optimiser's effect from the balancing's
-    "standard-authors": (["--balancer", "fixed", *AUTHORS], ["0.0005", "0.0018"]),
+    "standard-authors": (["--balancer", "fixed", *AUTHORS], ["0.0001", "0.0002", "0.0005", "0.0018"]),
 }
 
 #: a variant's second anchor (same optimiser), beside the standard loss
@@ -65,6 +67,19 @@ def trajectory(run: Path, parts: int = 4) -> list[float]:
         return []
     size = max(len(rows) // parts, 1)
     return [statistics.fmean(rows[i : i + size]) for i in range(0, size * parts, size) if rows[i : i + size]]
+
+
+def speeds(run: Path, until: float = 0.75) -> str:
+    """The logged per-step improvements δ_D and δ_R of log(L + c) (mean, and δ_D's standard deviation)
+    over the first ``until`` of the run, the stretch before the learning-rate drop: "n/a" without them."""
+    from plugins.lic.logs import read
+
+    rows = [r for r in read(run) if "speed/distortion" in r]
+    rows = rows[: max(int(len(rows) * until), 1)]
+    if len(rows) < 2:
+        return "n/a"
+    d, r = [x["speed/distortion"] for x in rows], [x["speed/rate"] for x in rows]
+    return f"{statistics.fmean(d):.4f} (sd {statistics.pstdev(d):.3f}), {statistics.fmean(r):.5f}"
 
 
 def landing(point_bpp: float, point_psnr: float, standard: dict[str, Any]) -> tuple[float, float]:
@@ -87,18 +102,21 @@ def summarise(out: Path, grids: dict[str, list[str]], dataset: str = "samples") 
     lines = [
         f"Per λ: bpp / PSNR on `{dataset}`, the R-D cost J = bpp + λ·255²·MSE at that λ, where the point lands on the standard curve "
         "(the standard λ with the same rate; the PSNR gap at that rate; `below`/`above`: outside the standard curve's rates), "
-        "and λ_eff/λ = w_D/w_R per quarter of the run.",
+        "λ_eff/λ = w_D/w_R per quarter of the run, and the balancers' per-step improvements δ of log(L + c) over the first "
+        "three quarters (mean, δ_D's standard deviation).",
         "",
-        "| variant | λ | bpp / PSNR | J | lands at standard λ | ΔPSNR at equal rate | λ_eff/λ by quarter |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | λ | bpp / PSNR | J | lands at standard λ | ΔPSNR at equal rate | λ_eff/λ by quarter | δ_D (sd), δ_R |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v, r in results.items():
         res = r["results"]
         for lam, b, p, mse in sorted(zip(res["lambda"], res["bpp"], res["psnr-rgb"], res["mse"])):
             at, gap = landing(b, p, std) if v != "standard" else (lam, 0.0)
             where = f"{at:.2g}" if math.isfinite(at) else ("below" if b < lo else "above")
-            traj = ", ".join(f"{x:.3g}" for x in trajectory(out / "runs" / f"{v}-{lam:g}")) or "n/a"
-            lines.append(f"| {v} | {lam:g} | {b:.3f} / {p:.2f} | {b + lam * 255**2 * mse:.4f} | {where} | {report.fmt(gap, 2, ' dB')} | {traj} |")
+            run = out / "runs" / f"{v}-{lam:g}"
+            traj = ", ".join(f"{x:.3g}" for x in trajectory(run)) or "n/a"
+            cells = f"{b + lam * 255**2 * mse:.4f} | {where} | {report.fmt(gap, 2, ' dB')} | {traj} | {speeds(run)}"
+            lines.append(f"| {v} | {lam:g} | {b:.3f} / {p:.2f} | {cells} |")
     lines += ["", "| variant | anchor | λ overlapping the anchor's curve in rate | BD-rate vs the anchor (pchip) |", "|---|---|---|---|"]
     pairs = [(v, "standard") for v in results if v != "standard"]
     pairs += [(v, a) for v, a in ANCHORS.items() if v in results and a in results]

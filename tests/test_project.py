@@ -137,21 +137,6 @@ def test_toy_example_compares_the_balancers(tmp_path: Path) -> None:
     assert out.stat().st_size > 10_000
 
 
-def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
-    """`make demo`'s script, shrunk to a few steps: every stage runs and the report is written."""
-    out = tmp_path / "demo"
-    proc = run("examples/lic_demo.py", "--out", str(out), "--steps", "3", "--finetune-steps", "2", "--patch", "64", "--batch-size", "2")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "report:" in proc.stdout
-    text = (out / "report.md").read_text()
-    for name in ("standard", "coarse-to-fine", "standard+finetune", "qp-finetune"):
-        assert f"| {name} |" in text
-        assert (out / f"{name}.json").exists()
-    assert "Wall time" in text and (out / "finetune" / "report.md").exists()
-    for png in ("rd.png", "figure1.png"):
-        assert (out / png).stat().st_size > 10_000
-
-
 def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
     proc = run("benchmarks/zoo_solvers.py", "--sizes", "2", "3", "--gramians", "2", "--repeats", "2")
     assert proc.returncode == 0, proc.stderr
@@ -173,8 +158,9 @@ def image_folder(root: Path, counts: dict[str, int], shape: tuple[int, int]) -> 
     return root
 
 
-def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
-    """`benchmarks/finetune_study.py` end to end on a private zoo (MOO_OPT_PRETRAINED) of two toy models."""
+def toy_zoo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Photographs and a private zoo (MOO_OPT_PRETRAINED) of two toy models trained on them: the
+    fine-tuning data and the environment that serves the zoo instead of the shipped models."""
     import json
     import os
 
@@ -185,7 +171,12 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     built = run("-m", "plugins.lic.pretrained.build", "--photos", str(photos), "--runs", str(tmp_path / "runs"), "--steps", "4",
                 "--lambdas", "0.05", "0.005", "--jobs", "1", "--ship", str(zoo), "--eval-dataset", str(photos / "test"))  # fmt: skip
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    env = {**os.environ, "MOO_OPT_PRETRAINED": str(zoo)}
+    return photos, {**os.environ, "MOO_OPT_PRETRAINED": str(zoo)}
+
+
+def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
+    """`benchmarks/finetune_study.py` end to end on a private zoo of two toy models."""
+    photos, env = toy_zoo(tmp_path)
     args = [sys.executable, "benchmarks/finetune_study.py", "--out", str(tmp_path / "ft"), "--photos", str(photos), "--steps", "2",
             "--variants", "qp-shared", "qp-sgd", "standard-lam0.667", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -193,6 +184,28 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     summary = (tmp_path / "ft" / "summary.md").read_text()
     for v in ("| standard |", "| standard-sgd |", "| qp-shared | standard |", "| qp-sgd | standard-sgd |", "| standard-lam0.667 | standard |"):
         assert v in summary, summary
+
+
+def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
+    """`make demo`'s script on a private zoo of two toy models, two steps per fine-tune: every stage
+    runs, the report has both curves, the BD-rate row, the R-D costs and Figure 1; a second call reuses the runs."""
+    photos, env = toy_zoo(tmp_path)
+    out = tmp_path / "demo"
+    args = [sys.executable, "examples/lic_demo.py", "--out", str(out), "--photos", str(photos), "--steps", "2", "--patch", "64",
+            "--batch-size", "2", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "report:" in proc.stdout
+    text = (out / "report.md").read_text()
+    for name in ("standard-ft", "qp-ft", "shipped"):
+        assert f"| {name} |" in text and (out / f"{name}.json").exists()
+    assert "| 0.005 |" in text and "| 0.05 |" in text and "ΔJ (qp-ft vs standard-ft)" in text and "wall time" in text
+    for png in ("rd.png", "figure1.png"):
+        assert (out / png).stat().st_size > 10_000
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "(0 s;" in again.stdout
+    missing = subprocess.run([*args[:2], "--photos", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert missing.returncode == 2 and "make photos" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:

@@ -1,0 +1,68 @@
+"""Training and evaluation runs through a pool of one-thread processes, each skipped once done.
+
+A job is ``(kind, argv, log)``: ``kind`` is ``"train"`` or ``"evaluate"`` (``plugins.lic.train`` /
+``plugins.lic.evaluate`` called with ``argv``), its output goes to ``log`` and, when it succeeds,
+``log``'s ``.done`` file records its seconds and its arguments. A job whose ``.done`` records the
+same arguments is not run again, so an interrupted study or demo continues where it stopped.
+Used by the demo (``examples/lic_demo.py``) and the studies in ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+Job = tuple[str, list[str], Path]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_job(job: Job) -> tuple[str, int, float]:
+    """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done.
+
+    The ``.done`` file holds the run's seconds and then its arguments: a call whose arguments changed
+    (an evaluation given more checkpoints) runs again; a ``.done`` without arguments (older) counts as done."""
+    kind, argv, log = job
+    done = log.with_suffix(".done")
+    if done.exists():
+        recorded = done.read_text().split("\n", 1)[1:]
+        if not recorded or not recorded[0].strip() or json.loads(recorded[0]) == [kind, *argv]:
+            return str(log), 0, 0.0
+    from plugins.lic import evaluate, train
+
+    start = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        code = (train.main if kind == "train" else evaluate.main)(argv)
+    if code == 0:
+        done.write_text(f"{time.perf_counter() - start:.1f}\n{json.dumps([kind, *argv])}\n")
+    return str(log), code, time.perf_counter() - start
+
+
+def run_all(pool: Any, jobs: list[Job], start: float) -> None:
+    for log, code, seconds in pool.imap_unordered(run_job, jobs):
+        print(f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
+        if code != 0:
+            raise SystemExit(f"a run failed: see {log}")
+
+
+def run_stages(jobs: int, stages: dict[str, list[Job]], start: float) -> None:
+    """Each stage's jobs (name → jobs, e.g. the training runs, then the evaluations), one stage
+    after the other, through a pool of ``jobs`` one-thread processes."""
+    with mp.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
+        print(", ".join(f"{len(todo)} {name}" for name, todo in stages.items()) + f"; {jobs} processes", flush=True)
+        for todo in stages.values():
+            run_all(pool, todo, start)
+
+
+def run_minutes(out: Path) -> float:
+    """The run time of every finished run and evaluation, from their ``.done`` files."""
+    return sum(float(p.read_text().split("\n", 1)[0] or 0) for p in out.rglob("*.done")) / 60
