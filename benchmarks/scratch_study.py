@@ -5,7 +5,8 @@
 
 Every variant (:data:`VARIANTS`) trains mbt2018-mean (N=32, M=48) from scratch on the photographs of
 ``python -m plugins.lic.photos`` with the shipped models' recipe scaled to ``--steps`` (Adam lr 1e-3,
-×0.1 at 75 % and 94 % of the steps, batch 8 of 128² crops, clipping 1.0, seed 0), each at its own
+×0.1 at 75 % and 94 % of the steps, batch 8 of 128² crops, clipping 1.0, ``--seed``, 0 by default: give
+each seed its own ``--out``), each at its own
 λ grid: the standard loss's reaches down and Solution 1's up, because Solution 1 lands at far lower
 rates for the same λ. Every checkpoint is entropy-coded on ``samples``. ``summary.md`` gives, per
 variant and λ, bpp / PSNR and the R-D cost at that λ; where the point lands on the standard curve
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="every run's seed (a second seed: another --out)")
     parser.add_argument("--eval-dataset", default="samples")
     args = parser.parse_args(argv)
     grids = parse_grids(args.variants, args.lambdas)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     milestones = [str(m) for m in sorted({max(args.steps * 3 // 4, 1), max(args.steps * 94 // 100, 1)})]
     common = ["-m", "mbt2018-mean", "--N", "32", "--M", "48", "-d", args.photos, "--patch-size", str(args.patch), str(args.patch),
               "--batch-size", str(args.batch_size), "--test-batch-size", "16", "--steps", str(args.steps), "--lr-milestones", *milestones,
-              "--aux-learning-rate", "1e-3", "--clip_max_norm", "1.0", "--seed", "0", "--log-every", "25", "--test-every", every,
+              "--aux-learning-rate", "1e-3", "--clip_max_norm", "1.0", "--seed", str(args.seed), "--log-every", "25", "--test-every", every,
               "--save-every", every, "--no-progress"]  # fmt: skip
     trains, evals = [], []
     for v, lams in grids.items():
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("scratch_study.py", argv)
     settings = (
         f"`{command}`: mbt2018-mean N=32 M=48 from scratch, {args.steps} steps (Adam lr 1e-3 unless the variant says, ×0.1 at steps "
-        f"{' and '.join(milestones)}), batch {args.batch_size} of {args.patch}² crops of {args.photos}, clipping 1.0, seed 0; "
+        f"{' and '.join(milestones)}), batch {args.batch_size} of {args.patch}² crops of {args.photos}, clipping 1.0, seed {args.seed}; "
         f"entropy-coded on `{args.eval_dataset}`; wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
     )
     write_summary(out, "Solution 1 from scratch against the standard loss", settings, table)

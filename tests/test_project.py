@@ -213,11 +213,11 @@ def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
     photos = image_folder(tmp_path / "photos", {"train": 3, "test": 2}, (64, 96))
     args = ["benchmarks/scratch_study.py", "--out", str(tmp_path / "s"), "--photos", str(photos), "--steps", "2", "--patch", "64",
             "--batch-size", "2", "--variants", "c2f-warmup", "--lambdas", "standard=0.005,0.05", "c2f-warmup=0.05", "--eval-dataset", str(photos / "test"),
-            "--jobs", "1"]  # fmt: skip
+            "--jobs", "1", "--seed", "1"]  # fmt: skip
     proc = run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "s" / "summary.md").read_text()
-    assert "| standard | 0.005 |" in summary and "| c2f-warmup | 0.05 |" in summary and "| c2f-warmup | standard | " in summary.split("overlapping")[1]
+    assert "| standard | 0.005 |" in summary and "| c2f-warmup | 0.05 |" in summary and "seed 1;" in summary and "| c2f-warmup | standard | " in summary.split("overlapping")[1]
     more = [a.replace("c2f-warmup=0.05", "c2f-warmup=0.05,0.01") for a in args]  # a λ more: its run, and the evaluation again
     again = run(*more)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
