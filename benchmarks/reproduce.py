@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugins.lic.jobs import run_minutes, run_stages  # noqa: E402  (the studies import them from here too)
+from plugins.lic.jobs import run_minutes, run_stages  # noqa: E402
 
 LAMBDAS = ("0.0018", "0.0067", "0.025", "0.0932")
 MODEL = ["-m", "mbt2018-mean", "--N", "32", "--M", "48"]

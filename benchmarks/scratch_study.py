@@ -59,23 +59,19 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
 ANCHORS = {"c2f-authors": "standard-authors"}
 
 
-def trajectory(run: Path, parts: int = 4) -> list[float]:
-    """The mean of w_D/w_R over each of ``parts`` consecutive stretches of the run's logged steps."""
-    from plugins.lic.logs import read
-
-    rows = [r["weight/distortion"] / r["weight/rate"] for r in read(run) if "weight/distortion" in r and r.get("weight/rate")]
+def trajectory(log: list[dict[str, Any]], parts: int = 4) -> list[float]:
+    """The mean of w_D/w_R over each of ``parts`` consecutive stretches of a run's logged steps."""
+    rows = [r["weight/distortion"] / r["weight/rate"] for r in log if "weight/distortion" in r and r.get("weight/rate")]
     if not rows:
         return []
     size = max(len(rows) // parts, 1)
     return [statistics.fmean(rows[i : i + size]) for i in range(0, size * parts, size) if rows[i : i + size]]
 
 
-def speeds(run: Path, until: float = 0.75) -> str:
+def speeds(log: list[dict[str, Any]], until: float = 0.75) -> str:
     """The logged per-step improvements δ_D and δ_R of log(L + c) (mean, and δ_D's standard deviation)
-    over the first ``until`` of the run, the stretch before the learning-rate drop: "n/a" without them."""
-    from plugins.lic.logs import read
-
-    rows = [r for r in read(run) if "speed/distortion" in r]
+    over the first ``until`` of a run, the stretch before the learning-rate drop: "n/a" without them."""
+    rows = [r for r in log if "speed/distortion" in r]
     rows = rows[: max(int(len(rows) * until), 1)]
     if len(rows) < 2:
         return "n/a"
@@ -96,6 +92,7 @@ def landing(point_bpp: float, point_psnr: float, standard: dict[str, Any]) -> tu
 
 def summarise(out: Path, grids: dict[str, list[str]], dataset: str = "samples") -> str:
     from plugins.lic import report
+    from plugins.lic.logs import read
 
     results = {v: report.load_results(out / f"{v}.json") for v in grids}
     std = results["standard"]["results"]
@@ -114,9 +111,9 @@ def summarise(out: Path, grids: dict[str, list[str]], dataset: str = "samples") 
         for lam, b, p, mse in sorted(zip(res["lambda"], res["bpp"], res["psnr-rgb"], res["mse"])):
             at, gap = landing(b, p, std) if v != "standard" else (lam, 0.0)
             where = f"{at:.2g}" if math.isfinite(at) else ("below" if b < lo else "above")
-            run = out / "runs" / f"{v}-{lam:g}"
-            traj = ", ".join(f"{x:.3g}" for x in trajectory(run)) or "n/a"
-            cells = f"{b + lam * 255**2 * mse:.4f} | {where} | {report.fmt(gap, 2, ' dB')} | {traj} | {speeds(run)}"
+            log = read(out / "runs" / f"{v}-{lam:g}")
+            traj = ", ".join(f"{x:.3g}" for x in trajectory(log)) or "n/a"
+            cells = f"{b + lam * 255**2 * mse:.4f} | {where} | {report.fmt(gap, 2, ' dB')} | {traj} | {speeds(log)}"
             lines.append(f"| {v} | {lam:g} | {b:.3f} / {p:.2f} | {cells} |")
     lines += ["", "| variant | anchor | λ overlapping the anchor's curve in rate | BD-rate vs the anchor (pchip) |", "|---|---|---|---|"]
     pairs = [(v, "standard") for v in results if v != "standard"]

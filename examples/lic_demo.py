@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
               "--test-every", every, "--save-every", every, "--no-progress"]  # fmt: skip
     trains, evals = [], []
     for curve, flags in CURVES.items():
-        for m in models:
-            d = out / "runs" / f"{curve}-{m.lmbda:g}"
+        dirs = [out / "runs" / f"{curve}-{m.lmbda:g}" for m in models]
+        for m, d in zip(models, dirs):
             trains.append(("train", [*common, "--pretrained", m.name, "--finetune", *flags, "--out", str(d)], d / "run.log"))
-        ckpts = [str(out / "runs" / f"{curve}-{m.lmbda:g}" / "checkpoint.pth.tar") for m in models]
+        ckpts = [str(d / "checkpoint.pth.tar") for d in dirs]
         evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", curve, "--out", str(out / f"{curve}.json")], out / f"{curve}.eval.log"))
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip

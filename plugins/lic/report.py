@@ -51,7 +51,7 @@ def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr
         reasons.append("fewer than two points")
     elif max(min(da), min(dt)) >= min(max(da), max(dt)):
         reasons.append(f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})")
-    elif unsorted := [n for n, r, d in (("anchor", ra, da), ("test", rt, dt)) if not _rises(r, d)]:
+    elif unsorted := [n for n, d in (("anchor", da), ("test", dt)) if not _rises(d)]:
         reasons.append(f"the {' and the '.join(unsorted)} curve is not monotonic ({metric} falls where the rate rises)")
     blocked = bool(reasons)
     for method in ("pchip", "cubic"):
@@ -77,15 +77,14 @@ def _by_rate(rates: list[float], quality: list[float]) -> tuple[list[float], lis
     return [r for r, _ in pts], [q for _, q in pts]
 
 
-def _rises(rates: list[float], quality: list[float]) -> bool:
-    """Quality strictly increases with the rate (the points sorted by rate)."""
+def _rises(quality: list[float]) -> bool:
+    """Quality strictly increases along points sorted by rate."""
     return all(b > a for a, b in zip(quality, quality[1:]))
 
 
 def monotonic(res: dict[str, Any]) -> bool:
-    """Higher rate gives higher quality along the curve (points are sorted by bpp)."""
-    q = res["results"]["psnr-rgb"]
-    return all(b > a for a, b in zip(q, q[1:]))
+    """Higher rate gives higher quality along the curve (in any listed order: sorted by bpp first)."""
+    return _rises(_by_rate(res["results"]["bpp"], res["results"]["psnr-rgb"])[1])
 
 
 def _pyplot():
