@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="every run's seed (a second seed: another --out)")
     parser.add_argument("--eval-dataset", default="samples")
     args = parser.parse_args(argv)
     from plugins.lic import pretrained
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             d = out / "runs" / f"{v}-{m.lmbda:g}"
             own = [LAMBDA_SCALE.sub(lambda x, lam=m.lmbda: f"{lam * int(x[1]) / int(x[2]):.6g}", f) for f in flags]
-            trains.append(("train", [*common, "--pretrained", m.name, "--finetune", "--steps", str(args.steps), *lr, *own, "--out", str(d)], d / "run.log"))
+            trains.append(("train", [*common, "--pretrained", m.name, "--finetune", "--steps", str(args.steps), *lr, *own, "--out", str(d), "--seed", str(args.seed)], d / "run.log"))
         ckpts = [str(out / "runs" / f"{v}-{m.lmbda:g}" / "checkpoint.pth.tar") for m in models]
         evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")], out / f"{v}.eval.log"))
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("finetune_study.py", argv)
     settings = (
         f"`{command}`: {len(models)} shipped models ({', '.join(m.name for m in models)}), {args.steps} fine-tuning steps each at "
-        f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, momentum 0.9, no clipping), batch {args.batch_size} of {args.patch}² crops of {args.photos}; "
+        f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, momentum 0.9, no clipping), batch {args.batch_size} of {args.patch}² crops of {args.photos}, seed {args.seed}; "
         f"entropy-coded on `{args.eval_dataset}`; wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
     )
     write_summary(out, "Fine-tuning the shipped models", settings, table)

@@ -1,62 +1,64 @@
-"""The paper's comparison at CPU scale: every variant, the same seeds and steps, entropy-coded.
+"""The paper's comparison in its regime: Solution 1 from scratch and Solution 2 fine-tuning against the
+standard loss, two seeds, entropy-coded on the photographs.
 
-    python benchmarks/reproduce.py [--out repro-out] [--seeds 0 1] [--steps 1500] [--jobs 2]
+    make reproduce            # python benchmarks/reproduce.py --out repro-out
+    python benchmarks/reproduce.py --out repro-out [--seeds 0 1] [--parts scratch finetune] \\
+        [--steps 3000] [--finetune-steps 1000] [--jobs 2]
 
-One small architecture (mbt2018-mean, N=32, M=48: the mean-scale hyperprior of the paper at a
-CPU's size) trained from scratch on the embedded ``synthetic`` pictures at four λ of
-CompressAI's set, for every seed:
+Per seed, two studies on the photographs of ``python -m plugins.lic.photos`` (the shipped models'
+training data), each in its own folder of ``--out``:
 
-* ``standard``: the standard loss (``--balancer fixed``); the anchor of every BD-rate;
-* ``c2f``: Solution 1 (``coarse-to-fine``, the exact same-batch mode);
-* ``c2f-gamma0`` and ``c2f-norenorm``: its ablations (γ = 0; no renormalisation);
-* ``c2f-every4``: the cheaper mode (the logits learn on one step in four);
-* ``standard-ft``, ``qp-ft``, ``qp-ft-every2`` and ``qp-ft-adam``: the ``standard`` checkpoint
-  fine-tuned for the same steps with the standard loss, with Solution 2, with Solution 2 solving
-  on one step in two, and with Solution 2 in Adam's metric (the fine-tunes' anchor is
-  ``standard-ft``).
+* ``scratch-seed<S>`` (``scratch_study.py``): mbt2018-mean (N=32, M=48) from scratch with the
+  shipped models' recipe scaled to ``--steps``: the standard loss at λ 0.0001…0.0067 (the anchor:
+  Solution 1 lands at far lower rates than the standard loss at the same λ, so the anchor reaches
+  down), Solution 1 with the paper's settings and with β = 0.0025 at λ 0.0018…0.0932, and the
+  paper's ablations γ = 0 and no renormalisation at λ 0.0067;
+* ``finetune-seed<S>`` (``finetune_study.py``): the six shipped models fine-tuned for
+  ``--finetune-steps`` at Adam 5e-5 with the standard loss (the anchor), Solution 2 as the paper
+  states it (``trust_radius=none``), Solution 2 with its fine-tuning default (trust radius 0.1), and
+  the standard loss at ⅔λ (the control that tells the trust region's effect from a shifted λ).
 
-Every checkpoint is entropy-coded on the six ``samples`` photographs (``plugins.lic.evaluate``);
-each seed gets the report tool's BD-rates and plots; ``summary.md`` has the table over seeds
-(mean and the range). Runs that finished (a ``done`` file) are not run again, so an interrupted
-reproduction continues where it stopped. The runs go through a pool of ``--jobs`` processes with
-one torch thread each.
+Every checkpoint is entropy-coded on ``samples``. ``summary.md`` has, per variant: the BD-rate against
+its anchor per seed (pchip, cubic as a check; n/a with the reason where a curve is not monotonic or
+the curves do not overlap), the R-D cost ``bpp + λ·255²·MSE`` per λ against the anchor's (mean and
+range over the seeds), the median time per step relative to the anchor's in the same runs, the R-D
+plots and the paper's Figure 1 re-plotted from the logs at ``--figure-lambda``. Everything is
+resumable: finished runs are kept (``.done`` files), a run stopped part-way resumes from its last
+checkpoint, and ``--parts`` runs one study at a time.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plugins.lic.jobs import run_minutes, run_stages  # noqa: E402
+from plugins.lic.jobs import run_minutes  # noqa: E402
 
-LAMBDAS = ("0.0018", "0.0067", "0.025", "0.0932")
-MODEL = ["-m", "mbt2018-mean", "--N", "32", "--M", "48"]
-#: scratch variant → balancer flags
-SCRATCH: dict[str, list[str]] = {
-    "standard": ["--balancer", "fixed"],
-    "c2f": ["--balancer", "coarse-to-fine"],
-    "c2f-gamma0": ["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=0"],
-    "c2f-norenorm": ["--balancer", "coarse-to-fine", "--balancer-opt", "renormalize=false"],
-    "c2f-every4": ["--balancer", "coarse-to-fine", "--balancer-opt", "update_every=4"],
+#: part → (its study's variants, λ grids that differ from the study's defaults, {variant: anchor}, the variants of Figure 1)
+PARTS: dict[str, tuple[list[str], list[str], dict[str, str], list[str]]] = {
+    "scratch": (
+        ["standard", "c2f", "c2f-beta0.0025", "c2f-gamma0", "c2f-norenorm"],
+        ["c2f=0.0018,0.0067,0.025,0.0932", "c2f-beta0.0025=0.0018,0.0067,0.025,0.0932"],
+        {"c2f": "standard", "c2f-beta0.0025": "standard", "c2f-gamma0": "standard", "c2f-norenorm": "standard"},
+        ["standard", "c2f", "c2f-beta0.0025"],
+    ),
+    "finetune": (
+        ["standard", "qp", "qp-trust0.1", "standard-lam0.667"],
+        [],
+        {"qp": "standard", "qp-trust0.1": "standard", "standard-lam0.667": "standard"},
+        ["standard", "qp", "qp-trust0.1"],
+    ),
 }
-FINETUNE: dict[str, list[str]] = {
-    "standard-ft": ["--balancer", "fixed"],
-    "qp-ft": ["--balancer", "qp"],
-    "qp-ft-every2": ["--balancer", "qp", "--balancer-opt", "solve_every=2"],
-    "qp-ft-adam": ["--balancer", "qp", "--balancer-opt", "metric=adam"],
-}
-#: variant → its anchor
-ANCHORS = {**{v: "standard" for v in SCRATCH if v != "standard"}, **{v: "standard-ft" for v in FINETUNE if v != "standard-ft"}}
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
@@ -71,138 +73,155 @@ def write_summary(out: Path, title: str, settings: str, table: str) -> None:
     print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
 
 
-def summarise(out: Path, seeds: list[int], args: argparse.Namespace) -> str:
-    from plugins.lic import report
-
-    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in ANCHORS}
-    mono: dict[str, list[bool]] = {v: [] for v in [*SCRATCH, *FINETUNE]}
-    for seed in seeds:
-        results = {v: report.load_results(out / f"seed{seed}" / f"{v}.json") for v in mono}
-        for v, r in results.items():
-            mono[v].append(report.monotonic(r))
-        for v, anchor in ANCHORS.items():
-            rows[v].append(report.bd_metrics(results[anchor], results[v]))
-    lines = [
-        "| variant | anchor | monotonic curves | BD-rate per seed (pchip) | mean BD-rate | range | BD-PSNR per seed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for v, ms in rows.items():
-        rates = [m["bd_rate_pchip"] for m in ms]
-        finite = [r for r in rates if math.isfinite(r)]
-        mean = f"{statistics.fmean(finite):+.2f} %" if len(finite) == len(rates) else "n/a"
-        spread = f"{min(finite):+.2f} … {max(finite):+.2f} %" if len(finite) == len(rates) and len(rates) > 1 else "n/a"
-        per_seed = ", ".join(report.fmt(r, 2, " %") for r in rates)
-        psnr = ", ".join(report.fmt(m["bd_quality_pchip"], 3, " dB") for m in ms)
-        reasons = "; ".join(dict.fromkeys(m["reason"] for m in ms if m["reason"]))
-        lines.append(f"| {v} | {ANCHORS[v]} | {sum(mono[v])}/{len(seeds)} | {per_seed} | {mean} | {spread} | {psnr}{' (' + reasons + ')' if reasons else ''} |")
-    lines += ["", f"Anchor curves monotonic: standard {sum(mono['standard'])}/{len(seeds)}, standard-ft {sum(mono['standard-ft'])}/{len(seeds)}."]
-    lines += ["", rd_cost_table(out, seeds)]
-    return "\n".join(lines)
+def commit() -> str:
+    """The checkout's commit (and ``+dirty`` with uncommitted changes), or "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
-def rd_cost(res: dict[str, Any]) -> dict[float, float]:
-    """λ → the standard R-D cost ``bpp + λ·255²·MSE`` of each point (MSE from the mean PSNR)."""
+def points(res: dict[str, Any], variant: str) -> dict[float, tuple[float, float]]:
+    """λ of each run → (bpp, MSE), the λ read from the run's folder (``<variant>-<λ>``): the λ it is
+    judged at (a fine-tune's model's λ, even where it trained at another, e.g. ``standard-lam0.667``)."""
     r = res["results"]
-    return {float(lam): b + float(lam) * 255**2 * 10 ** (-p / 10) for lam, b, p in zip(r["lambda"], r["bpp"], r["psnr-rgb"])}
+    return {float(Path(c).parent.name.removeprefix(f"{variant}-")): (b, m) for c, b, m in zip(r["checkpoint"], r["bpp"], r["mse"])}
 
 
-def rd_cost_table(out: Path, seeds: list[int]) -> str:
-    """Each variant's R-D cost at each λ against its anchor's: defined even where the curves do
-    not overlap (where BD-rate is not), and the quantity the standard loss minimises."""
+def step_time(run: Path) -> float:
+    """The median of a run's logged per-step times (seconds)."""
+    from plugins.lic.logs import read
+
+    times = [r["step_time"] for r in read(run) if "step_time" in r]
+    return statistics.median(times) if times else math.nan
+
+
+def spread(values: list[float], digits: int = 2, suffix: str = " %") -> str:
+    """"mean (min … max)" of finite values; n/a when any is missing."""
+    if not values or not all(math.isfinite(v) for v in values):
+        return "n/a"
+    mean = f"{statistics.fmean(values):+.{digits}f}{suffix}"
+    return mean if len(values) == 1 else f"{mean} ({min(values):+.{digits}f} … {max(values):+.{digits}f})"
+
+
+def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float) -> str:
     from plugins.lic import report
 
+    variants, _, anchors, figure = PARTS[part]
+    folders = {s: out / f"{part}-seed{s}" for s in seeds}
+    results = {s: {v: report.load_results(folders[s] / f"{v}.json") for v in variants} for s in seeds}
     lines = [
-        "R-D cost ``bpp + λ·255²·MSE`` on the evaluation photographs, relative to the anchor at the same λ and seed "
-        "(negative: a better trade-off at that λ):",
+        f"### {part}: BD-rate against the anchor",
         "",
-        "| variant | anchor | " + " | ".join(f"λ={lam:g}" for lam in sorted(rd_cost(report.load_results(out / f"seed{seeds[0]}" / "standard.json")))) + " | mean |",
+        "| variant | anchor | monotonic (seeds) | BD-rate pchip per seed | cubic per seed | mean BD-rate (range) | BD-PSNR per seed | why n/a |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines.append("|---|---|" + "---|" * (lines[-1].count("|") - 3))
-    for v, anchor in ANCHORS.items():
+    for v, a in anchors.items():
+        bds = [report.bd_metrics(results[s][a], results[s][v]) for s in seeds]
+        mono = sum(report.monotonic(results[s][v]) for s in seeds)
+        pchip = [b["bd_rate_pchip"] for b in bds]
+        cells = [
+            ", ".join(report.fmt(x, 2, " %") for x in pchip),
+            ", ".join(report.fmt(b["bd_rate_cubic"], 2, " %") for b in bds),
+            spread(pchip),
+            ", ".join(report.fmt(b["bd_quality_pchip"], 3, " dB") for b in bds),
+            "; ".join(dict.fromkeys(b["reason"] for b in bds if b["reason"])) or "",
+        ]
+        lines.append(f"| {v} | {a} | {mono}/{len(seeds)} | " + " | ".join(cells) + " |")
+    lines += ["", "Anchor curves monotonic: " + ", ".join(f"{a} {sum(report.monotonic(results[s][a]) for s in seeds)}/{len(seeds)}" for a in dict.fromkeys(anchors.values()))]
+    lines += [
+        "",
+        f"### {part}: R-D cost J = bpp + λ·255²·MSE against the anchor's at the same λ (mean over seeds, range; negative: better at that λ)",
+        "",
+        "| variant | anchor | λ: ΔJ | mean ΔJ over λ |",
+        "|---|---|---|---|",
+    ]
+    for v, a in anchors.items():
         per_lam: dict[float, list[float]] = {}
-        for seed in seeds:
-            test = rd_cost(report.load_results(out / f"seed{seed}" / f"{v}.json"))
-            base = rd_cost(report.load_results(out / f"seed{seed}" / f"{anchor}.json"))
-            for lam, j in test.items():
-                per_lam.setdefault(lam, []).append(100 * (j / base[lam] - 1))
-        cells = [f"{statistics.fmean(x):+.1f} % ({min(x):+.1f} … {max(x):+.1f})" for _, x in sorted(per_lam.items())]
-        overall = statistics.fmean(d for x in per_lam.values() for d in x)
-        lines.append(f"| {v} | {anchor} | " + " | ".join(cells) + f" | {overall:+.1f} % |")
+        for s in seeds:
+            test, base = points(results[s][v], v), points(results[s][a], a)
+            for lam, (b, m) in test.items():
+                if lam in base:
+                    j0 = base[lam][0] + lam * 255**2 * base[lam][1]
+                    per_lam.setdefault(lam, []).append(100 * ((b + lam * 255**2 * m) / j0 - 1))
+        cells = "; ".join(f"{lam:g}: {spread(x, 1)}" for lam, x in sorted(per_lam.items())) or "no common λ"
+        overall = f"{statistics.fmean(statistics.fmean(x) for x in per_lam.values()):+.1f} %" if per_lam else "n/a"
+        lines.append(f"| {v} | {a} | {cells} | {overall} |")
+    lines += [
+        "",
+        f"### {part}: time per step (median of the logged step times over every run of the variant, both seeds, "
+        "runs two at a time on the 2-core machine; relative to the anchor's in the same conditions)",
+        "",
+        "| variant | median s/step | × anchor |",
+        "|---|---|---|",
+    ]
+    times = {v: statistics.median([step_time(Path(c).parent) for s in seeds for c in results[s][v]["results"]["checkpoint"]]) for v in variants}
+    for v in variants:
+        anchor = anchors.get(v, v)
+        lines.append(f"| {v} | {times[v]:.3f} | {times[v] / times[anchor]:.2f}× |")
+    shared = set.intersection(*(set(points(results[seeds[0]][v], v)) for v in figure))
+    if shared:  # at the λ nearest --figure-lambda that every variant of the figure has
+        lam = min(shared, key=lambda x: abs(math.log(x / figure_lambda)))
+        fig_runs = [folders[seeds[0]] / "runs" / f"{v}-{lam:g}" for v in figure]
+        report.plot_figure1(fig_runs, out / f"figure1-{part}.png")
+        lines += ["", f"Figure 1 at λ {lam:g} (seed {seeds[0]}): `figure1-{part}.png` ({', '.join(r.name for r in fig_runs)})."]
+    curves = [{**results[s][v], "name": f"{v} s{s}"} for v in variants for s in seeds]
+    report.plot_rd(curves, out / f"rd-{part}.png")
+    lines += [f"R-D curves of every seed: `rd-{part}.png`; each seed's own study summary: " + ", ".join(f"`{part}-seed{s}/summary.md`" for s in seeds) + "."]
     return "\n".join(lines)
+
+
+def study_argv(part: str, seed: int, args: argparse.Namespace) -> tuple[str, list[str]]:
+    variants, grids, _, _ = PARTS[part]
+    common = ["--out", str(args.out / f"{part}-seed{seed}"), "--seed", str(seed), "--photos", args.photos, "--patch", str(args.patch),
+              "--batch-size", str(args.batch_size), "--jobs", str(args.jobs), "--eval-dataset", args.eval_dataset, "--variants", *variants]  # fmt: skip
+    if part == "scratch":
+        return "scratch_study", [*common, "--steps", str(args.steps), *(["--lambdas", *grids] if grids else [])]
+    return "finetune_study", [*common, "--steps", str(args.finetune_steps), "--models", *args.models]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("repro-out"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS))
-    parser.add_argument("--steps", type=int, default=1500, help="training steps from scratch")
-    parser.add_argument("--finetune-steps", type=int, default=400)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", default="1e-3", help="Adam learning rate from scratch (fine-tuning: a tenth)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
-    parser.add_argument("--cuda", action="store_true", help="train and evaluate on the GPU (then raise --steps and --jobs 1)")
-    parser.add_argument("--eval-dataset", default="samples", help="what the checkpoints are entropy-coded on")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS), help="the studies to run (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps from scratch (default: %(default)s)")
+    parser.add_argument("--finetune-steps", type=int, default=1000, help="fine-tuning steps (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", default=["mbt2018-mean-N32-M48-mse-*"], help="the shipped models to fine-tune (default: %(default)s)")
+    parser.add_argument("--photos", default="data/photos", help="training photographs (default: %(default)s; `make photos` fetches them)")
+    parser.add_argument("--patch", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each (default: %(default)s)")
+    parser.add_argument("--eval-dataset", default="samples", help="what the checkpoints are entropy-coded on (default: %(default)s)")
+    parser.add_argument("--figure-lambda", type=float, default=0.0067, help="the λ of the Figure 1 re-plots (the nearest each study has; default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.cuda:
-        import torch
+    if not Path(args.photos).is_dir():
+        print(f"error: --photos {args.photos}: no photographs; run `make photos` (python -m plugins.lic.photos {args.photos})", file=sys.stderr)
+        return 2
+    import finetune_study
+    import scratch_study
 
-        if not torch.cuda.is_available():
-            parser.error("--cuda: no CUDA device is available; drop --cuda")
+    studies = {"scratch_study": scratch_study.main, "finetune_study": finetune_study.main}
     start = time.perf_counter()
+    calls = []
+    for part in args.parts:
+        for seed in args.seeds:
+            script, study = study_argv(part, seed, args)
+            calls.append(f"python benchmarks/{script}.py {' '.join(study)}")
+            print(f"== {part}, seed {seed}: {calls[-1]}", flush=True)
+            if studies[script](study) != 0:
+                return 1
     out: Path = args.out
-    common = [*MODEL, "-d", "synthetic", "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size),
-              "--test-batch-size", "16", "--log-every", "25", "--no-progress", *(["--cuda"] if args.cuda else [])]  # fmt: skip
-    ft_lr = str(float(args.lr) / 10)
-
-    def run_dir(seed: int, variant: str, lam: str) -> Path:
-        return out / f"seed{seed}" / "runs" / f"{variant}-{lam}"
-
-    scratch, finetune, evals = [], [], []
-    for seed in args.seeds:
-        for lam in args.lambdas:
-            for v, flags in SCRATCH.items():
-                d = run_dir(seed, v, lam)
-                scratch.append(("train", [*common, "--seed", str(seed), "-lr", args.lr, "--lambda", lam, *flags, "--steps", str(args.steps), "--out", str(d)], d / "run.log"))
-            base = run_dir(seed, "standard", lam) / "checkpoint.pth.tar"
-            for v, flags in FINETUNE.items():
-                d = run_dir(seed, v, lam)
-                ft = ["--finetune", "--checkpoint", str(base), "--steps", str(args.finetune_steps), "-lr", ft_lr]
-                finetune.append(("train", [*common, "--seed", str(seed), "--lambda", lam, *flags, *ft, "--out", str(d)], d / "run.log"))
-        for v in [*SCRATCH, *FINETUNE]:
-            ckpts = [str(run_dir(seed, v, lam) / "checkpoint.pth.tar") for lam in args.lambdas]
-            evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, *(["--cuda"] if args.cuda else []), "--out", str(out / f"seed{seed}" / f"{v}.json")], out / f"seed{seed}" / f"{v}.eval.log"))
-    run_stages(args.jobs, {"runs from scratch": scratch, "fine-tunes": finetune, "evaluations": evals}, start)
-    from plugins.lic import report
-
-    for seed in args.seeds:
-        d = out / f"seed{seed}"
-        mid = args.lambdas[len(args.lambdas) // 2]
-        jsons = [str(d / f"{v}.json") for v in SCRATCH]
-        logs = [str(run_dir(seed, v, mid)) for v in ("standard", "c2f")]
-        ft_jsons = [str(d / f"{v}.json") for v in FINETUNE]
-        for argv_r in ([*jsons, "--anchor", "standard", "--out", str(d / "scratch"), "--logs", *logs],
-                       [*ft_jsons, "--anchor", "standard-ft", "--out", str(d / "finetune")]):  # fmt: skip
-            with contextlib.redirect_stdout(sys.stderr):
-                if report.main(argv_r) != 0:
-                    return 1
-    table = summarise(out, args.seeds, args)
-    command = command_line("reproduce.py", argv)
+    sections = [summarise_part(out, part, args.seeds, args.figure_lambda) for part in args.parts]
     settings = (
-        f"`{command}`: mbt2018-mean (N=32, M=48), {args.steps} steps from scratch at Adam lr {args.lr} and "
-        f"{args.finetune_steps} fine-tuning steps at lr {ft_lr}, batch {args.batch_size} of {args.patch}² synthetic patches, "
-        f"λ ∈ {{{', '.join(args.lambdas)}}}, seeds {args.seeds}; entropy-coded on `{args.eval_dataset}`. "
-        f"{len(scratch) + len(finetune)} training runs and {len(evals)} evaluations took {run_minutes(out):.0f} min of run time "
-        f"in all ({args.jobs} at a time); this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min."
+        f"`{command_line('reproduce.py', argv)}` at commit {commit()}: seeds {args.seeds}, {args.steps} steps from scratch, "
+        f"{args.finetune_steps} fine-tuning steps, batch {args.batch_size} of {args.patch}² crops of {args.photos}, entropy-coded on "
+        f"`{args.eval_dataset}`. Its training runs and evaluations took {run_minutes(out):.0f} min of run time in all ({args.jobs} at a time); "
+        f"this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min. The studies it ran:\n\n" + "\n".join(f"    {c}" for c in calls)
     )
-    write_summary(out, "Reproduction at CPU scale", settings, table)
-    for seed in args.seeds:  # the plots, for benchmarks/figures (small PNGs)
-        for part in ("scratch", "finetune"):
-            for name in ("rd.png", "figure1.png"):
-                src = out / f"seed{seed}" / part / name
-                if src.exists():
-                    shutil.copy(src, out / f"seed{seed}-{part}-{name}")
+    write_summary(out, "The paper's comparison in its regime", settings, "\n\n".join(sections))
     return 0
 
 

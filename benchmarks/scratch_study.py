@@ -49,6 +49,9 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "c2f-gamma0.01": ([*C2F, "--balancer-opt", "gamma=0.01"], ["0.0018", "0.0067"]),
     # log L instead of log(L + 1) (FAMO's default offsets c = 0): do the offsets make the rate's logit run?
     "c2f-offsets0": ([*C2F, "--balancer-opt", "offsets=0"], ["0.0018", "0.0067"]),
+    # the paper's ablations (its Table 4): no logit decay (γ = 0: "does not converge"), and the weights not renormalised
+    "c2f-gamma0": ([*C2F, "--balancer-opt", "gamma=0"], ["0.0067"]),
+    "c2f-norenorm": ([*C2F, "--balancer-opt", "renormalize=false"], ["0.0067"]),
     # the authors' ELIC script: cautious Adam, weight EMA 0.999, lr 2e-4, γ 0.003 (clipping 1.0 as everywhere here)
     "c2f-authors": ([*C2F, "--balancer-opt", "gamma=0.003", *AUTHORS], ["0.0018", "0.0067"]),
     # their optimiser with the standard loss: the anchor that tells the optimiser's effect from the balancing's

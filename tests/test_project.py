@@ -90,29 +90,6 @@ def test_step_overhead_covers_every_registered_balancer() -> None:
         assert f"| {'c2f-same' if name == 'coarse-to-fine' else name} |" in proc.stdout
 
 
-def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
-    """`benchmarks/reproduce.py` end to end, a couple of steps per run, evaluated on two small images."""
-    import numpy as np
-    from PIL import Image
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / f"{i}.png")
-    out = tmp_path / "repro"
-    args = ["benchmarks/reproduce.py", "--out", str(out), "--seeds", "0", "--lambdas", "0.0018", "0.0932", "--steps", "2",
-            "--finetune-steps", "1", "--patch", "64", "--batch-size", "2", "--eval-dataset", str(photos)]  # fmt: skip
-    proc = run(*args)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    summary = (out / "summary.md").read_text()
-    for v in ("c2f", "c2f-gamma0", "c2f-norenorm", "c2f-every4", "qp-ft", "qp-ft-every2", "qp-ft-adam"):
-        assert f"| {v} |" in summary
-    assert (out / "seed0" / "finetune" / "report.md").exists() and (out / "seed0-scratch-rd.png").exists()
-    again = run(*args)  # finished runs are not run again
-    assert again.returncode == 0 and "(0 s;" in again.stdout
-
-
 def test_readme_python_snippets_run(tmp_path: Path) -> None:
     """The README's usage is executable documentation: every python block runs, in order."""
     import re
@@ -224,3 +201,26 @@ def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
     assert re.search(r"standard-0\.005/run\.log \(0 s;", again.stdout) and "| c2f-warmup | 0.01 |" in (tmp_path / "s" / "summary.md").read_text()
     bad = run("benchmarks/scratch_study.py", "--lambdas", "nope=1")
     assert bad.returncode != 0 and "VARIANT=λ" in bad.stderr
+
+
+def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
+    """`make reproduce`'s script on a private zoo of two toy models and its photographs, two seeds, two
+    steps per run: both studies, the summary's tables over seeds, the plots; a second call reuses every run."""
+    photos, env = toy_zoo(tmp_path)
+    out = tmp_path / "repro"
+    args = [sys.executable, "benchmarks/reproduce.py", "--out", str(out), "--photos", str(photos), "--steps", "2", "--finetune-steps", "2",
+            "--patch", "64", "--batch-size", "2", "--eval-dataset", str(photos / "test"), "--jobs", "2"]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    for row in ("| c2f | standard | ", "| c2f-gamma0 | standard | ", "| c2f-norenorm | standard | ", "| qp | standard | ", "| qp-trust0.1 | standard | ",
+                "| standard-lam0.667 | standard | ", "| c2f-beta0.0025 | 0.", "| qp-trust0.1 | 0."):  # fmt: skip
+        assert row in summary, (row, summary)
+    assert "0.005: " in summary and "python benchmarks/finetune_study.py" in summary and "commit" in summary
+    for part in ("scratch", "finetune"):
+        assert (out / f"rd-{part}.png").stat().st_size > 10_000 and (out / f"figure1-{part}.png").stat().st_size > 10_000
+        assert (out / f"{part}-seed1" / "summary.md").exists()
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0 and "(0 s;" in again.stdout and not re.search(r"\((?!0 s;)\d+ s;", again.stdout), again.stdout[-2000:]
+    missing = subprocess.run([*args[:2], "--photos", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert missing.returncode == 2 and "make photos" in missing.stderr and "Traceback" not in missing.stderr

@@ -3,7 +3,9 @@
 A job is ``(kind, argv, log)``: ``kind`` is ``"train"`` or ``"evaluate"`` (``plugins.lic.train`` /
 ``plugins.lic.evaluate`` called with ``argv``), its output goes to ``log`` and, when it succeeds,
 ``log``'s ``.done`` file records its seconds and its arguments. A job whose ``.done`` records the
-same arguments is not run again, so an interrupted study or demo continues where it stopped.
+same arguments is not run again, and a training run that was stopped part-way (its ``--out`` holds a
+checkpoint but no ``.done``) resumes from its last checkpoint, so an interrupted study or demo
+continues where it stopped.
 Used by the demo (``examples/lic_demo.py``) and the studies in ``benchmarks/``.
 """
 
@@ -25,6 +27,32 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+#: the flags that pick a run's starting weights: a resumed run takes them from its own checkpoint instead
+_START_FLAGS = {"--pretrained": 1, "--checkpoint": 1, "--finetune": 0, "--keep-optimizer": 0}
+
+
+def resume_argv(argv: list[str]) -> list[str] | None:
+    """The arguments that continue a training run stopped part-way: the same run, started from the last
+    checkpoint in its ``--out`` (which holds its weights, optimiser, schedule, balancer and step;
+    a fine-tune's too, so the flags that chose its starting weights go). ``None`` without one."""
+    from plugins.lic import checkpoint
+
+    if "--out" not in argv:
+        return None
+    last = Path(argv[argv.index("--out") + 1]) / checkpoint.LAST
+    if not last.is_file():
+        return None
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg in _START_FLAGS:
+            skip = _START_FLAGS[arg]
+        else:
+            kept.append(arg)
+    return [*kept, "--checkpoint", str(last)]
+
+
 def run_job(job: Job) -> tuple[str, int, float]:
     """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done.
 
@@ -38,10 +66,13 @@ def run_job(job: Job) -> tuple[str, int, float]:
             return str(log), 0, 0.0
     from plugins.lic import evaluate, train
 
+    resumed = resume_argv(argv) if kind == "train" else None
     start = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        code = (train.main if kind == "train" else evaluate.main)(argv)
+    with log.open("a" if resumed else "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        if resumed:
+            print(f"resuming: {' '.join(resumed)}", flush=True)
+        code = (train.main if kind == "train" else evaluate.main)(resumed or argv)
     if code == 0:
         done.write_text(f"{time.perf_counter() - start:.1f}\n{json.dumps([kind, *argv])}\n")
     return str(log), code, time.perf_counter() - start
