@@ -224,3 +224,16 @@ def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
     assert again.returncode == 0 and "(0 s;" in again.stdout and not re.search(r"\((?!0 s;)\d+ s;", again.stdout), again.stdout[-2000:]
     missing = subprocess.run([*args[:2], "--photos", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert missing.returncode == 2 and "make photos" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_readme_lists_every_registered_balancer() -> None:
+    """The README's table of balancers names every registered one, with its class and whether it needs
+    per-objective gradients (a Gramian balancer)."""
+    import moo_opt
+    from moo_opt.balancers.base import GramianBalancer
+
+    rows = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| `([\w-]+)` \| `(\w+)` \| .* \| (yes|no) \|$", (ROOT / "README.md").read_text(), re.M)}
+    assert sorted(rows) == sorted(moo_opt.available())
+    for name, (cls, gramian) in rows.items():
+        balancer = moo_opt.create(name, 2)
+        assert type(balancer).__name__ == cls and (gramian == "yes") == isinstance(balancer, GramianBalancer), name

@@ -37,16 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="*", type=Path,
                    help="checkpoints: written by plugins.lic.train, CompressAI train.py checkpoints or bare state_dicts (then -m/--N/--M where the tensors do not tell)")
-    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME", help="shipped models by name or pattern (python -m plugins.lic.pretrained lists them)")
+    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME", help="shipped models by name or pattern (python -m plugins.lic.pretrained lists them; default: none)")
     p.add_argument("-m", "--model", default=None, help="architecture of bare state_dicts (default: read off their tensors)")
-    p.add_argument("--N", type=int, default=None)
-    p.add_argument("--M", type=int, default=None)
+    p.add_argument("--N", type=int, default=None, help="channels of the transforms of bare state_dicts (default: read off their tensors)")
+    p.add_argument("--M", type=int, default=None, help="channels of the latent of bare state_dicts (default: read off their tensors)")
     p.add_argument("-d", "--dataset", default="samples", help="samples (default), synthetic, a folder of images, or an ImageFolder root (its test/)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: print it)")
     p.add_argument("--name", default=None, help="the curve's name (default: the first checkpoint's balancer)")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="", help="free text stored in the results JSON (default: empty)")
     p.add_argument("--estimate", action="store_true", help="likelihood-based bpp (an estimate), no entropy coding")
-    p.add_argument("--cuda", action="store_true")
+    p.add_argument("--cuda", action="store_true", help="code on the GPU")
     return p
 
 

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.photos", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the ImageFolder to write (OUT/train, OUT/test)")
     p.add_argument("-d", "--from-folder", dest="folder", type=Path, default=None,
-                   help="take the photographs from this folder instead of Debian's packages (every 8th goes to test/)")  # fmt: skip
+                   help="take the photographs from this folder instead of Debian's packages (every 8th goes to test/; default: Debian's)")  # fmt: skip
     p.add_argument("--max-side", type=int, default=MAX_SIDE, help="downscale so that the longer side is at most this (0: keep the size)")
     return p
 

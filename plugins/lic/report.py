@@ -198,14 +198,18 @@ def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: li
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m plugins.lic.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("results", nargs="+", type=Path, help="results JSON files of python -m plugins.lic.evaluate")
     parser.add_argument("--anchor", required=True, help="name of the reference run (the standard loss)")
-    parser.add_argument("--out", type=Path, default=Path("report"))
-    parser.add_argument("--logs", nargs="*", type=Path, default=[], help="training --out folders for the Figure 1 view")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md and the plots")
+    parser.add_argument("--logs", nargs="*", type=Path, default=[], help="training --out folders for the Figure 1 view (default: none, no Figure 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         results = [load_results(p) for p in args.results]
         table = write_report(results, args.anchor, args.out, args.logs, "python -m plugins.lic.report " + " ".join(argv or sys.argv[1:]))
     except UsageError as exc:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import moo_opt
 from plugins.lic import checkpoint, data, models, optim
-from plugins.lic.errors import ArgumentParser, UsageError
+from plugins.lic.errors import ArgumentParser, UsageError, finite, patch_size
 from plugins.lic.logs import RunLog
 from plugins.lic.objectives import OBJECTIVES, psnr, rd_losses
 
@@ -40,38 +40,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", default=None,
                    help=f"architecture (default: the checkpoint's, else {DEFAULT_MODEL}): {', '.join(models.available())}")
     p.add_argument("-d", "--dataset", default="synthetic", help="synthetic (default, embedded), or an ImageFolder root with train/ and test/")
-    p.add_argument("-e", "--epochs", type=int, default=100)
-    p.add_argument("-lr", "--learning-rate", type=float, default=1e-4)
-    p.add_argument("--aux-learning-rate", type=float, default=1e-3)
+    p.add_argument("-e", "--epochs", type=int, default=100, help="passes over the training set (see --steps)")
+    p.add_argument("-lr", "--learning-rate", type=finite, default=1e-4, help="learning rate of the model's parameters")
+    p.add_argument("--aux-learning-rate", type=finite, default=1e-3, help="learning rate of the entropy bottleneck's quantiles (Adam)")
     p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default="adam", help="for the model's parameters (the auxiliary loss keeps Adam)")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (--optimizer sgd; 0: plain SGD)")
-    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+    p.add_argument("--momentum", type=finite, default=0.0, help="SGD momentum (--optimizer sgd; 0: plain SGD)")
+    p.add_argument("--ema", type=finite, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999, with torch_ema's warm-up min(d, (1+t)/(10+t))): "
                         "tested, evaluated and saved as state_dict; 0: off")
-    p.add_argument("--lambda", dest="lmbda", type=float, default=None,
+    p.add_argument("--lambda", dest="lmbda", type=finite, default=None,
                    help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})")
     p.add_argument("--metric", choices=["mse", "ms-ssim"], default=None, help="distortion (default: the checkpoint's, else mse)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--test-batch-size", type=int, default=64)
-    p.add_argument("--patch-size", type=int, nargs=2, default=(256, 256))
-    p.add_argument("--quality", type=int, default=None, help="CompressAI quality whose N, M are the defaults (1)")
-    p.add_argument("--N", type=int, default=None)
-    p.add_argument("--M", type=int, default=None)
-    p.add_argument("--cuda", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16, help="training crops per step (per process)")
+    p.add_argument("--test-batch-size", type=int, default=64, help="test crops per batch")
+    p.add_argument("--patch-size", type=int, nargs="+", default=(256, 256), metavar=("H", "W"),
+                   help="training crop: H W, or one value for a square")
+    p.add_argument("--quality", type=int, default=None, help="CompressAI quality whose N, M are the defaults (default: 1)")
+    p.add_argument("--N", type=int, default=None, help="channels of the transforms (default: the checkpoint's, else --quality's)")
+    p.add_argument("--M", type=int, default=None, help="channels of the latent (default: the checkpoint's, else --quality's)")
+    p.add_argument("--cuda", action="store_true", help="train on the GPU")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and batches (faster convolutions on CPUs)")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint)")
-    p.add_argument("--pretrained", default=None, metavar="NAME", help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults")
+                   help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint; "
+                        "default: none, start from scratch)")
+    p.add_argument("--pretrained", default=None, metavar="NAME", help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults (default: none)")
     p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint/--pretrained (start of Solution 2)")
     p.add_argument("--keep-optimizer", action="store_true",
                    help="with --finetune: carry the checkpoint's optimiser state over (Adam's moments; the same --optimizer), at the new -lr")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping max norm (0 disables)")
-    p.add_argument("-n", "--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the crops and the quantisation noise")
+    p.add_argument("--clip_max_norm", type=finite, default=1.0, help="gradient clipping max norm (0 disables)")
+    p.add_argument("-n", "--num-workers", type=int, default=0, help="data-loading processes (0: in the training process)")
     p.add_argument("--balancer", default="fixed", help=f"one of {', '.join(moo_opt.available())}")
     p.add_argument("--balancer-opt", action="append", default=[], metavar="KEY=VALUE", help="balancer option, repeatable")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps (overrides --epochs)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps (default: none, --epochs decides)")
     p.add_argument("--crops-per-image", default="auto", metavar="K|auto",
                    help=f"random crops of each training image per epoch (auto: 1 for {data.AUTO_EPOCH_CROPS}+ images, else enough for an epoch of {data.AUTO_EPOCH_CROPS} crops)")
     p.add_argument("--test-every", type=int, default=None, metavar="STEPS", help="test every STEPS steps (default: at the end of each epoch) and at the end")
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write checkpoint.pth.tar every STEPS steps (default: at each test) and at the end; checkpoint_best.pth.tar at each test that improves")
     p.add_argument("--lr-milestones", type=int, nargs="+", default=None, metavar="STEP",
                    help="multiply the learning rate by --lr-gamma at these steps (default: CompressAI's ReduceLROnPlateau on the test loss)")
-    p.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-milestones step")
+    p.add_argument("--lr-gamma", type=finite, default=0.1, help="factor of each --lr-milestones step")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs")
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines (each reads values back from the device)")
     p.add_argument("--max-skips", type=int, default=10, help="stop after this many consecutive steps with a NaN/Inf loss or gradient")
@@ -109,6 +111,8 @@ def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 value = raw  # a string option, e.g. mode=next_batch
+        if lowered.lstrip("+-") in ("nan", "inf", "infinity") or (isinstance(value, float) and not math.isfinite(value)):
+            raise UsageError(f"--balancer-opt {key}={raw}: must be a finite number")
         out[key] = value
     return out
 
@@ -177,6 +181,7 @@ def model_spec(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> models.
 
 
 def validate(args: argparse.Namespace) -> None:
+    args.patch_size = patch_size(list(args.patch_size))
     if not (args.lmbda > 0 and math.isfinite(args.lmbda)):
         raise UsageError(f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)")
     for flag, value in (
@@ -208,8 +213,9 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--patch-size {args.patch_size}: must be positive")
     if args.metric == "ms-ssim" and min(args.patch_size) <= 160:
         raise UsageError(f"--metric ms-ssim needs patches larger than 160 pixels (five scales); got --patch-size {args.patch_size[0]} {args.patch_size[1]}")
-    if args.learning_rate <= 0 or args.aux_learning_rate <= 0:
-        raise UsageError("-lr/--learning-rate and --aux-learning-rate must be > 0")
+    for flag, rate in (("-lr/--learning-rate", args.learning_rate), ("--aux-learning-rate", args.aux_learning_rate)):
+        if rate <= 0:
+            raise UsageError(f"{flag} {rate:g}: must be > 0 (e.g. 1e-4)")
     if not (0.0 <= args.momentum < 1.0):
         raise UsageError(f"--momentum {args.momentum}: must lie in [0, 1)")
     if args.momentum and args.optimizer != "sgd":

@@ -113,6 +113,12 @@ BAD = [
     (["--finetune"], "--finetune needs --checkpoint"),
     (["--batch-size", "x"], "invalid int value"),
     (["--metric", "ms-ssim"], "--metric ms-ssim needs patches larger than 160 pixels"),
+    (["-lr", "nan"], "argument -lr/--learning-rate: must be a finite number, got 'nan'"),
+    (["--lambda", "inf"], "argument --lambda: must be a finite number"),
+    (["-lr", "0"], "-lr/--learning-rate 0: must be > 0"),
+    (["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=nan"], "--balancer-opt gamma=nan: must be a finite number"),
+    (["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=1e999"], "--balancer-opt gamma=1e999: must be a finite number"),
+    (["--patch-size", "32", "32", "32"], "--patch-size 32 32 32: one value (a square) or two (H W)"),
 ]
 
 
@@ -269,3 +275,28 @@ def test_resuming_with_another_learning_rate_schedule_is_refused(tmp_path: Path,
     assert train(tmp_path, "--steps", "2") == 0
     assert train(tmp_path, "--steps", "4", "--lr-milestones", "3", "--checkpoint", str(tmp_path / checkpoint.LAST)) == 2
     assert "was trained with the ReduceLROnPlateau learning-rate schedule; resume without --lr-milestones" in capsys.readouterr().err
+
+
+def test_one_patch_size_is_a_square(tmp_path: Path) -> None:
+    args = [*TINY, "--out", str(tmp_path), "--steps", "1"]
+    args[args.index("--patch-size") : args.index("--patch-size") + 3] = ["--patch-size", "32"]
+    assert main(args) == 0
+    assert torch.load(tmp_path / checkpoint.LAST, weights_only=False)["args"]["patch_size"] in ((32, 32), [32, 32])
+
+
+def test_every_flag_of_every_cli_says_its_default() -> None:
+    """``--help`` of each of the plugin's CLIs names the default of every flag that takes a value."""
+    import argparse
+
+    from plugins.lic import evaluate, photos, report, train
+    from plugins.lic.pretrained import build
+
+    parsers = {"train": train.build_parser(), "evaluate": evaluate.build_parser(), "photos": photos.build_parser(),
+               "report": report.build_parser(), "pretrained.build": build.build_parser()}  # fmt: skip
+    for name, parser in parsers.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.required or action.nargs == 0 or action.help == argparse.SUPPRESS:
+                continue
+            text = formatter._expand_help(action)
+            assert "default" in text and "default: None" not in text, (name, action.option_strings, text)

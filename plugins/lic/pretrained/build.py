@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plugins.lic.errors import DefaultsHelpFormatter
+
 ROOT = Path(__file__).resolve().parents[3]
 LAMBDAS = ("0.0018", "0.0067", "0.0035", "0.013", "0.0009", "0.0005")
 MODEL = ("mbt2018-mean", 32, 48)
@@ -193,16 +195,21 @@ def summary(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the ImageFolder of python -m plugins.lic.photos")
-    parser.add_argument("--runs", type=Path, default=Path("runs/pretrained"))
-    parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS))
-    parser.add_argument("--steps", type=int, default=16000)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--runs", type=Path, default=Path("runs/pretrained"), help="the training runs' folders (resumable)")
+    parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS), help="one model per λ")
+    parser.add_argument("--steps", type=int, default=16000, help="training steps of each model")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
     parser.add_argument("--eval-dataset", default="samples", help="what the shipped models are entropy-coded on (never trained on)")
     parser.add_argument("--export-only", action="store_true", help="ship the finished runs without training the others")
     parser.add_argument("--ship", type=Path, default=Path(__file__).resolve().parent, help="where the finished models and manifest.json go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.photos / "photos.json").exists():
         parser.error(f"--photos {args.photos}: not made by python -m plugins.lic.photos; run it first (make photos)")
