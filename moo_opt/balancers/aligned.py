@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite, preference_vector, preferences
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.solvers.alignment import ALIGNMENT_SCALES, AlignmentScale, balance_transform
 
 
+@register
 class AlignedMTLBalancer(GramianBalancer):
     r"""The direction :math:`d = \hat G u` of the aligned gradients :math:`\hat G = G B`, whose
     components are orthogonal and of equal norm σ (the smallest singular value of G by default).

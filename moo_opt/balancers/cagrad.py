@@ -10,12 +10,14 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult, cagrad_direction_weights, solve_cagrad
 
 CAGradRescale = Literal["none", "1+c^2", "1+c"]
 _RESCALES = ("none", "1+c^2", "1+c")
 
 
+@register
 class CAGradBalancer(GramianBalancer):
     r"""Conflict-averse gradient descent: :math:`d = \arg\max_{\|d - g_0\| \le c\|g_0\|} \min_i g_i\cdot d`
     around the average gradient :math:`g_0`.

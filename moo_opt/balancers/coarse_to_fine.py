@@ -12,10 +12,12 @@ from torch import Tensor
 
 from moo_opt import distributed
 from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, adam_step_, positive_int
+from moo_opt.registry import register
 
 Mode = Literal["same_batch", "next_batch"]
 
 
+@register
 class CoarseToFineBalancer(Balancer):
     r"""Amortised weights that equalise the objectives' improvement speed (Solution 1).
 

@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, positive_int
+from moo_opt.registry import register
 
 
+@register
 class DWABalancer(Balancer):
     r"""Weights from how fast each loss fell over the last two periods.
 

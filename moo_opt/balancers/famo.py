@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from moo_opt.balancers.base import NonFinite
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer, Mode
+from moo_opt.registry import register
 
 
+@register
 class FAMOBalancer(CoarseToFineBalancer):
     r"""Fast Adaptive Multitask Optimization: amortised weights that make every log-loss fall at
     the same rate, with O(1) cost per step (no per-objective gradients).

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, positive_int
+from moo_opt.registry import register
 
 
+@register
 class FixedWeights(Balancer):
     r"""Minimise :math:`\sum_i w_i L_i` with constant weights.
 

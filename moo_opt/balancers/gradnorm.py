@@ -11,8 +11,10 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite, adam_step_
+from moo_opt.registry import register
 
 
+@register
 class GradNormBalancer(GramianBalancer):
     r"""Weights :math:`w_i` learned on the GradNorm loss
     :math:`L_{grad} = \sum_i \big|\, w_i \|g_i\| - \bar G\, r_i^{\alpha} \big|`.

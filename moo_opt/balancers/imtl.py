@@ -7,9 +7,11 @@ from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
 from moo_opt.balancers.qp import renormalized
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult, solve_equality_qp
 
 
+@register
 class IMTLGBalancer(GramianBalancer):
     r"""Impartial MTL, gradient part: :math:`d = \sum_i \alpha_i g_i` with :math:`\sum_i \alpha_i = 1`
     and the same projection on every unit gradient, :math:`d \cdot u_i = d \cdot u_j` with

@@ -8,12 +8,14 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult, solve_simplex_qp
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
+@register
 class MGDABalancer(GramianBalancer):
     r"""Multiple-gradient descent: the common descent direction of minimum norm.
 

@@ -8,12 +8,14 @@ from typing import Literal
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult, solve_nash
 
 NashNormalization = Literal["none", "frobenius"]
 _NORMALIZATIONS = ("none", "frobenius")
 
 
+@register
 class NashMTLBalancer(GramianBalancer):
     r"""The direction :math:`d = G\alpha` whose utilities :math:`g_i \cdot d` maximise
     :math:`\sum_i \log(g_i \cdot d)` in a ball: the weights solve :math:`G^\top G\alpha = 1/\alpha`.

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.registry import register
 
 
+@register
 class PCGradBalancer(GramianBalancer):
     r"""Gradient surgery: each gradient loses its component along every other gradient it
     conflicts with, in a random order, and the results are summed.

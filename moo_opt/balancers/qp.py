@@ -12,6 +12,7 @@ from torch import Tensor
 from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets, positive_int
 from moo_opt.gradients import ObjectiveGradients
 from moo_opt.metrics import adam_metric, require_adam
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
 
 Backend = Literal["analytic", "cvxpy"]
@@ -43,6 +44,7 @@ def within_trust_region(coeff: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     return torch.where(outside, standard + t * diff, coeff), t
 
 
+@register
 class QPBalancer(GramianBalancer):
     r"""Exact per-step balance of the log-losses' improvement speed (Solution 2).
 

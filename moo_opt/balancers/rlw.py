@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite
+from moo_opt.registry import register
 
 
+@register
 class RLWBalancer(Balancer):
     r"""Weights :math:`w = \mathrm{softmax}(\epsilon)`, :math:`\epsilon \sim \mathcal N(0, I_N)`, drawn
     anew every step.

@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, adam_step_
+from moo_opt.registry import register
 
 
+@register
 class UncertaintyWeighting(Balancer):
     r"""Weights :math:`w_i = e^{-s_i}` from learned log-variances :math:`s_i`, trained on
     :math:`\sum_i e^{-s_i} L_i + s_i`.

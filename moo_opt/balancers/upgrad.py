@@ -8,9 +8,11 @@ import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite, preference_vector, preferences
+from moo_opt.registry import register
 from moo_opt.solvers import SolveResult, project_to_dual_cone
 
 
+@register
 class UPGradBalancer(GramianBalancer):
     r"""Unconflicting projection of gradients: every gradient (scaled by its preference
     :math:`u_i`) is projected onto the dual cone :math:`\{x : G^\top x \ge 0\}` of the gradients, and

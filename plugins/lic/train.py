@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- validation
 def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
+    if name in moo_opt.registry.broken():
+        raise UsageError(f"--balancer {name}: {moo_opt.registry.broken()[name]}; reinstall or fix that package")
     if name not in moo_opt.available():
         raise UsageError(f"--balancer {name}: unknown; available: {', '.join(moo_opt.available())}")
     valid = moo_opt.options(name)
