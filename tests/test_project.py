@@ -30,7 +30,7 @@ def test_docs_build_without_warnings_and_doctests_pass(tmp_path: Path) -> None:
 
 #: the modules whose public names (``__all__``, else the functions and classes they define) the API
 #: reference must document
-PUBLIC_MODULES = ("moo_opt", "moo_opt.solvers", "moo_opt.solvers.reference", "moo_opt.gradients", "moo_opt.metrics", "moo_opt.distributed")
+PUBLIC_MODULES = ("moo_opt", "moo_opt.solvers", "moo_opt.solvers.reference", "moo_opt.gradients", "moo_opt.metrics", "moo_opt.distributed", "moo_opt.weightings")
 
 
 def assert_every_public_name_documented(inventory: Path) -> None:

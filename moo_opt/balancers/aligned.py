@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, preference_vector, preferences
+from moo_opt.balancers.base import GramianBalancer, NonFinite, preferences
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
-from moo_opt.solvers.alignment import ALIGNMENT_SCALES, AlignmentScale, balance_transform
+from moo_opt.solvers.alignment import ALIGNMENT_SCALES, AlignmentScale
+from moo_opt.weightings import aligned_mtl_weights
 
 
 @register
@@ -55,6 +56,5 @@ class AlignedMTLBalancer(GramianBalancer):
         self.rcond = rcond
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        result = balance_transform(gram, scale=self.scale, rcond=self.rcond)
-        u = preference_vector(self.task_weights, self.num_objectives).to(values.device)
-        return result.weights.to(values.device) @ u, result, {}
+        w, result = aligned_mtl_weights(gram, task_weights=self.task_weights, scale=self.scale, rcond=self.rcond)
+        return w.to(values.device), result, {}

@@ -108,13 +108,6 @@ def preferences(task_weights: Sequence[float] | None, n: int) -> tuple[float, ..
     return values
 
 
-def preference_vector(task_weights: tuple[float, ...] | None, n: int) -> Tensor:
-    """``u`` as a float64 (N,) tensor: ``task_weights``, or 1/N each when None."""
-    if task_weights is None:
-        return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    return torch.tensor(task_weights, dtype=torch.float64)
-
-
 def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
     """One step of ``torch.optim.Adam``'s arithmetic, in place, for a balancer's own small
     parameters (``step``: the count including this step)."""

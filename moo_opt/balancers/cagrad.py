@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult, cagrad_direction_weights, solve_cagrad
+from moo_opt.solvers import SolveResult
+from moo_opt.weightings import CAGradRescale, cagrad_weights
 
-CAGradRescale = Literal["none", "1+c^2", "1+c"]
 _RESCALES = ("none", "1+c^2", "1+c")
 
 
@@ -63,8 +60,6 @@ class CAGradBalancer(GramianBalancer):
         self.tol = float(tol)
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        result = solve_cagrad(gram, self.c, rcond=self.rcond, tol=self.tol)
-        q = np.asarray(result.gram)  # the validated host copy the solver worked on
-        w = torch.from_numpy(cagrad_direction_weights(q, result.weights.cpu().numpy(), self.c, rcond=self.rcond))
-        divisor = {"none": 1.0, "1+c^2": 1.0 + self.c**2, "1+c": 1.0 + self.c}[self.rescale]
-        return (w / divisor).to(values.device), result, {"inner": result.weights.to(values.device)}
+        extras: dict[str, Tensor] = {}
+        w, result = cagrad_weights(gram, c=self.c, rescale=self.rescale, rcond=self.rcond, tol=self.tol, extras=extras)
+        return w.to(values.device), result, {k: v.to(values.device) for k, v in extras.items()}

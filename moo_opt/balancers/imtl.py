@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
-from moo_opt.balancers.qp import renormalized
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult, solve_equality_qp
+from moo_opt.solvers import SolveResult
+from moo_opt.weightings import imtl_g_weights
 
 
 @register
@@ -23,7 +22,7 @@ class IMTLGBalancer(GramianBalancer):
     the system :math:`\tilde Q \gamma \propto \mathbf 1` on the Gramian of the unit gradients
     :math:`\tilde Q = N^{-1} Q N^{-1}`, :math:`N = \mathrm{diag}(|g_i|)`: the equality-constrained QP
     of :func:`~moo_opt.solvers.solve_equality_qp`, solved exactly with its status. The weights on the
-    raw losses are :math:`z_i / |g_i|` renormalised to sum to one (:func:`~moo_opt.balancers.qp.renormalized`).
+    raw losses are :math:`z_i / |g_i|` renormalised to sum to one (:func:`~moo_opt.weightings.renormalized`).
     A zero gradient has no direction: its norm is taken as 1; its projection is 0 for every d, so
     equal projections force :math:`d = 0` (the QP puts its weight on it and no step is taken;
     the solver's status says whether the weights are unique). The paper's loss part (IMTL-L,
@@ -41,9 +40,6 @@ class IMTLGBalancer(GramianBalancer):
         self.rcond = rcond
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        norms = gram.diagonal().clamp(min=0.0).sqrt()
-        norms = torch.where(norms > 0.0, norms, torch.ones_like(norms))
-        result = solve_equality_qp(gram / (norms[:, None] * norms[None, :]), rcond=self.rcond)
-        z = result.weights.to(values.device)
-        alpha, flipped = renormalized(z / norms.to(values.device))
-        return alpha, result, {"z": z, "grad_norm": norms.to(values.device), "renormalized_by_abs": flipped}
+        extras: dict[str, Tensor] = {}
+        alpha, result = imtl_g_weights(gram, rcond=self.rcond, extras=extras)
+        return alpha.to(values.device), result, {k: v.to(values.device) for k, v in extras.items()}

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult, solve_simplex_qp
+from moo_opt.solvers import SolveResult
+from moo_opt.weightings import MGDANormalization as Normalization
+from moo_opt.weightings import mgda_weights
 
-Normalization = Literal["none", "l2", "loss", "loss+"]
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
@@ -46,19 +44,7 @@ class MGDABalancer(GramianBalancer):
         self.normalization: Normalization = normalization
         self.rcond = rcond
 
-    def normalizers(self, values: Tensor, gram: Tensor) -> Tensor:
-        norms = gram.diagonal().clamp(min=0.0).sqrt()
-        n = {
-            "none": torch.ones_like(values),
-            "l2": norms,
-            "loss": values,
-            "loss+": values * norms,
-        }[self.normalization]
-        return torch.where(n > 0.0, n, torch.ones_like(n))
-
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        n = self.normalizers(values, gram)
-        result = solve_simplex_qp(gram / (n[:, None] * n[None, :]), rcond=self.rcond)
-        alpha = result.weights.to(values.device)
-        return alpha / n, result, {"alpha": alpha}
-
+        extras: dict[str, Tensor] = {}
+        w, result = mgda_weights(gram, values, normalization=self.normalization, rcond=self.rcond, extras=extras)
+        return w, result, extras

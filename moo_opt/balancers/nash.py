@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult, solve_nash
+from moo_opt.solvers import SolveResult
+from moo_opt.weightings import NashNormalization, nash_mtl_weights
 
-NashNormalization = Literal["none", "frobenius"]
 _NORMALIZATIONS = ("none", "frobenius")
 
 
@@ -65,8 +62,5 @@ class NashMTLBalancer(GramianBalancer):
         self.max_iter = int(max_iter)
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        result = solve_nash(gram, rcond=self.rcond, tol=self.tol, max_iter=self.max_iter)
-        alpha = result.weights.to(values.device)
-        if self.normalization == "frobenius":
-            alpha = alpha * math.sqrt(float(gram.norm()))
-        return alpha, result, {}
+        alpha, result = nash_mtl_weights(gram, normalization=self.normalization, rcond=self.rcond, tol=self.tol, max_iter=self.max_iter)
+        return alpha.to(values.device), result, {}

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from moo_opt.balancers.base import GramianBalancer, NonFinite
 from moo_opt.registry import register
+from moo_opt.weightings import pcgrad_weights
 
 
 @register
@@ -43,25 +44,15 @@ class PCGradBalancer(GramianBalancer):
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def surgery(self, gram: Tensor) -> tuple[Tensor, int]:
-        """``(w, number of projections)`` for the Gramian ``gram`` (drawing the orders)."""
-        q = gram.detach().to("cpu", torch.float64)
-        n = q.shape[0]
-        coeffs = torch.eye(n, dtype=torch.float64)
-        projections = 0
-        for i in range(n):
-            c = coeffs[i]
-            for j in torch.randperm(n, generator=self.generator).tolist():
-                if j == i or q[j, j] <= 0.0:
-                    continue
-                dot = float(c @ q[:, j])
-                if dot < 0.0:
-                    c[j] -= dot / float(q[j, j])
-                    projections += 1
-        return coeffs.sum(dim=0), projections
+        """``(w, number of projections)`` for the Gramian ``gram`` (drawing the orders from the balancer's generator)."""
+        extras: dict[str, Tensor] = {}
+        w, _ = pcgrad_weights(gram, generator=self.generator, extras=extras)
+        return w, int(extras["projections"])
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, None, dict[str, Tensor]]:
-        w, projections = self.surgery(gram)
-        return w.to(values.device), None, {"projections": torch.tensor(float(projections), dtype=torch.float64).to(values.device)}
+        extras: dict[str, Tensor] = {}
+        w, _ = pcgrad_weights(gram, generator=self.generator, extras=extras)
+        return w.to(values.device), None, {k: v.to(values.device) for k, v in extras.items()}
 
     def _state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -13,35 +13,11 @@ from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offs
 from moo_opt.gradients import ObjectiveGradients
 from moo_opt.metrics import adam_metric, require_adam
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult, solve_equality_qp, solve_simplex_qp
+from moo_opt.solvers import SolveResult
+from moo_opt.weightings import QPBackend as Backend
+from moo_opt.weightings import qp_coefficients, qp_weights
 
-Backend = Literal["analytic", "cvxpy"]
 Metric = Literal["euclidean", "adam"]
-
-
-def renormalized(coeff: Tensor) -> tuple[Tensor, Tensor]:
-    """``coeff / Σcoeff`` (weights summing to one, the direction unchanged).
-
-    [decision] When ``Σcoeff ≤ 0`` (possible only with negative QP weights) dividing by it would
-    reverse the direction; the coefficients are then divided by ``Σ|coeff|`` instead and the
-    returned flag is 1. Computed on the device, without a host synchronisation.
-    """
-    total = coeff.sum()
-    flip = total <= 0.0
-    denom = torch.where(flip, coeff.abs().sum(), total)
-    return coeff / denom, flip.to(coeff.dtype)
-
-
-def within_trust_region(coeff: Tensor, radius: float) -> tuple[Tensor, Tensor]:
-    """``coeff`` (summing to one) moved towards the standard coefficients ``1/N`` until no entry is
-    further than ``radius`` from them, along the segment between the two; returns the coefficients
-    and the fraction ``t`` of the step kept (1 when already inside). On the device, no host sync."""
-    standard = torch.full_like(coeff, 1.0 / coeff.numel())
-    diff = coeff - standard
-    excess = diff.abs().max()
-    outside = excess > radius
-    t = torch.where(outside, radius / excess.clamp_min(torch.finfo(coeff.dtype).tiny), torch.ones_like(excess))
-    return torch.where(outside, standard + t * diff, coeff), t
 
 
 @register
@@ -226,28 +202,19 @@ class QPBalancer(GramianBalancer):
         super().load_state_dict(state_dict)
         self._optimizer = optimizer
 
-    def _solve(self, gram: Tensor) -> SolveResult:
-        if self.backend == "cvxpy":
-            from moo_opt.solvers import reference
-
-            solve = reference.solve_simplex_qp_cvxpy if self.simplex else reference.solve_equality_qp_cvxpy
-            return solve(gram)
-        if self.simplex:
-            return solve_simplex_qp(gram, rcond=self.rcond)
-        return solve_equality_qp(gram, rcond=self.rcond, ridge=self.ridge)
-
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        averaged = values
+        offsets, scale = self._offsets.on(values.device), None
         if self.gradient_ema > 0.0 and self._pending is not None:
             self.tracked, self.tracked_steps = self._pending
             self._pending = None
             prev = torch.zeros_like(values) if self.tracked_losses is None else self.tracked_losses.to(values.device, values.dtype)
             self.tracked_losses = torch.lerp(values, prev, self.gradient_ema)
-            averaged = self.tracked_losses / (1.0 - self.gradient_ema**self.tracked_steps)
-        scale = averaged + self._offsets.on(values.device)
-        result = self._solve(gram / (scale[:, None] * scale[None, :]))
-        z = result.weights.to(values.device)
-        coeff, extras = self._coefficients(values, z)
+            scale = self.tracked_losses / (1.0 - self.gradient_ema**self.tracked_steps) + offsets
+        extras: dict[str, Tensor] = {}
+        coeff, result = qp_weights(
+            gram, values, offsets, renormalize=self.renormalize, simplex=self.simplex, trust_radius=self.trust_radius,
+            rcond=self.rcond, ridge=self.ridge, backend=self.backend, scale=scale, extras=extras,
+        )  # fmt: skip
         if self.metric == "adam" and self._metric_used is not None:
             extras["adam_metric"] = self._metric_used
         if self.solve_every > 1:
@@ -255,14 +222,9 @@ class QPBalancer(GramianBalancer):
         return coeff, result, extras
 
     def _coefficients(self, values: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The coefficients on the raw losses for the log-loss weights ``z``."""
-        coeff = z / (values + self._offsets.on(values.device))
-        extras = {"z": z}
-        if self.renormalize:
-            coeff, flipped = renormalized(coeff)
-            extras["renormalized_by_abs"] = flipped
-        if self.trust_radius is not None:
-            coeff, extras["trust_scale"] = within_trust_region(coeff, self.trust_radius)
+        """The coefficients on the raw losses for the log-loss weights ``z`` (:func:`~moo_opt.weightings.qp_coefficients`)."""
+        extras: dict[str, Tensor] = {}
+        coeff = qp_coefficients(z, values, self._offsets.on(values.device), renormalize=self.renormalize, trust_radius=self.trust_radius, extras=extras)
         return coeff, extras
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, preference_vector, preferences
+from moo_opt.balancers.base import GramianBalancer, NonFinite, preferences
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult, project_to_dual_cone
+from moo_opt.solvers import SolveResult
+from moo_opt.weightings import upgrad_weights
 
 
 @register
@@ -52,7 +52,6 @@ class UPGradBalancer(GramianBalancer):
         self.tol = float(tol)
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        u = preference_vector(self.task_weights, self.num_objectives)
-        result = project_to_dual_cone(gram, torch.diag(u), rcond=self.rcond, tol=self.tol)
-        return result.weights.sum(dim=0).to(values.device), result, {}
+        w, result = upgrad_weights(gram, task_weights=self.task_weights, rcond=self.rcond, tol=self.tol)
+        return w.to(values.device), result, {}
 

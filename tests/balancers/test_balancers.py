@@ -18,8 +18,8 @@ from moo_opt import (
     balanced_step,
     create,
 )
-from moo_opt.balancers.qp import renormalized
 from moo_opt.solvers import SolveStatus
+from moo_opt.weightings import renormalized
 from tests.helpers.models import toy_problem
 
 ALL = pytest.mark.parametrize("name", available())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moo_opt import FixedWeights, QPBalancer, create
-from moo_opt.balancers.qp import within_trust_region
+from moo_opt.weightings import within_trust_region
 from tests.helpers.models import toy_problem
 
 
