@@ -151,8 +151,8 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         lines.append(f"| {v} | {a} | {cells} | {overall} |")
     lines += [
         "",
-        f"### {part}: time per step (median of the logged step times over every run of the variant, both seeds, "
-        "runs two at a time on the 2-core machine; relative to the anchor's in the same conditions)",
+        f"### {part}: time per step (the median over the variant's runs, every seed, of each run's median logged step time; "
+        "measured under the campaign's load, several runs at a time, so a guide, not a benchmark: benchmarks/step_overhead.py is one)",
         "",
         "| variant | median s/step | × anchor |",
         "|---|---|---|",

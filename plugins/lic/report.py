@@ -116,6 +116,17 @@ def plot_rd(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def smoothed(values: list[float], parts: int = 15) -> list[float]:
+    """A centred moving mean over about a ``parts``-th of the series (the per-step speeds are mostly
+    batch noise; their trend is what the paper's Figure 1 compares). NaNs are left out of each mean."""
+    half = max(len(values) // parts, 1) // 2
+    out = []
+    for i in range(len(values)):
+        window = [v for v in values[max(i - half, 0) : i + half + 1] if not math.isnan(v)]
+        out.append(sum(window) / len(window) if window else math.nan)
+    return out
+
+
 def plot_figure1(logs: list[Path], path: Path) -> None:
     """Each objective's loss and improvement speed over steps, and the weights: one line per run."""
     plt = _pyplot()
@@ -130,11 +141,11 @@ def plot_figure1(logs: list[Path], path: Path) -> None:
         steps = [r["step"] for r in records]
         for row, name in enumerate(("distortion", "rate")):
             axes[row, 0].plot(steps, [r[f"loss/{name}"] for r in records], label=label)
-            axes[row, 1].plot(steps, [r.get(f"speed/{name}", math.nan) for r in records], label=label)
+            axes[row, 1].plot(steps, smoothed([r.get(f"speed/{name}", math.nan) for r in records]), label=label)
             axes[row, 2].plot(steps, [r[f"weight/{name}"] for r in records], label=label)
     for row, name in enumerate(("distortion", "rate")):
         axes[row, 0].set(title=f"{name} loss", xlabel="step", yscale="log")
-        axes[row, 1].set(title=f"{name} improvement speed (EMA of −Δ log(L+1))", xlabel="step")
+        axes[row, 1].set(title=f"{name} improvement speed (EMA of −Δ log(L+1), moving mean)", xlabel="step")
         axes[row, 2].set(title=f"weight on {name}", xlabel="step", yscale="log")
     for ax in axes.ravel():
         ax.grid(alpha=0.3)

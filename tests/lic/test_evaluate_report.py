@@ -119,3 +119,13 @@ def test_bad_inputs_exit_2(checkpoints: list[Path], tmp_path: Path, capsys) -> N
     (tmp_path / "bad.json").write_text("{")
     assert report.main([str(tmp_path / "bad.json"), "--anchor", "x"]) == 2
     assert "not a JSON results file" in capsys.readouterr().err
+
+
+def test_figure1_speeds_are_smoothed_by_a_centred_moving_mean() -> None:
+    from plugins.lic.report import smoothed
+
+    assert smoothed([1.0, 2.0, 3.0], parts=15) == [1.0, 2.0, 3.0]  # short series: a window of one
+    values = [float(i % 2) for i in range(30)]  # 0, 1, 0, 1, …: its trend is flat at 0.5
+    out = smoothed(values, parts=10)  # window of three
+    assert all(abs(v - 0.5) <= 1 / 6 + 1e-12 for v in out[1:-1])
+    assert smoothed([math.nan, 2.0, 4.0], parts=1)[:2] == [2.0, 3.0]  # NaNs are left out of the mean
