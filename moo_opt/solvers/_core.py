@@ -21,10 +21,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from moo_opt.solvers._input import not_psd_error
-
-# Rows whose diagonal is below this fraction of the largest are equilibrated with this floor
-# instead (a zero gradient has no scale of its own).
-_DIAG_FLOOR = 1e-32
+from moo_opt.solvers._tolerances import DIAG_FLOOR
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ def jacobi_scales(gram: np.ndarray) -> np.ndarray:
     """``sᵢ = √Qᵢᵢ``, floored at ``√(1e-32·maxᵢ Qᵢᵢ)`` (all ones for Q = 0)."""
     d = np.diag(gram)
     top = float(d.max())
-    return np.sqrt(np.maximum(d, top * _DIAG_FLOOR)) if top > 0.0 else np.ones_like(d)
+    return np.sqrt(np.maximum(d, top * DIAG_FLOOR)) if top > 0.0 else np.ones_like(d)
 
 
 def equilibrate(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

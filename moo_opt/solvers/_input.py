@@ -9,10 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# Relative asymmetry tolerated per input precision: Gram matrices computed in low precision are
-# symmetric only up to rounding. The symmetric part is what gets solved.
-_SYMMETRY_TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-4}
-_SYMMETRY_TOL_LOW = 1e-2  # float16, bfloat16
+from moo_opt.solvers._tolerances import SYMMETRY_TOL, SYMMETRY_TOL_LOW
 
 
 @dataclass(frozen=True)
@@ -38,10 +35,10 @@ def _eps_of(dtype: torch.dtype | np.dtype) -> float:
 
 def _symmetry_tol(eps: float) -> float:
     if eps <= np.finfo(np.float64).eps:
-        return _SYMMETRY_TOL[np.dtype(np.float64)]
+        return SYMMETRY_TOL[np.dtype(np.float64)]
     if eps <= np.finfo(np.float32).eps:
-        return _SYMMETRY_TOL[np.dtype(np.float32)]
-    return _SYMMETRY_TOL_LOW
+        return SYMMETRY_TOL[np.dtype(np.float32)]
+    return SYMMETRY_TOL_LOW
 
 
 def _check_shape(shape: tuple[int, ...]) -> int:

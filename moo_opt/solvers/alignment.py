@@ -74,4 +74,4 @@ def balance_transform(
 
     status = SolveStatus.OPTIMAL if rank == g.n else SolveStatus.DEGENERATE
     condition = top / float(lam[0]) if rank == g.n else float("inf")
-    return SolveResult(to_weights(b, g.device), "alignment", "eigh", 0, host, status, condition, certificate)
+    return SolveResult.solved(to_weights(b, g.device), "alignment", method="eigh", gram=host, status=status, condition=condition, certificate=certificate)

@@ -11,10 +11,8 @@ from torch import Tensor
 
 from moo_opt.solvers._core import equilibrate, jacobi_scales
 from moo_opt.solvers._input import Gramian, host_gramian, iteration_options, not_psd_error, to_weights
+from moo_opt.solvers._tolerances import TOUCHING
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
-
-# An index whose relative multiplier is at most this touches the optimal face (see _face_is_singular).
-_TOUCHING = 1e-9
 
 # Worst first: the status of several projections solved at once is the worst of theirs.
 _BADNESS = (SolveStatus.MAX_ITER, SolveStatus.INACCURATE, SolveStatus.DEGENERATE, SolveStatus.OPTIMAL)
@@ -106,14 +104,8 @@ def solve_box_qp(
     g, host = host_gramian(q, validate)
     u = _bounds(lower, (g.n,), "lower")
     v, iterations, status = _project(host, u[None, :], g, rcond, tol, max_iter, validate)
-    return SolveResult(
-        to_weights(v[0], g.device),
-        "box",
-        "active-set",
-        iterations,
-        host,
-        status,
-        _certificate=lambda: box_kkt(host, u[None, :], v),
+    return SolveResult.solved(
+        to_weights(v[0], g.device), "box", method="active-set", iterations=iterations, gram=host, status=status, certificate=lambda: box_kkt(host, u[None, :], v)
     )
 
 
@@ -156,14 +148,8 @@ def project_to_dual_cone(
     g, host = host_gramian(q, validate)
     us = _bounds(lowers, (-1, g.n), "lowers")
     v, iterations, status = _project(host, us, g, rcond, tol, max_iter, validate)
-    return SolveResult(
-        to_weights(v, g.device),
-        "box",
-        "active-set",
-        iterations,
-        host,
-        status,
-        _certificate=lambda: box_kkt(host, us, v),
+    return SolveResult.solved(
+        to_weights(v, g.device), "box", method="active-set", iterations=iterations, gram=host, status=status, certificate=lambda: box_kkt(host, us, v)
     )
 
 
@@ -308,7 +294,7 @@ def _active_set(f: _Factor, a: np.ndarray, tol: float, cap: int) -> tuple[np.nda
                 break
             if iterations >= cap:
                 return z, iterations, SolveStatus.MAX_ITER
-    face = (z > 0.0) | (mu <= _TOUCHING)
+    face = (z > 0.0) | (mu <= TOUCHING)
     return z, iterations, SolveStatus.DEGENERATE if _face_is_singular(f, face) else SolveStatus.OPTIMAL
 
 

@@ -11,21 +11,13 @@ from torch import Tensor
 
 from moo_opt.solvers._core import _householder_basis, jacobi_scales
 from moo_opt.solvers._input import host_gramian, iteration_options, to_weights
+from moo_opt.solvers._tolerances import BRACKET_RTOL, CERTIFIED, KAPPA_FLOOR, TOUCHING, ZERO_CERTIFIED
 from moo_opt.solvers.box import solve_box_qp
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 from moo_opt.solvers.simplex import solve_simplex_qp
 
-# A candidate whose KKT residual is at most this is certified (the test suite's KKT tolerance).
-_CERTIFIED = 1e-9
-# A "Gw* = 0" answer is certified to this: |Gw| is only known to √(rcond)·T from Q (see solve_cagrad).
-_ZERO_CERTIFIED = 1e-6
-# An index whose relative multiplier is at most this touches the optimal face (see _Candidate.unique).
-_TOUCHING = 1e-9
 # Primal-dual active-set steps tried before the bisection on κ.
 _ACTIVE_SET_STEPS = 8
-# Bisection: relative width of the final bracket on κ, and the floor of κ (relative to its ceiling).
-_BRACKET_RTOL = 1e-15
-_KAPPA_FLOOR = 2.0**-64
 
 
 def solve_cagrad(
@@ -155,8 +147,8 @@ def solve_cagrad(
     def certificate() -> KKTReport:
         return _report(p, sol.w, sol.z)
 
-    return SolveResult(
-        to_weights(sol.w, g.device), "cagrad", sol.method, sol.iterations, host, sol.status, _certificate=certificate
+    return SolveResult.solved(
+        to_weights(sol.w, g.device), "cagrad", method=sol.method, iterations=sol.iterations, gram=host, status=sol.status, certificate=certificate
     )
 
 
@@ -357,7 +349,7 @@ class _Candidate:
 
     @property
     def certified(self) -> bool:
-        return self.residual <= (_ZERO_CERTIFIED if self.zero else _CERTIFIED)
+        return self.residual <= (ZERO_CERTIFIED if self.zero else CERTIFIED)
 
     def accepted(self, idx: np.ndarray) -> bool:
         """``w ≥ −tol`` on the support (clipped afterwards), relative multipliers ``≥ −tol`` off it,
@@ -375,7 +367,7 @@ class _Candidate:
         where only the signs of the weights make them unique)."""
         if self.zero or self.degenerate:
             return False
-        face = (self.w > 0.0) | (self.nu <= _TOUCHING)
+        face = (self.w > 0.0) | (self.nu <= TOUCHING)
         if int(face.sum()) == int((self.w > 0.0).sum()):
             return True
         return not _line(self.p, np.flatnonzero(face)).degenerate
@@ -508,7 +500,7 @@ def _search(p: _Problem, max_iter: int) -> _Solution:
             lo = kappa
         else:
             hi = kappa
-        if (lo > 0.0 and hi / lo - 1.0 <= _BRACKET_RTOL) or hi <= _KAPPA_FLOOR * ceiling:
+        if (lo > 0.0 and hi / lo - 1.0 <= BRACKET_RTOL) or hi <= KAPPA_FLOOR * ceiling:
             break
         # Next κ: the closed-form root of this support when inside the bracket, as long as the bracket
         # keeps halving (in log scale); else halve (no lower end yet) or take the geometric mean.

@@ -73,11 +73,11 @@ def solve_equality_qp(
             w = torch.ones(1, dtype=torch.float64, device=g.device)
             ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
             code = torch.where(ok, status_code(base), status_code(SolveStatus.INVALID_INPUT))
-            return SolveResult(w, "equality", "closed-form", 0, qd, code)
+            return SolveResult.closed_form(w, "equality", gram=qd, status=code)
         if ridge > 0.0:
             qd = qd + ridge * torch.trace(qd) / 2.0 * torch.eye(2, dtype=qd.dtype, device=qd.device)
         w, code = closed_form_device(qd, rc, simplex=False, base=base)
-        return SolveResult(w, "equality", "closed-form", 0, g.dev, code)
+        return SolveResult.closed_form(w, "equality", gram=g.dev, status=code)
 
     host = g.host
     assert host is not None
@@ -85,18 +85,18 @@ def solve_equality_qp(
     if ridge > 0.0:
         solve_on = host + ridge * float(np.trace(host)) / g.n * np.eye(g.n)
     if g.n == 1:
-        return SolveResult(to_weights(np.ones(1), g.device), "equality", "closed-form", 0, host, base, 1.0)
+        return SolveResult.closed_form(to_weights(np.ones(1), g.device), "equality", gram=host, status=base, condition=1.0)
     if g.n == 2 and method != "null-space":
         w1, w2, degenerate, cond = closed_form_host(
             float(solve_on[0, 0]), float(solve_on[0, 1]), float(solve_on[1, 1]), rc, simplex=False
         )
         weights = to_weights(np.array((w1, w2)), g.device)
         status = SolveStatus.DEGENERATE if degenerate else base
-        return SolveResult(weights, "equality", "closed-form", 0, host, status, cond)
+        return SolveResult.closed_form(weights, "equality", gram=host, status=status, condition=cond)
     sol = equality_core(solve_on, rc, "null-space" if method == "null-space" else "auto")
     status = SolveStatus.DEGENERATE if sol.degenerate else base
     cond = sol.condition
     if cond is None and ridge > 0.0:  # the lazy figure would describe the un-regularised Q
         cond = equality_condition(solve_on)
     weights = to_weights(sol.weights, g.device)
-    return SolveResult(weights, "equality", sol.method, 0, host, status, cond)
+    return SolveResult.solved(weights, "equality", method=sol.method, gram=host, status=status, condition=cond)

@@ -110,7 +110,7 @@ def solve_nash(
     def certificate() -> KKTReport:
         return nash_kkt(host, alpha)
 
-    return SolveResult(to_weights(alpha, g.device), "nash", method, iterations, host, status, _certificate=certificate)
+    return SolveResult.solved(to_weights(alpha, g.device), "nash", method=method, iterations=iterations, gram=host, status=status, certificate=certificate)
 
 
 def nash_kkt(gram: np.ndarray, alpha: np.ndarray) -> KKTReport:

@@ -59,7 +59,7 @@ def _solve(q: Tensor | np.ndarray, problem: Problem, solver: str | None, options
         raise SolverError(f"cvxpy/{name} returned status {prob.status!r} on the {problem} QP")
     weights = np.asarray(w.value, dtype=np.float64)
     iterations = int(getattr(prob.solver_stats, "num_iters", 0) or 0)
-    return SolveResult(to_weights(weights, g.device), problem, f"cvxpy:{name}", iterations, host, status)
+    return SolveResult.solved(to_weights(weights, g.device), problem, method=f"cvxpy:{name}", iterations=iterations, gram=host, status=status)
 
 
 def solve_equality_qp_cvxpy(

@@ -146,6 +146,29 @@ class SolveResult:
     #: the problem's own certificate (problems other than "equality" and "simplex")
     _certificate: Callable[[], KKTReport] | None = field(default=None, repr=False)
 
+    @classmethod
+    def solved(
+        cls,
+        weights: Tensor,
+        problem: Problem,
+        *,
+        method: str,
+        gram: HostOrDevice,
+        status: SolveStatus | Tensor,
+        iterations: int = 0,
+        condition: float | None = None,
+        certificate: Callable[[], KKTReport] | None = None,
+    ) -> SolveResult:
+        """The answer of ``method`` on ``problem``: ``status`` (or a device tensor of its code, read
+        lazily), the ``gram`` the certificate is computed on, and ``certificate`` for problems that
+        are not "equality" or "simplex"."""
+        return cls(weights, problem, method, iterations, gram, status, condition, certificate)
+
+    @classmethod
+    def closed_form(cls, weights: Tensor, problem: Problem, *, gram: HostOrDevice, status: SolveStatus | Tensor, condition: float | None = None) -> SolveResult:
+        """The answer of a closed form (N ≤ 2, or a single objective): no iterations."""
+        return cls(weights, problem, "closed-form", 0, gram, status, condition)
+
     @cached_property
     def status(self) -> SolveStatus:
         if isinstance(self._status, SolveStatus):

@@ -11,6 +11,7 @@ from torch import Tensor
 from moo_opt.solvers._closed_form import closed_form_device, closed_form_host
 from moo_opt.solvers._core import equality_core, jacobi_scales
 from moo_opt.solvers._input import prepare, to_weights
+from moo_opt.solvers._tolerances import TOUCHING
 from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers, status_code
 
 SimplexMethod = Literal["auto", "closed-form", "wolfe"]  # "auto": closed form, active set, then Wolfe
@@ -65,29 +66,29 @@ def solve_simplex_qp(
         if g.n == 1:
             ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
             code = torch.where(ok, status_code(SolveStatus.OPTIMAL), status_code(SolveStatus.INVALID_INPUT))
-            return SolveResult(torch.ones(1, dtype=torch.float64, device=g.device), "simplex", "closed-form", 0, qd, code)
+            return SolveResult.closed_form(torch.ones(1, dtype=torch.float64, device=g.device), "simplex", gram=qd, status=code)
         w, code = closed_form_device(qd, rc, simplex=True, base=SolveStatus.OPTIMAL)
-        return SolveResult(w, "simplex", "closed-form", 0, qd, code)
+        return SolveResult.closed_form(w, "simplex", gram=qd, status=code)
 
     host = g.host
     assert host is not None
     if g.n == 1:
-        return SolveResult(to_weights(np.ones(1), g.device), "simplex", "closed-form", 0, host, SolveStatus.OPTIMAL, 1.0)
+        return SolveResult.closed_form(to_weights(np.ones(1), g.device), "simplex", gram=host, status=SolveStatus.OPTIMAL, condition=1.0)
     if g.n == 2 and method != "wolfe":
         w1, w2, degenerate, cond = closed_form_host(float(host[0, 0]), float(host[0, 1]), float(host[1, 1]), rc, simplex=True)
         weights = to_weights(np.array((w1, w2)), g.device)
         status = SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
-        return SolveResult(weights, "simplex", "closed-form", 0, host, status, cond)
+        return SolveResult.closed_form(weights, "simplex", gram=host, status=status, condition=cond)
 
     if method == "auto":
         guess = active_set_guess(host, rc, tol, min(cap, _GUESSES))
         if guess is not None:
             w, iterations = guess
-            return SolveResult(to_weights(w, g.device), "simplex", "active-set", iterations, host, SolveStatus.OPTIMAL)
+            return SolveResult.solved(to_weights(w, g.device), "simplex", method="active-set", iterations=iterations, gram=host, status=SolveStatus.OPTIMAL)
     w, iterations, status = wolfe(host, rc, tol, cap)
     if status in (SolveStatus.OPTIMAL, SolveStatus.DEGENERATE):
         w, status = _tie_break(host, w, rc, status)
-    return SolveResult(to_weights(w, g.device), "simplex", "wolfe", iterations, host, status)
+    return SolveResult.solved(to_weights(w, g.device), "simplex", method="wolfe", iterations=iterations, gram=host, status=status)
 
 
 # Iterations allowed to the primal-dual active-set guess before Wolfe's method takes over.
@@ -128,8 +129,6 @@ def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) 
     return None
 
 
-# Gradients whose relative multiplier is below this touch the optimal supporting hyperplane.
-_TOUCHING = 1e-9
 
 
 def _tie_break(gram: np.ndarray, w: np.ndarray, rcond: float, status: SolveStatus) -> tuple[np.ndarray, SolveStatus]:
@@ -140,7 +139,7 @@ def _tie_break(gram: np.ndarray, w: np.ndarray, rcond: float, status: SolveStatu
     on that set T has ``G_T w = d`` too, and when it is non-negative it is the minimum-norm optimal
     simplex solution. Otherwise Wolfe's minimal-support answer stays.
     """
-    touching = relative_multipliers(gram, w) <= _TOUCHING
+    touching = relative_multipliers(gram, w) <= TOUCHING
     if int(touching.sum()) <= int((w > 0.0).sum()) and status is SolveStatus.OPTIMAL:
         return w, status
     idx = np.flatnonzero(touching | (w > 0.0))

@@ -350,8 +350,8 @@ def test_bisection_alone_finds_the_same_optimum(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_uncertified_answers_are_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cagrad, "_CERTIFIED", -1.0)
-    monkeypatch.setattr(cagrad, "_ZERO_CERTIFIED", -1.0)
+    monkeypatch.setattr(cagrad, "CERTIFIED", -1.0)
+    monkeypatch.setattr(cagrad, "ZERO_CERTIFIED", -1.0)
     q = _cases(3)[2]
     assert solve_cagrad(q, 0.7, max_iter=2).status is SolveStatus.MAX_ITER
     assert solve_cagrad(q, 0.7).status is SolveStatus.INACCURATE
