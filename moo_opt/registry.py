@@ -16,7 +16,6 @@ never breaks the others.
 
 from __future__ import annotations
 
-import inspect
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,12 +96,7 @@ def _lookup(name: str) -> type[Balancer]:
 
 def options(name: str) -> dict[str, Any]:
     """The options of a balancer (keyword arguments other than ``num_objectives``) and their defaults."""
-    sig = inspect.signature(_lookup(name).__init__)
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.name not in ("self", "num_objectives") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return _lookup(name).options_of()
 
 
 def create(name: str, num_objectives: int = 2, **opts: Any) -> Balancer:

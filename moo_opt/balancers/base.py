@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -118,12 +119,24 @@ def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
     param.addcdiv_(exp_avg, denom, value=-lr / (1.0 - b1**step))
 
 
-@functools.cache
-def _option_names(cls: type) -> tuple[str, ...]:
-    """The keyword arguments of ``cls.__init__`` (read once per class: state_dict() runs every step
-    in the LIC trainer)."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return tuple(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+def _recording(init: Any) -> Any:
+    """Wrap a balancer's ``__init__`` so that the outermost call records the options it was given
+    (its bound arguments with the defaults filled in, and the class's :attr:`Balancer.option_defaults`
+    for the arguments not passed): :meth:`Balancer.state_dict` saves them and rebuilding from them
+    gives the same balancer, whatever the class keeps in its attributes."""
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Balancer, *args: Any, **kwargs: Any) -> None:
+        if "_given_options" not in self.__dict__:  # the outermost constructor of this object
+            for key, value in type(self).option_defaults.items():
+                kwargs.setdefault(key, value)
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            self.__dict__["_given_options"] = copy.deepcopy({k: v for k, v in bound.arguments.items() if k != "self"})
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Offsets:
@@ -142,9 +155,12 @@ class Offsets:
 class Balancer(ABC):
     """Base class: input checks, non-finite handling and the state-dict format.
 
-    Subclasses set :attr:`name` (the registry key), implement :meth:`_backward` and keep each
-    constructor argument in an attribute of the same name (:meth:`_options` reads them back for
-    :meth:`state_dict`; :meth:`load_state_dict` rebuilds from them).
+    Subclasses set :attr:`name` (the registry key) and implement :meth:`_backward`. Their
+    constructor's keyword arguments are their options, declared there once: the options a
+    balancer was built with are recorded (:meth:`options_of` lists them with their defaults),
+    :meth:`state_dict` saves them and :meth:`load_state_dict` rebuilds from them, so attributes are
+    free to be named and shaped as the class likes. A subclass that only changes defaults sets
+    :attr:`option_defaults` instead of repeating the constructor.
     """
 
     name: ClassVar[str]
@@ -154,6 +170,26 @@ class Balancer(ABC):
     #: True for a method that reads values back to the host every step by design (on CUDA, a
     #: synchronisation even with ``nonfinite="unchecked"``)
     reads_host: ClassVar[bool] = False
+    #: defaults that differ from the constructor's (a subclass's own defaults, e.g. FAMO's)
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: attributes that are runtime bindings, not options or state (e.g. an optimiser): kept as they
+    #: are by :meth:`load_state_dict`
+    _runtime_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls.__dict__["__init__"])  # type: ignore[method-assign]
+        unknown = set(cls.option_defaults) - set(cls.options_of())
+        if unknown:
+            raise TypeError(f"{cls.__qualname__}.option_defaults: {', '.join(sorted(unknown))} not among its options")
+
+    @classmethod
+    def options_of(cls) -> dict[str, Any]:
+        """The options of this class (keyword arguments other than ``num_objectives``) and their defaults."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        declared = {p.name: p.default for p in params if p.name not in ("self", "num_objectives") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return {k: cls.option_defaults.get(k, v) for k, v in declared.items()}
 
     def __init__(self, num_objectives: int, *, nonfinite: NonFinite = "raise") -> None:
         positive_int("num_objectives", num_objectives)
@@ -230,9 +266,9 @@ class Balancer(ABC):
 
     # ------------------------------------------------------------------ state
     def _options(self) -> dict[str, Any]:
-        """Constructor options, as passed to ``type(self)(**options)``: every constructor argument
-        is kept in an attribute of the same name."""
-        return {name: getattr(self, name) for name in _option_names(type(self))}
+        """The options this balancer was built with (``num_objectives`` included), as passed to
+        ``type(self)(**options)``."""
+        return copy.deepcopy(self.__dict__["_given_options"])
 
     def _state(self) -> dict[str, Any]:
         return {}
@@ -265,7 +301,9 @@ class Balancer(ABC):
                 f"state_dict has {fresh.num_objectives} objectives, this balancer {self.num_objectives}: "
                 f"create it with num_objectives={fresh.num_objectives} to load it"
             )
+        kept = {k: self.__dict__[k] for k in self._runtime_attributes if k in self.__dict__}
         self.__dict__.update(fresh.__dict__)
+        self.__dict__.update(kept)
         self._load_state({k: v.clone() if isinstance(v, Tensor) else v for k, v in state_dict["state"].items()})
         self.skips = int(state_dict.get("skips", 0))
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from moo_opt.balancers.base import NonFinite
-from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer, Mode
+from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.registry import register
 
 
@@ -27,30 +24,4 @@ class FAMOBalancer(CoarseToFineBalancer):
     """
 
     name = "famo"
-
-    def __init__(
-        self,
-        num_objectives: int,
-        *,
-        offsets: float | Sequence[float] = 1e-8,
-        beta: float = 0.025,
-        gamma: float = 0.01,
-        renormalize: bool = True,
-        mode: Mode = "same_batch",
-        update_every: int = 1,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        nonfinite: NonFinite = "raise",
-    ) -> None:
-        super().__init__(
-            num_objectives,
-            offsets=offsets,
-            beta=beta,
-            gamma=gamma,
-            renormalize=renormalize,
-            mode=mode,
-            update_every=update_every,
-            betas=betas,
-            eps=eps,
-            nonfinite=nonfinite,
-        )
+    option_defaults = {"offsets": 1e-8, "gamma": 0.01}

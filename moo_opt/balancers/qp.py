@@ -85,6 +85,7 @@ class QPBalancer(GramianBalancer):
     """
 
     name = "qp"
+    _runtime_attributes = ("_optimizer",)  # bind_optimizer's binding survives load_state_dict
 
     def __init__(
         self,
@@ -196,11 +197,6 @@ class QPBalancer(GramianBalancer):
         device = grads.params[0].device
         self._metric_used = torch.full((), float(precond is not None), dtype=torch.float64, device=device)
         return grads.gramian(precond, shared_only=self.shared_only)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        optimizer = self._optimizer
-        super().load_state_dict(state_dict)
-        self._optimizer = optimizer
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
         offsets, scale = self._offsets.on(values.device), None
