@@ -1,13 +1,16 @@
-"""A training step with any balancer, in one call."""
+"""A training step with any balancer, in one call: the one implementation of a balanced step, used
+by library users and by the LIC trainer alike."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-from moo_opt.balancers import BalanceInfo, Balancer
+from moo_opt.balancers import BalanceInfo, Balancer, NonFiniteLossError
 
 
 def balanced_step(
@@ -17,6 +20,7 @@ def balanced_step(
     parameters: Iterable[Tensor],
     *,
     max_norm: float | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> BalanceInfo:
     """Zero the gradients, balance, clip, step, and let an amortised balancer learn.
 
@@ -28,19 +32,41 @@ def balanced_step(
         for x in loader:
             info = balanced_step(balancer, optimizer, lambda: losses_of(model, x), model.parameters(), max_norm=1.0)
 
-    ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step. A
-    skipped step (``nonfinite="skip"``) leaves parameters and optimiser untouched.
+    ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step.
+    ``after_step`` runs right after the optimiser's step, before the amortised update (e.g. an
+    auxiliary optimiser's step, a weight average's update).
+
+    Non-finite values never reach the parameters. A balancer with ``nonfinite="skip"`` skips a step
+    whose losses are NaN or Inf by itself, and this function also skips one whose gradient norm is
+    (finite losses can still give a non-finite gradient): the parameters, the optimiser and the
+    balancer's state stay as they were, and the returned info says ``skipped``. With
+    ``nonfinite="raise"`` such a gradient raises :class:`~moo_opt.NonFiniteLossError`; with
+    ``"unchecked"`` nothing is read back (no host synchronisation) and nothing is checked.
     """
     params = list(parameters)
     balancer.bind_optimizer(optimizer)  # for balancers that measure balance in the optimiser's metric
     optimizer.zero_grad(set_to_none=True)
+    checked = balancer.nonfinite != "unchecked"
+    snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None  # a few small tensors
     info = balancer.backward(compute_losses(), params)
+    if not info.skipped and (checked or max_norm is not None):  # every parameter the optimiser updates, balanced or not
+        every = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(every, math.inf if max_norm is None else max_norm)
+        if checked and not bool(torch.isfinite(norm)):
+            if snapshot is None:
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(
+                    f"the gradient norm is {float(norm)} although the losses are finite ({info.losses.tolist()}); "
+                    "lower the learning rate, or pass nonfinite='skip' to skip such steps"
+                )
+            balancer.load_state_dict(snapshot)
+            info = dataclasses.replace(info, skipped=True)
     if info.skipped:
         optimizer.zero_grad(set_to_none=True)
         return info
-    if max_norm is not None:  # every parameter the optimiser updates, balanced or not
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
     optimizer.step()
+    if after_step is not None:
+        after_step()
     if balancer.needs_update:
         with torch.no_grad():
             balancer.update(compute_losses())

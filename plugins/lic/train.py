@@ -282,6 +282,33 @@ class TrainingStopped(Exception):
     """Training cannot go on (repeated non-finite steps); the message says where to resume."""
 
 
+class StepMeter:
+    """The time per step since the last log line, and each objective's improvement speed: an EMA
+    (0.9) of the per-step decrease of log(L + 1), on the device, over the steps not skipped."""
+
+    def __init__(self) -> None:
+        self.speed: torch.Tensor | None = None
+        self._prev: torch.Tensor | None = None
+        self._time, self._count = 0.0, 0
+
+    def add(self, seconds: float, losses: torch.Tensor, skipped: bool) -> None:
+        self._time += seconds
+        self._count += 1
+        if skipped:
+            return
+        log_loss = torch.log1p(losses)
+        if self._prev is not None:
+            delta = self._prev - log_loss
+            self.speed = delta if self.speed is None else 0.9 * self.speed + 0.1 * delta
+        self._prev = log_loss
+
+    def take_time(self) -> float:
+        """The mean seconds per step since the last call (resets the count)."""
+        mean = self._time / self._count
+        self._time, self._count = 0.0, 0
+        return mean
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         if args.finetune and args.checkpoint is None and args.pretrained is None:
@@ -398,34 +425,33 @@ class Trainer:
         return rd_losses(out, x, self.args.lmbda, self.args.metric)
 
     def train_step(self, x: torch.Tensor) -> tuple[moo_opt.BalanceInfo, Any, torch.Tensor, bool]:
-        """One step; returns ``(info, losses, aux loss, skipped)``. A NaN or Inf loss or gradient
-        skips the step: parameters, optimisers and the balancer's state stay as they were."""
-        self.optimizer.zero_grad(set_to_none=True)
+        """One step (:func:`moo_opt.balanced_step`, with the auxiliary loss's step and the weight
+        average's update after the optimiser's); returns ``(info, losses, aux loss, skipped)``. A NaN
+        or Inf loss or gradient skips the step: parameters, optimisers and the balancer's state stay
+        as they were."""
         self.aux_optimizer.zero_grad(set_to_none=True)
-        snapshot = self.balancer.state_dict()  # a few small tensors; restored if the step is skipped
-        rd = self.losses(x)
-        info = self.balancer.backward(rd.as_list(), self.main_params)
-        skipped = info.skipped
-        if not skipped:
-            max_norm = self.args.clip_max_norm if self.args.clip_max_norm > 0 else math.inf
-            norm = torch.nn.utils.clip_grad_norm_(self.main_params, max_norm)
-            skipped = not bool(torch.isfinite(norm))
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.load_state_dict(snapshot)
-        else:
-            self.optimizer.step()
-        aux = self.net.aux_loss()
-        if not skipped and bool(torch.isfinite(aux)):
-            aux.backward()
-            self.aux_optimizer.step()
-        if self.ema is not None and not skipped:
-            self.ema.update()
-        if self.balancer.needs_update and not skipped:
-            with torch.no_grad():
-                self.balancer.update(self.losses(x).as_list())
-        self._count(skipped)
-        return info, rd, aux.detach(), skipped
+        first: list[Any] = []  # the losses of the step (not those the amortised update recomputes)
+        auxiliary: list[torch.Tensor] = []
+
+        def losses() -> list[torch.Tensor]:
+            rd = self.losses(x)
+            first.append(rd)
+            return rd.as_list()
+
+        def after_step() -> None:
+            aux = self.net.aux_loss()
+            auxiliary.append(aux.detach())
+            if bool(torch.isfinite(aux)):
+                aux.backward()
+                self.aux_optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+
+        max_norm = self.args.clip_max_norm if self.args.clip_max_norm > 0 else None
+        info = moo_opt.balanced_step(self.balancer, self.optimizer, losses, self.main_params, max_norm=max_norm, after_step=after_step)
+        aux = auxiliary[0] if auxiliary else self.net.aux_loss().detach()
+        self._count(info.skipped)
+        return info, first[0], aux, info.skipped
 
     def _count(self, skipped: bool) -> None:
         if not skipped:
@@ -502,80 +528,90 @@ class Trainer:
 
     # ----------------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
-        args = self.args
+        """Train to the step budget, one epoch at a time (as CompressAI's ``examples/train.py``:
+        train an epoch, test, save); returns the last test."""
         main_process = self.rank == 0  # the only one that logs and writes checkpoints
-        log = RunLog(args.out) if main_process else None
-        bar = None
-        if not args.no_progress and main_process:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total, initial=self.step, desc=f"{self.spec.name} {self.balancer.name}", unit="step", dynamic_ncols=True)
+        log = RunLog(self.args.out) if main_process else None
+        bar = self._progress_bar() if main_process else None
         if self.train_set.skipped and main_process:
             print(f"note: {self.train_set.skipped} training images smaller than --patch-size were skipped", file=sys.stderr)
-        prev_log_loss: torch.Tensor | None = None
-        speed: torch.Tensor | None = None
+        meter = StepMeter()
         result: dict[str, float] = {}
-        step_time, timed = 0.0, 0  # time and number of steps since the last log line
         while self.step < self.total:
-            self.epoch = self.step // self.steps_per_epoch
-            self.train_set.set_epoch(self.epoch)
-            self.sampler.set_epoch(self.epoch, start_batch=self.step % self.steps_per_epoch)
-            # a private generator: creating the loader's iterator must not draw from the global RNG
-            # (the quantisation noise stream), or a resumed run would diverge from an uninterrupted one
-            loader = DataLoader(
-                self.train_set,
-                batch_size=args.batch_size,
-                sampler=self.sampler,
-                num_workers=args.num_workers,
-                drop_last=True,
-                generator=torch.Generator().manual_seed(args.seed + self.epoch),
-            )
-            for x in loader:
-                t0 = time.perf_counter()
-                info, rd, aux, skipped = self.train_step(x.to(self.device))
-                step_time += time.perf_counter() - t0
-                timed += 1
-                self.step += 1
-                # improvement speed of each objective: EMA of the per-step decrease of log(L + 1), on the device
-                log_loss = torch.log1p(info.losses)
-                if prev_log_loss is not None and not skipped:
-                    delta = prev_log_loss - log_loss
-                    speed = delta if speed is None else 0.9 * speed + 0.1 * delta
-                if not skipped:
-                    prev_log_loss = log_loss
-                if (self.step % args.log_every == 0 or self.step == self.total) and main_process:
-                    record = self._record(info, rd, aux, speed, step_time / timed)
-                    step_time, timed = 0.0, 0
-                    if log is not None:
-                        log.write(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}", w_d=f"{record['weight/distortion']:.3f}")
-                if bar is not None:
-                    bar.update(1)
-                if not self.plateau:
-                    self.scheduler.step()
-                end = self.step >= self.total
-                end_of_epoch = self.step % self.steps_per_epoch == 0
-                due_test = end or (end_of_epoch if args.test_every is None else self.step % args.test_every == 0)
-                due_save = end or (due_test if args.save_every is None else self.step % args.save_every == 0)
-                improved = False
-                if due_test:
-                    result = self.test()
-                    self.last_test_loss = result["loss"]
-                    improved = result["loss"] < self.best
-                    self.best = min(self.best, result["loss"])
-                    if self.plateau:
-                        self.scheduler.step(result["loss"])
-                    if log is not None:
-                        log.write({"step": self.step, "epoch": self.epoch, "test/loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
-                if main_process and (due_save or improved):
-                    self.save(last=due_save, best=improved)
-                if end or end_of_epoch:
-                    break
+            result = self.train_epoch(meter, log, bar) or result
         if bar is not None:
             bar.close()
         if log is not None:
             log.close()
+        return result
+
+    def _progress_bar(self) -> Any:
+        if self.args.no_progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total, initial=self.step, desc=f"{self.spec.name} {self.balancer.name}", unit="step", dynamic_ncols=True)
+
+    def _loader(self) -> DataLoader:
+        """The training batches of the current epoch, from the step the run is at."""
+        self.epoch = self.step // self.steps_per_epoch
+        self.train_set.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, start_batch=self.step % self.steps_per_epoch)
+        # a private generator: creating the loader's iterator must not draw from the global RNG
+        # (the quantisation noise stream), or a resumed run would diverge from an uninterrupted one
+        return DataLoader(
+            self.train_set,
+            batch_size=self.args.batch_size,
+            sampler=self.sampler,
+            num_workers=self.args.num_workers,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.args.seed + self.epoch),
+        )
+
+    def train_epoch(self, meter: StepMeter, log: RunLog | None, bar: Any) -> dict[str, float] | None:
+        """The rest of the current epoch (or of the budget): a step per batch, logged every
+        ``--log-every`` steps; the test and the checkpoints when due. Returns the last test, if any."""
+        result = None
+        for x in self._loader():
+            t0 = time.perf_counter()
+            info, rd, aux, skipped = self.train_step(x.to(self.device))
+            self.step += 1
+            meter.add(time.perf_counter() - t0, info.losses, skipped)
+            if (self.step % self.args.log_every == 0 or self.step == self.total) and log is not None:
+                record = self._record(info, rd, aux, meter.speed, meter.take_time())
+                log.write(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}", w_d=f"{record['weight/distortion']:.3f}")
+            elif self.step % self.args.log_every == 0 or self.step == self.total:
+                meter.take_time()
+            if bar is not None:
+                bar.update(1)
+            if not self.plateau:
+                self.scheduler.step()
+            result = self.test_and_save(log) or result
+            if self.step >= self.total or self.step % self.steps_per_epoch == 0:
+                break
+        return result
+
+    def test_and_save(self, log: RunLog | None) -> dict[str, float] | None:
+        """After a step: the test when due (and the plateau schedule's step), the checkpoints when due
+        or when the test improved. Returns the test, if one ran."""
+        args = self.args
+        end = self.step >= self.total
+        due_test = end or (self.step % self.steps_per_epoch == 0 if args.test_every is None else self.step % args.test_every == 0)
+        due_save = end or (due_test if args.save_every is None else self.step % args.save_every == 0)
+        result, improved = None, False
+        if due_test:
+            result = self.test()
+            self.last_test_loss = result["loss"]
+            improved = result["loss"] < self.best
+            self.best = min(self.best, result["loss"])
+            if self.plateau:
+                self.scheduler.step(result["loss"])
+            if log is not None:
+                log.write({"step": self.step, "epoch": self.epoch, "test/loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
+        if self.rank == 0 and (due_save or improved):
+            self.save(last=due_save, best=improved)
         return result
 
     def _record(self, info: moo_opt.BalanceInfo, rd: Any, aux: torch.Tensor, speed: torch.Tensor | None, step_time: float) -> dict[str, Any]:
