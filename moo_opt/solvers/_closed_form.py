@@ -7,17 +7,21 @@ vertex answer is exact even when g1 ≈ g2). In equilibrated coordinates the red
 scalar ``h = (q11 + q22 − 2 q12) / (q11 + q22)``: the problem is degenerate (g1 ≈ g2, every w
 optimal) when ``h ≤ rcond·max(1, h)``, and the minimum-norm answer is then w = (½, ½), exactly
 what the general null-space path returns.
+
+:func:`solve_small` is the one dispatch of the N ≤ 2 cases that the equality and simplex solvers share.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from moo_opt.solvers._input import not_psd_error
-from moo_opt.solvers.result import SolveStatus, status_code
+from moo_opt.solvers._input import Gramian, not_psd_error, to_weights
+from moo_opt.solvers.result import SolveResult, SolveStatus, status_code
 
 
 def closed_form_host(
@@ -70,3 +74,32 @@ def closed_form_device(q: Tensor, rcond: float, simplex: bool, base: SolveStatus
         torch.where(degenerate, status_code(SolveStatus.DEGENERATE), status_code(base)),
     )
     return w, code
+
+
+def solve_small(
+    g: Gramian, rcond: float, problem: Literal["equality", "simplex"], *, base: SolveStatus, ridge: float = 0.0, closed_form: bool = True
+) -> SolveResult | None:
+    """The N ≤ 2 cases of ``problem``: N = 1 is w = (1); N = 2 the closed form, on an accelerator without
+    a host synchronisation (the status is computed when read). ``ridge`` adds ``ridge·tr(Q)/N·I`` before
+    solving; ``closed_form=False`` leaves N = 2 on the host to the caller's general method. None: the
+    caller solves (N > 2, or N = 2 with the closed form declined)."""
+    simplex = problem == "simplex"
+    if g.dev is not None:  # N ≤ 2 on an accelerator: stay on the device
+        qd = g.dev
+        if g.n == 1:
+            ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
+            code = torch.where(ok, status_code(base), status_code(SolveStatus.INVALID_INPUT))
+            return SolveResult.closed_form(torch.ones(1, dtype=torch.float64, device=g.device), problem, gram=qd, status=code)
+        solve_on = qd + ridge * torch.trace(qd) / 2.0 * torch.eye(2, dtype=qd.dtype, device=qd.device) if ridge > 0.0 else qd
+        w, code = closed_form_device(solve_on, rcond, simplex=simplex, base=base)
+        return SolveResult.closed_form(w, problem, gram=qd, status=code)
+    host = g.host
+    assert host is not None
+    if g.n == 1:
+        return SolveResult.closed_form(to_weights(np.ones(1), g.device), problem, gram=host, status=base, condition=1.0)
+    if g.n > 2 or not closed_form:
+        return None
+    solve_on = host + ridge * float(np.trace(host)) / 2.0 * np.eye(2) if ridge > 0.0 else host
+    w1, w2, degenerate, cond = closed_form_host(float(solve_on[0, 0]), float(solve_on[0, 1]), float(solve_on[1, 1]), rcond, simplex=simplex)
+    status = SolveStatus.DEGENERATE if degenerate else base
+    return SolveResult.closed_form(to_weights(np.array((w1, w2)), g.device), problem, gram=host, status=status, condition=cond)

@@ -57,21 +57,27 @@ def balance_transform(
     top = float(lam[-1])
     keep = lam > rc * top if top > 0.0 else np.zeros(g.n, dtype=bool)
     rank = int(keep.sum())
-    if rank == 0:
-        b = np.eye(g.n)
-        sigma2 = 0.0
-    else:
-        lk, vk = lam[keep], vec[:, keep]
-        sigma2 = float({"min": lk.min(), "median": np.median(lk), "rmse": lk.mean()}[scale])
-        b = (vk * (np.sqrt(sigma2) / np.sqrt(lk))) @ vk.T
+    b, sigma2 = _transform(lam[keep], vec[:, keep], scale, g.n)
 
     def certificate() -> KKTReport:  # read lazily: the training step never pays for it
-        if sigma2 == 0.0:
-            return KKTReport(0.0, 0.0, 0.0, 0.0)
-        projector = vec[:, keep] @ vec[:, keep].T
-        gap = b @ host @ b - sigma2 * projector
-        return KKTReport(float(np.abs(gap).max()) / sigma2, 0.0, 0.0, 0.0)
+        return _alignment_kkt(host, b, sigma2, vec[:, keep])
 
     status = SolveStatus.OPTIMAL if rank == g.n else SolveStatus.DEGENERATE
     condition = top / float(lam[0]) if rank == g.n else float("inf")
     return SolveResult.solved(to_weights(b, g.device), "alignment", method="eigh", gram=host, status=status, condition=condition, certificate=certificate)
+
+
+def _transform(lam: np.ndarray, vec: np.ndarray, scale: AlignmentScale, n: int) -> tuple[np.ndarray, float]:
+    """B = σ·V Λ^(-1/2) Vᵀ on the kept eigenpairs, and σ²; the identity and 0 when none is kept (Q = 0)."""
+    if lam.size == 0:
+        return np.eye(n), 0.0
+    sigma2 = float({"min": lam.min(), "median": np.median(lam), "rmse": lam.mean()}[scale])
+    return (vec * (np.sqrt(sigma2) / np.sqrt(lam))) @ vec.T, sigma2
+
+
+def _alignment_kkt(host: np.ndarray, b: np.ndarray, sigma2: float, basis: np.ndarray) -> KKTReport:
+    """max |B Q B − σ²P| / σ² as the stationarity term, P the projector on the kept eigenvectors."""
+    if sigma2 == 0.0:
+        return KKTReport(0.0, 0.0, 0.0, 0.0)
+    gap = b @ host @ b - sigma2 * (basis @ basis.T)
+    return KKTReport(float(np.abs(gap).max()) / sigma2, 0.0, 0.0, 0.0)

@@ -36,46 +36,14 @@ def solve_box_qp(
     :math:`(v_i - u_i)\lambda_i = 0`. So :math:`(Qv^*)_j = g_j\cdot Gv^* \ge 0` for every :math:`j`:
     the projection conflicts with no gradient.
 
-    Algorithm: an exact active-set method (Lawson & Hanson, "Solving Least Squares Problems", 1974,
-    ch. 23) for the non-negative problem in :math:`x = v - u \ge 0`, in Jacobi-equilibrated
-    coordinates :math:`Q = SCS`, :math:`z = Sx` (so the answer is invariant to ``Q → cQ`` and to
-    rescaling single gradients). Starting from :math:`x = 0` and an empty passive set P, it adds the
-    index of the most negative relative multiplier :math:`\lambda_i / \mathrm{scale}_i` and solves
-    the sub-problem on P as the least-squares problem :math:`\min \|B_P z_P + B S u\|` on a factor
-    :math:`B^\top B = C` (``B = Λ^{1/2}Vᵀ`` from ``eigh(C)``, tiny negative eigenvalues clipped) with
-    ``numpy.linalg.lstsq`` (minimum-norm solution, singular values below ``√rcond·σmax`` cut); when
-    some :math:`z_P` would leave the orthant it steps back to the boundary and drops those indices.
-    The objective decreases strictly from one passive set to the next, so it terminates in exact
-    arithmetic. It stops when the relative dual infeasibility :math:`\max_i(-\lambda_i)/\mathrm{scale}_i`
-    is at most ``tol`` (see the certificate below), or at ``max_iter`` sub-problem solves.
-
-    Statuses:
-        * ``OPTIMAL``: converged to ``tol``, and the optimum is unique.
-        * ``DEGENERATE``: [decision] either converged to ``tol`` (``Gv*`` and the objective are
-          optimal: ``Gv*`` is a projection, hence unique) with the equilibrated Gramian of the
-          optimal face — the indices with :math:`v_i > u_i` or a multiplier :math:`\le 10^{-9}`
-          relative — singular to ``rcond``, so that :math:`v^*` may not be unique (duplicated,
-          opposite or zero gradients; flagged whenever :math:`v^*` is not unique, and occasionally
-          also when only the sign conditions :math:`v \ge u` on the face make it unique); or
-          stopped without progress right after a sub-problem singular to ``rcond`` (nearly
-          dependent gradients): the truncated directions are not resolvable in floating point and
-          the KKT residual is then at most of the order of ``√rcond`` (≈ 1.5e-7 in float64; the
-          certificate tells). The tie-break is the active-set method's own answer: :math:`v_i = u_i`
-          on every index it never had to move, minimum-norm :math:`S(v - u)` inside a
-          rank-deficient sub-problem.
-        * ``INACCURATE``: no progress in floating point short of ``tol`` although the sub-problem
-          was resolvable (an index just added left again without a step, a passive set repeated,
-          or the worst multiplier is on an index already free); the certificate says how far.
-        * ``MAX_ITER``: ``max_iter`` sub-problem solves without reaching ``tol``.
-
-    Certificate (``result.kkt``, relative and scale-free): with :math:`s = ` ``jacobi_scales(Q)``,
-    :math:`T = \sum_j s_j\max(|v_j|, |u_j|)` and :math:`\mathrm{scale}_i = s_i T` (a bound on
-    :math:`|(Qv)_i|`), ``stationarity = 0``, ``primal_feasibility = max max(uᵢ − vᵢ, 0)·sᵢ/T``,
-    ``dual_feasibility = max max(−λᵢ, 0)/scaleᵢ``, ``complementarity = max |vᵢ − uᵢ|·|λᵢ|/T²``
-    (all 0 when T = 0). [decision] T counts :math:`|u_j|` too: for UPGrad's bounds
-    (:math:`u \ge 0`, so :math:`|v_j| \ge |u_j|`) it is :math:`\sum_j s_j|v_j|`, but a bound with
-    negative entries can have :math:`v^* \approx 0`, where :math:`\lambda = Q(u + x)` is only known
-    to rounding relative to :math:`|u|`. The returned :math:`v` satisfies :math:`v \ge u` exactly.
+    An exact active-set method (Lawson & Hanson 1974) in Jacobi-equilibrated coordinates, so the answer
+    is invariant to ``Q → cQ`` and to rescaling single gradients; it stops when the relative dual
+    infeasibility is at most ``tol`` or at ``max_iter`` sub-problem solves. Statuses: ``OPTIMAL``
+    (converged, unique optimum); ``DEGENERATE`` (converged, or stopped after a sub-problem singular to
+    ``rcond``, with :math:`v^*` possibly not unique: :math:`Gv^*` still optimal); ``INACCURATE`` (no
+    progress in floating point short of ``tol``); ``MAX_ITER``. The returned :math:`v \ge u` exactly;
+    ``result.kkt`` is the scale-free certificate. The algorithm, tie-break, certificate and cost:
+    :ref:`box-solver`.
 
     Args:
         q: symmetric positive semi-definite N×N Gram matrix (torch tensor on any device or numpy
@@ -87,11 +55,6 @@ def solve_box_qp(
         max_iter: cap on the sub-problem solves, default ``10·N + 10``.
         validate: check ``q`` (finite, symmetric, PSD) and raise ``ValueError``; ``None`` or
             ``True``: always (the solve runs on the host anyway); ``False``: skip.
-
-    Cost: one N×N copy to the host (a synchronisation on CUDA), one ``eigh`` (O(N³)) and one
-    ``lstsq`` on an N×|P| matrix per iteration: one iteration per index moved off its bound (plus
-    one per step back, rare), none when :math:`Qu \ge 0`. Measured on one CPU core: ~40 µs for
-    N = 2, ~0.1 ms for N = 8 (2 to 4 iterations for UPGrad's bounds).
 
     Returns:
         :class:`SolveResult` with ``problem="box"``, ``method="active-set"``, ``weights`` = :math:`v^*`

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from moo_opt.solvers._closed_form import closed_form_device, closed_form_host
+from moo_opt.solvers._closed_form import solve_small
 from moo_opt.solvers._core import equality_condition, equality_core
 from moo_opt.solvers._input import prepare, to_weights
-from moo_opt.solvers.result import SolveResult, SolveStatus, status_code
+from moo_opt.solvers.result import SolveResult, SolveStatus
 
 EqualityMethod = Literal["auto", "closed-form", "null-space"]
 
@@ -40,19 +39,15 @@ def solve_equality_qp(
         ridge: [decision] 0 (default) solves the problem as posed and, when the optimum is not
             unique, returns the minimum-norm optimal weights (status ``DEGENERATE``). ``ridge > 0``
             solves with ``Q + ridge·tr(Q)/N·I`` instead (status ``REGULARIZED``).
-        method: ``"auto"`` (closed form for N = 2; Cholesky of the equilibrated matrix when it is
-            well conditioned, the null-space method otherwise), ``"closed-form"`` (N ≤ 2 only) or
-            ``"null-space"`` (always the eigen-decomposition path; the reference for the others).
+        method: ``"auto"`` (closed form for N = 2; Cholesky of the equilibrated matrix when well
+            conditioned, else the null-space method), ``"closed-form"`` (N ≤ 2) or ``"null-space"``.
         validate: check values (finite, symmetric, PSD) and raise ``ValueError``. ``None``: always,
-            except N ≤ 2 on a non-CPU device, where the check is deferred into the status.
+            except N ≤ 2 on a non-CPU device (deferred into the status).
 
-    Cost: N = 2 is a handful of scalar operations; on CUDA it stays on the device and never
-    synchronises with the host (the status and certificate are computed only when read). N > 2
-    copies the N×N matrix to the host once (a synchronisation on CUDA) and costs O(N³) in float64
-    LAPACK, microseconds for N ≤ 32.
+    Cost: N = 2, a few scalar operations that never synchronise on CUDA (status and certificate are
+    computed when read); N > 2, one host copy and O(N³) float64 LAPACK (microseconds for N ≤ 32).
 
-    Returns:
-        :class:`SolveResult` with float64 weights on ``q``'s device.
+    Returns: :class:`SolveResult` with float64 weights on ``q``'s device.
 
     Raises:
         ValueError: ``q`` is not square, empty, not finite, not symmetric or not PSD.
@@ -67,32 +62,12 @@ def solve_equality_qp(
     if method == "closed-form" and g.n > 2:
         raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
 
-    if g.dev is not None:  # N ≤ 2 on an accelerator: stay on the device
-        qd = g.dev
-        if g.n == 1:
-            w = torch.ones(1, dtype=torch.float64, device=g.device)
-            ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
-            code = torch.where(ok, status_code(base), status_code(SolveStatus.INVALID_INPUT))
-            return SolveResult.closed_form(w, "equality", gram=qd, status=code)
-        if ridge > 0.0:
-            qd = qd + ridge * torch.trace(qd) / 2.0 * torch.eye(2, dtype=qd.dtype, device=qd.device)
-        w, code = closed_form_device(qd, rc, simplex=False, base=base)
-        return SolveResult.closed_form(w, "equality", gram=g.dev, status=code)
-
+    small = solve_small(g, rc, "equality", base=base, ridge=ridge, closed_form=method != "null-space")
+    if small is not None:
+        return small
     host = g.host
     assert host is not None
-    solve_on = host
-    if ridge > 0.0:
-        solve_on = host + ridge * float(np.trace(host)) / g.n * np.eye(g.n)
-    if g.n == 1:
-        return SolveResult.closed_form(to_weights(np.ones(1), g.device), "equality", gram=host, status=base, condition=1.0)
-    if g.n == 2 and method != "null-space":
-        w1, w2, degenerate, cond = closed_form_host(
-            float(solve_on[0, 0]), float(solve_on[0, 1]), float(solve_on[1, 1]), rc, simplex=False
-        )
-        weights = to_weights(np.array((w1, w2)), g.device)
-        status = SolveStatus.DEGENERATE if degenerate else base
-        return SolveResult.closed_form(weights, "equality", gram=host, status=status, condition=cond)
+    solve_on = host + ridge * float(np.trace(host)) / g.n * np.eye(g.n) if ridge > 0.0 else host
     sol = equality_core(solve_on, rc, "null-space" if method == "null-space" else "auto")
     status = SolveStatus.DEGENERATE if sol.degenerate else base
     cond = sol.condition

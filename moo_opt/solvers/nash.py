@@ -37,41 +37,12 @@ def solve_nash(
     on :math:`\alpha > 0`, which is solved exactly here (the paper's sequence of convex
     approximations is not used).
 
-    Method: Jacobi equilibration :math:`Q = SCS` (:func:`~moo_opt.solvers._core.jacobi_scales`);
-    :math:`\beta = S\alpha` solves :math:`\beta \odot (C\beta) = 1` and :math:`\alpha = S^{-1}\beta`,
-    which makes the weights exactly covariant with the scale of each gradient (``gᵢ → c·gᵢ`` gives
-    ``αᵢ → αᵢ/c``) and with ``Q → cQ`` (``α → α/√c``). Damped Newton on :math:`f(\beta)` from the
-    minimiser of ``f`` along the ray ``t·1`` (``t = √(N / 1ᵀC1)``): gradient ``r = Cβ − 1/β``,
-    Hessian ``H = C + diag(1/β²)`` (Cholesky), decrement ``λ = √(rᵀH⁻¹r)``. While ``λ ≥ 1/4``
-    the full step is taken if it keeps ``β > 0`` and lowers ``f`` by ``λ²/4`` (Armijo), else the
-    damped step of size ``1/(1+λ)`` (which keeps ``β > 0`` and lowers ``f`` by at least
-    ``λ − log(1+λ)``, Nesterov & Nemirovski); full steps after (quadratic convergence). N = 2 has
-    the closed form ``αᵢ = 1 / (sᵢ √(1 + cos θ))``, ``sᵢ = |gᵢ|``, θ the angle between the gradients.
-
-    Certificate (:class:`KKTReport`): ``stationarity = maxᵢ |αᵢ(Qα)ᵢ − 1| / max(1, αᵢ(|Q|α)ᵢ)``,
-    the residual relative to the size of the terms it is made of (``|Q|`` elementwise; the
-    denominator is 1 when no two gradients conflict, so it is then the plain residual);
-    ``primal_feasibility = maxᵢ max(−sᵢαᵢ, 0)`` (0: the weights are positive by construction);
-    the other two terms are 0. Newton stops when the same figure, on ``C`` and ``β``, is at most
-    ``tol``.
-
-    [decision] Existence. A solution exists iff some direction improves every objective, i.e.
-    (Gordan) iff no ``y ≥ 0, y ≠ 0`` has ``Qy = 0`` (a zero gradient; opposite gradients
-    ``g1 = −g2``; zero in the convex hull of some gradients); otherwise ``f`` is unbounded below.
-    Then the *blocked* set ``B`` (the union of the supports of all such ``y``: the maximal support
-    of the cone ``{y ≥ 0 : Qy = 0}``) gets weight exactly 0, Nash is solved on the rest (where a
-    solution always exists, by maximality of ``B``) and the status is ``INFEASIBLE``. If every
-    objective is blocked, all weights are 0 (``d = 0``: a Pareto-stationary point). Since every
-    unblocked weight is positive, **an objective is blocked iff its weight is exactly 0**. ``B`` is
-    computed only when ``C`` is singular to ``rcond``: ``Z`` spans the eigenvectors of ``C`` with
-    eigenvalues ``≤ rcond·max(1, λmax)`` and one LP (HiGHS) finds the largest set of objectives ``i``
-    such that some ``y = Zx`` with ``Σy ≤ 1`` and ``y ≥ −rcond`` (the rounding of ``Z``: that of a
-    float32 Gramian must not hide an exact block) has ``yᵢ ≥ √rcond`` (the threshold's own scale,
-    ``‖Gy‖ ≤ √(rcond·λmax)‖y‖`` on the null space). A singular ``C`` with an empty ``B`` (e.g. three
-    coplanar gradients with a common improving direction) has a unique solution, found by Newton on
-    the whole problem (``H`` stays positive definite thanks to the log barrier): ``OPTIMAL``.
-    For N = 2 the same rule reads: both are blocked when ``1 + cos θ ≤ rcond·(1 + |cos θ|)``, a zero
-    gradient alone otherwise. :func:`nash_blocked` returns ``B`` without solving.
+    Damped Newton on the Jacobi-equilibrated problem (weights exactly covariant with the scale of each
+    gradient), N = 2 in closed form. [decision] Where no direction improves every objective (a zero
+    gradient, opposite gradients, zero in the convex hull of some gradients), the *blocked*
+    objectives get weight exactly 0 and Nash is solved on the rest (status ``INFEASIBLE``):
+    **an objective is blocked iff its weight is exactly 0** (:func:`nash_blocked` returns them
+    without solving). The method, the certificate, the blocked set and the cost: :ref:`nash-solver`.
 
     Statuses: ``OPTIMAL`` (a solution exists and is certified to ``tol``); ``INFEASIBLE`` (some
     objectives blocked, the others certified to ``tol``); ``MAX_ITER`` (``max_iter`` Newton steps
@@ -97,11 +68,6 @@ def solve_nash(
         ``"closed-form"`` (N ≤ 2), ``iterations`` the Newton steps, weights α (float64, on ``q``'s
         device, not normalised: ``d = Gα``).
 
-    Cost: on the host in float64 (one synchronisation on CUDA). N = 2: a closed form (≈ 15 µs).
-    Otherwise one Cholesky factorisation and condition estimate of ``C``, then one Cholesky solve
-    with ``H`` per Newton step (4 to 10 steps on well-posed inputs, up to ~35 on nearly blocked
-    ones; ≈ 0.1 ms for N = 8); an eigen-decomposition and one small LP only when ``C`` is singular
-    (≈ 1.4 ms for N = 8).
     """
     g, host = host_gramian(q, validate)
     rc = iteration_options(g, rcond, tol, max_iter)

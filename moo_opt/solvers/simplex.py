@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from moo_opt.solvers._closed_form import closed_form_device, closed_form_host
+from moo_opt.solvers._closed_form import solve_small
 from moo_opt.solvers._core import equality_core, jacobi_scales
 from moo_opt.solvers._input import prepare, to_weights
 from moo_opt.solvers._tolerances import TOUCHING
-from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers, status_code
+from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers
 
 SimplexMethod = Literal["auto", "closed-form", "wolfe"]  # "auto": closed form, active set, then Wolfe
 
@@ -61,25 +60,11 @@ def solve_simplex_qp(
     if cap < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
-    if g.dev is not None:  # N ≤ 2 on an accelerator: stay on the device
-        qd = g.dev
-        if g.n == 1:
-            ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
-            code = torch.where(ok, status_code(SolveStatus.OPTIMAL), status_code(SolveStatus.INVALID_INPUT))
-            return SolveResult.closed_form(torch.ones(1, dtype=torch.float64, device=g.device), "simplex", gram=qd, status=code)
-        w, code = closed_form_device(qd, rc, simplex=True, base=SolveStatus.OPTIMAL)
-        return SolveResult.closed_form(w, "simplex", gram=qd, status=code)
-
+    small = solve_small(g, rc, "simplex", base=SolveStatus.OPTIMAL, closed_form=method != "wolfe")
+    if small is not None:
+        return small
     host = g.host
     assert host is not None
-    if g.n == 1:
-        return SolveResult.closed_form(to_weights(np.ones(1), g.device), "simplex", gram=host, status=SolveStatus.OPTIMAL, condition=1.0)
-    if g.n == 2 and method != "wolfe":
-        w1, w2, degenerate, cond = closed_form_host(float(host[0, 0]), float(host[0, 1]), float(host[1, 1]), rc, simplex=True)
-        weights = to_weights(np.array((w1, w2)), g.device)
-        status = SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
-        return SolveResult.closed_form(weights, "simplex", gram=host, status=status, condition=cond)
-
     if method == "auto":
         guess = active_set_guess(host, rc, tol, min(cap, _GUESSES))
         if guess is not None:

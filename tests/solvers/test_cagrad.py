@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import moo_opt.solvers._cagrad_support as _cagrad_support
 import moo_opt.solvers.cagrad as cagrad
 from moo_opt.solvers import SolveResult, SolveStatus
 from moo_opt.solvers.cagrad import cagrad_direction_weights, solve_cagrad
@@ -350,8 +351,8 @@ def test_bisection_alone_finds_the_same_optimum(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_uncertified_answers_are_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cagrad, "CERTIFIED", -1.0)
-    monkeypatch.setattr(cagrad, "ZERO_CERTIFIED", -1.0)
+    monkeypatch.setattr(_cagrad_support, "CERTIFIED", -1.0)
+    monkeypatch.setattr(_cagrad_support, "ZERO_CERTIFIED", -1.0)
     q = _cases(3)[2]
     assert solve_cagrad(q, 0.7, max_iter=2).status is SolveStatus.MAX_ITER
     assert solve_cagrad(q, 0.7).status is SolveStatus.INACCURATE
