@@ -3,7 +3,8 @@ standard loss, two seeds, entropy-coded on the photographs.
 
     make reproduce            # python benchmarks/reproduce.py --out repro-out
     python benchmarks/reproduce.py --out repro-out [--seeds 0 1] [--parts scratch finetune] \\
-        [--steps 3000] [--finetune-steps 1000] [--jobs 2]
+        [--steps 3000] [--finetune-steps 1000] [--jobs 2] [--skip VARIANT ...] [--ablation-seeds 0] \\
+        [--scratch-lambdas VARIANT=λ,λ ...]
 
 Per seed, two studies on the photographs of ``python -m plugins.lic.photos`` (the shipped models'
 training data), each in its own folder of ``--out``:
@@ -24,7 +25,9 @@ the curves do not overlap), the R-D cost ``bpp + λ·255²·MSE`` per λ against
 range over the seeds), the median time per step relative to the anchor's in the same runs, the R-D
 plots and the paper's Figure 1 re-plotted from the logs at ``--figure-lambda``. Everything is
 resumable: finished runs are kept (``.done`` files), a run stopped part-way resumes from its last
-checkpoint, and ``--parts`` runs one study at a time.
+checkpoint, and ``--parts`` runs one study at a time. To fit a budget, ``--skip`` leaves variants out,
+``--ablation-seeds`` runs the ablations on some seeds only and ``--scratch-lambdas`` replaces a scratch
+variant's λ grid; the summary reports each variant over the seeds that ran it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ PARTS: dict[str, tuple[list[str], list[str], dict[str, str], list[str]]] = {
         ["standard", "qp", "qp-trust0.1"],
     ),
 }
+
+
+#: the paper's ablations (its Table 4), run only by --ablation-seeds
+ABLATIONS = ("c2f-gamma0", "c2f-norenorm")
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
@@ -109,18 +116,22 @@ def spread(values: list[float], digits: int = 2, suffix: str = " %") -> str:
 def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float) -> str:
     from plugins.lic import report
 
-    variants, _, anchors, figure = PARTS[part]
     folders = {s: out / f"{part}-seed{s}" for s in seeds}
-    results = {s: {v: report.load_results(folders[s] / f"{v}.json") for v in variants} for s in seeds}
+    # every variant a seed ran (--skip and --ablation-seeds leave some out); a variant is reported over the seeds that ran it
+    results = {s: {v: report.load_results(folders[s] / f"{v}.json") for v in PARTS[part][0] if (folders[s] / f"{v}.json").exists()} for s in seeds}
+    variants = [v for v in PARTS[part][0] if any(v in results[s] for s in seeds)]
+    anchors = {v: a for v, a in PARTS[part][2].items() if v in variants}
+    figure = [v for v in PARTS[part][3] if v in results[seeds[0]]]
     lines = [
         f"### {part}: BD-rate against the anchor",
         "",
         "| variant | anchor | monotonic (seeds) | BD-rate pchip per seed | cubic per seed | mean BD-rate (range) | BD-PSNR per seed | why n/a |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    ran = {v: [s for s in seeds if v in results[s]] for v in variants}
     for v, a in anchors.items():
-        bds = [report.bd_metrics(results[s][a], results[s][v]) for s in seeds]
-        mono = sum(report.monotonic(results[s][v]) for s in seeds)
+        bds = [report.bd_metrics(results[s][a], results[s][v]) for s in ran[v]]
+        mono = sum(report.monotonic(results[s][v]) for s in ran[v])
         pchip = [b["bd_rate_pchip"] for b in bds]
         cells = [
             ", ".join(report.fmt(x, 2, " %") for x in pchip),
@@ -129,7 +140,7 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
             ", ".join(report.fmt(b["bd_quality_pchip"], 3, " dB") for b in bds),
             "; ".join(dict.fromkeys(b["reason"] for b in bds if b["reason"])) or "",
         ]
-        lines.append(f"| {v} | {a} | {mono}/{len(seeds)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {v} | {a} | {mono}/{len(ran[v])} (seeds {', '.join(map(str, ran[v]))}) | " + " | ".join(cells) + " |")
     lines += ["", "Anchor curves monotonic: " + ", ".join(f"{a} {sum(report.monotonic(results[s][a]) for s in seeds)}/{len(seeds)}" for a in dict.fromkeys(anchors.values()))]
     lines += [
         "",
@@ -140,7 +151,7 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
     ]
     for v, a in anchors.items():
         per_lam: dict[float, list[float]] = {}
-        for s in seeds:
+        for s in ran[v]:
             test, base = points(results[s][v], v), points(results[s][a], a)
             for lam, (b, m) in test.items():
                 if lam in base:
@@ -157,7 +168,7 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         "| variant | median s/step | × anchor |",
         "|---|---|---|",
     ]
-    times = {v: statistics.median([step_time(Path(c).parent) for s in seeds for c in results[s][v]["results"]["checkpoint"]]) for v in variants}
+    times = {v: statistics.median([step_time(Path(c).parent) for s in ran[v] for c in results[s][v]["results"]["checkpoint"]]) for v in variants}
     for v in variants:
         anchor = anchors.get(v, v)
         lines.append(f"| {v} | {times[v]:.3f} | {times[v] / times[anchor]:.2f}× |")
@@ -167,14 +178,16 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         fig_runs = [folders[seeds[0]] / "runs" / f"{v}-{lam:g}" for v in figure]
         report.plot_figure1(fig_runs, out / f"figure1-{part}.png")
         lines += ["", f"Figure 1 at λ {lam:g} (seed {seeds[0]}): `figure1-{part}.png` ({', '.join(r.name for r in fig_runs)})."]
-    curves = [{**results[s][v], "name": f"{v} s{s}"} for v in variants for s in seeds]
+    curves = [{**results[s][v], "name": f"{v} s{s}"} for v in variants for s in ran[v]]
     report.plot_rd(curves, out / f"rd-{part}.png")
     lines += [f"R-D curves of every seed: `rd-{part}.png`; each seed's own study summary: " + ", ".join(f"`{part}-seed{s}/summary.md`" for s in seeds) + "."]
     return "\n".join(lines)
 
 
 def study_argv(part: str, seed: int, args: argparse.Namespace) -> tuple[str, list[str]]:
-    variants, grids, _, _ = PARTS[part]
+    variants = [v for v in PARTS[part][0] if v not in args.skip and (seed in args.ablation_seeds or v not in ABLATIONS)]
+    lambdas = dict(g.split("=", 1) for g in [*PARTS[part][1], *(args.scratch_lambdas if part == "scratch" else [])])  # the later wins
+    grids = [f"{v}={lams}" for v, lams in lambdas.items() if v in variants]
     common = ["--out", str(args.out / f"{part}-seed{seed}"), "--seed", str(seed), "--photos", args.photos, "--patch", str(args.patch),
               "--batch-size", str(args.batch_size), "--jobs", str(args.jobs), "--eval-dataset", args.eval_dataset, "--variants", *variants]  # fmt: skip
     if part == "scratch":
@@ -195,8 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each (default: %(default)s)")
     parser.add_argument("--eval-dataset", default="samples", help="what the checkpoints are entropy-coded on (default: %(default)s)")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="VARIANT", help="variants left out (not an anchor: standard)")
+    parser.add_argument("--ablation-seeds", type=int, nargs="*", help="the seeds that also run the ablations γ = 0 and no renormalisation (default: every seed)")
+    parser.add_argument("--scratch-lambdas", nargs="*", default=[], metavar="VARIANT=λ,λ", help="a scratch variant's λ grid instead of the default")
     parser.add_argument("--figure-lambda", type=float, default=0.0067, help="the λ of the Figure 1 re-plots (the nearest each study has; default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.ablation_seeds is None:
+        args.ablation_seeds = args.seeds
+    known = {v for variants, *_ in PARTS.values() for v in variants}
+    for v in args.skip:
+        if v not in known or v == "standard":
+            parser.error(f"--skip {v}: expected a variant other than the anchor, one of {', '.join(sorted(known - {'standard'}))}")
+    for g in args.scratch_lambdas:
+        if "=" not in g or g.split("=", 1)[0] not in PARTS["scratch"][0]:
+            parser.error(f"--scratch-lambdas {g!r}: expected VARIANT=λ,λ,... with VARIANT one of {', '.join(PARTS['scratch'][0])}")
     if not Path(args.photos).is_dir():
         print(f"error: --photos {args.photos}: no photographs; run `make photos` (python -m plugins.lic.photos {args.photos})", file=sys.stderr)
         return 2

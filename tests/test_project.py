@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -237,3 +239,38 @@ def test_readme_lists_every_registered_balancer() -> None:
     for name, (cls, gramian) in rows.items():
         balancer = moo_opt.create(name, 2)
         assert type(balancer).__name__ == cls and (gramian == "yes") == isinstance(balancer, GramianBalancer), name
+
+
+def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A campaign cut to fit a budget: --skip leaves variants out, --ablation-seeds runs the ablations
+    on some seeds only, --scratch-lambdas replaces a scratch grid; a wrong name is a one-line error."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import reproduce
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    calls: list[tuple[str, list[str]]] = []
+    args = ["--out", str(tmp_path / "r"), "--photos", str(photos), "--seeds", "0", "1", "--ablation-seeds", "0",
+            "--skip", "c2f-beta0.0025", "standard-lam0.667", "--scratch-lambdas", "c2f=0.01,0.1", "--parts", "scratch", "finetune"]  # fmt: skip
+    import finetune_study
+    import scratch_study
+
+    for module in (scratch_study, finetune_study):  # record the first study's argv and stop there
+        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.append((name, argv)) or 1)
+    assert reproduce.main(args) == 1
+    name, argv = calls[0]
+    variants = argv[argv.index("--variants") + 1 : argv.index("--steps")]
+    assert name == "scratch_study" and variants == ["standard", "c2f", "c2f-gamma0", "c2f-norenorm"]
+    assert argv[argv.index("--lambdas") + 1 :] == ["c2f=0.01,0.1"]
+    ns = reproduce.argparse.Namespace(**{**vars(reproduce.argparse.Namespace()), "out": tmp_path, "skip": ["c2f-beta0.0025", "qp"],
+                                         "ablation_seeds": [0], "scratch_lambdas": [], "photos": "p", "patch": 64, "batch_size": 2,
+                                         "jobs": 1, "eval_dataset": "e", "steps": 2, "finetune_steps": 2, "models": ["m"]})  # fmt: skip
+    seed1 = reproduce.study_argv("scratch", 1, ns)[1]
+    assert seed1[seed1.index("--variants") + 1 : seed1.index("--steps")] == ["standard", "c2f"]
+    ft = reproduce.study_argv("finetune", 1, ns)[1]
+    assert ft[ft.index("--variants") + 1 : ft.index("--steps")] == ["standard", "qp-trust0.1", "standard-lam0.667"]
+    for bad in (["--skip", "standard"], ["--skip", "nope"], ["--scratch-lambdas", "qp=0.1"]):
+        proc = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--photos", str(photos), *bad], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("reproduce.py: error: --"), proc.stderr
