@@ -23,6 +23,7 @@ demo: install $(PHOTOS)
 
 test: install
 	$(PY) -m ruff check moo_opt plugins tests examples benchmarks docs
+	$(PY) -m ruff format --check moo_opt plugins tests examples benchmarks docs
 	$(PY) -m pytest
 
 test-thorough: install

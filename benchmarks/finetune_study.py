@@ -83,17 +83,27 @@ def last_weight(run: Path) -> tuple[float, float]:
     tail = rows[len(rows) * 3 // 4 :] or rows
     if not tail:
         return float("nan"), float("nan")
-    return statistics.fmean(r["weight/distortion"] for r in tail), statistics.fmean(r["weight/distortion"] / r["weight/rate"] for r in tail)
+    return statistics.fmean(r["weight/distortion"] for r in tail), statistics.fmean(
+        r["weight/distortion"] / r["weight/rate"] for r in tail
+    )
 
 
-def point(res: dict[str, Any], out: Path, variant: str, lam: float) -> int:  # res: an evaluation's "results"
+def point(
+    res: dict[str, Any], out: Path, variant: str, lam: float
+) -> int:  # res: an evaluation's "results"
     """The index of the run ``variant`` fine-tuned from the model of ``lam`` in its evaluation (by
     checkpoint path: a run may have trained at another λ, e.g. ``standard-lam0.667``)."""
     want = (out / "runs" / f"{variant}-{lam:g}" / "checkpoint.pth.tar").as_posix()
     return [Path(c).as_posix() for c in res["checkpoint"]].index(want)
 
 
-def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str, Any], dataset: str = "samples") -> str:
+def summarise(
+    out: Path,
+    variants: list[str],
+    models: list[Any],
+    start: dict[str, Any],
+    dataset: str = "samples",
+) -> str:
     from plugins.lic import report
 
     results = {v: report.load_results(out / f"{v}.json") for v in variants}
@@ -103,7 +113,9 @@ def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str
         "and, in brackets, against the shipped model the fine-tune started from; then bpp / PSNR, the weight on distortion "
         "and λ_eff/λ = w_D/w_R (the standard loss at λ·w_D/w_R takes the same step direction; means over the last quarter of the run).",
         "",
-        "| variant | anchor | " + " | ".join(f"λ={lam:g}" for lam in lams) + " | mean ΔJ | BD-rate vs anchor |",
+        "| variant | anchor | "
+        + " | ".join(f"λ={lam:g}" for lam in lams)
+        + " | mean ΔJ | BD-rate vs anchor |",
         "|---|---|" + "---|" * (len(lams) + 2),
     ]
     for v in variants:
@@ -119,45 +131,109 @@ def summarise(out: Path, variants: list[str], models: list[Any], start: dict[str
             deltas.append(100 * (cost / base - 1))
             run = out / "runs" / f"{v}-{lam:g}"
             w_d, ratio = last_weight(run)
-            cells.append(f"{deltas[-1]:+.1f} % ({100 * (cost / s - 1):+.1f} %); {r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}; w_D {w_d:.3f}, λ_eff/λ {ratio:.3g}")
-        bd = report.bd_metrics(results[anchor], results[v]) if v != anchor else {"bd_rate_pchip": float("nan"), "reason": "anchor"}
-        bd_text = report.fmt(bd["bd_rate_pchip"], 2, " %") + (f" ({bd['reason']})" if bd.get("reason") else "")
-        lines.append(f"| {v} | {anchor} | " + " | ".join(cells) + f" | {statistics.fmean(deltas):+.1f} % | {bd_text} |")
+            cells.append(
+                f"{deltas[-1]:+.1f} % ({100 * (cost / s - 1):+.1f} %); {r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}; w_D {w_d:.3f}, λ_eff/λ {ratio:.3g}"
+            )
+        bd = (
+            report.bd_metrics(results[anchor], results[v])
+            if v != anchor
+            else {"bd_rate_pchip": float("nan"), "reason": "anchor"}
+        )
+        bd_text = report.fmt(bd["bd_rate_pchip"], 2, " %") + (
+            f" ({bd['reason']})" if bd.get("reason") else ""
+        )
+        lines.append(
+            f"| {v} | {anchor} | "
+            + " | ".join(cells)
+            + f" | {statistics.fmean(deltas):+.1f} % | {bd_text} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("ft-out"))
-    parser.add_argument("--models", nargs="+", default=["mbt2018-mean-N32-M48-mse-*"], help="shipped models (names or patterns)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
-    parser.add_argument("--photos", default="data/photos", help="the fine-tuning data (the shipped models' training photographs)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mbt2018-mean-N32-M48-mse-*"],
+        help="shipped models (names or patterns)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT"
+    )
+    parser.add_argument(
+        "--photos",
+        default="data/photos",
+        help="the fine-tuning data (the shipped models' training photographs)",
+    )
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--lr", default="5e-5", help="Adam learning rate (the paper's fine-tuning rate)")
-    parser.add_argument("--sgd-lr", default="1e-4", help="learning rate of the SGD variants (1e-3 diverges within 20 steps)")
+    parser.add_argument(
+        "--lr", default="5e-5", help="Adam learning rate (the paper's fine-tuning rate)"
+    )
+    parser.add_argument(
+        "--sgd-lr",
+        default="1e-4",
+        help="learning rate of the SGD variants (1e-3 diverges within 20 steps)",
+    )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="every run's seed (a second seed: another --out)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="every run's seed (a second seed: another --out)"
+    )
     parser.add_argument("--eval-dataset", default="samples")
     args = parser.parse_args(argv)
     from plugins.lic import pretrained
 
     models = pretrained.select(args.models)
-    variants = list(dict.fromkeys([*(VARIANTS[v][1] for v in args.variants), *args.variants]))  # anchors first
+    variants = list(
+        dict.fromkeys([*(VARIANTS[v][1] for v in args.variants), *args.variants])
+    )  # anchors first
     out: Path = args.out
     common = ["-d", args.photos, "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size), "--test-batch-size", "16",
               "--log-every", "25", "--test-every", str(max(args.steps // 4, 1)), "--save-every", str(max(args.steps // 4, 1)), "--no-progress"]  # fmt: skip
     trains, evals = [], []
     for v in variants:
-        flags = [f.replace("{sgd_lr2}", f"{2 * float(args.sgd_lr):g}").replace("{sgd_lr}", args.sgd_lr) for f in VARIANTS[v][0]]
+        flags = [
+            f.replace("{sgd_lr2}", f"{2 * float(args.sgd_lr):g}").replace("{sgd_lr}", args.sgd_lr)
+            for f in VARIANTS[v][0]
+        ]
         lr = [] if "-lr" in flags else ["-lr", args.lr]
         for m in models:
             d = out / "runs" / f"{v}-{m.lmbda:g}"
-            own = [LAMBDA_SCALE.sub(lambda x, lam=m.lmbda: f"{lam * int(x[1]) / int(x[2]):.6g}", f) for f in flags]
-            trains.append(("train", [*common, "--pretrained", m.name, "--finetune", "--steps", str(args.steps), *lr, *own, "--out", str(d), "--seed", str(args.seed)], d / "run.log"))
+            own = [
+                LAMBDA_SCALE.sub(lambda x, lam=m.lmbda: f"{lam * int(x[1]) / int(x[2]):.6g}", f)
+                for f in flags
+            ]
+            trains.append(
+                (
+                    "train",
+                    [
+                        *common,
+                        "--pretrained",
+                        m.name,
+                        "--finetune",
+                        "--steps",
+                        str(args.steps),
+                        *lr,
+                        *own,
+                        "--out",
+                        str(d),
+                        "--seed",
+                        str(args.seed),
+                    ],
+                    d / "run.log",
+                )
+            )
         ckpts = [str(out / "runs" / f"{v}-{m.lmbda:g}" / "checkpoint.pth.tar") for m in models]
-        evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")], out / f"{v}.eval.log"))
+        evals.append(
+            (
+                "evaluate",
+                [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")],
+                out / f"{v}.eval.log",
+            )
+        )
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip
     start = time.perf_counter()

@@ -52,7 +52,12 @@ PARTS: dict[str, tuple[list[str], list[str], dict[str, str], list[str]]] = {
     "scratch": (
         ["standard", "c2f", "c2f-beta0.0025", "c2f-gamma0", "c2f-norenorm"],
         ["c2f=0.0018,0.0067,0.025,0.0932", "c2f-beta0.0025=0.0018,0.0067,0.025,0.0932"],
-        {"c2f": "standard", "c2f-beta0.0025": "standard", "c2f-gamma0": "standard", "c2f-norenorm": "standard"},
+        {
+            "c2f": "standard",
+            "c2f-beta0.0025": "standard",
+            "c2f-gamma0": "standard",
+            "c2f-norenorm": "standard",
+        },
         ["standard", "c2f", "c2f-beta0.0025"],
     ),
     "finetune": (
@@ -70,7 +75,9 @@ ABLATIONS = ("c2f-gamma0", "c2f-norenorm")
 
 def command_line(script: str, argv: list[str] | None) -> str:
     """How this study was invoked, for its summary."""
-    return f"python benchmarks/{script} {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    return (
+        f"python benchmarks/{script} {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    )
 
 
 def write_summary(out: Path, title: str, settings: str, table: str) -> None:
@@ -83,8 +90,15 @@ def write_summary(out: Path, title: str, settings: str, table: str) -> None:
 def commit() -> str:
     """The checkout's commit (and ``+dirty`` with uncommitted changes), or "unknown" outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -94,7 +108,10 @@ def points(res: dict[str, Any], variant: str) -> dict[float, tuple[float, float]
     """λ of each run → (bpp, MSE), the λ read from the run's folder (``<variant>-<λ>``): the λ it is
     judged at (a fine-tune's model's λ, even where it trained at another, e.g. ``standard-lam0.667``)."""
     r = res["results"]
-    return {float(Path(c).parent.name.removeprefix(f"{variant}-")): (b, m) for c, b, m in zip(r["checkpoint"], r["bpp"], r["mse"])}
+    return {
+        float(Path(c).parent.name.removeprefix(f"{variant}-")): (b, m)
+        for c, b, m in zip(r["checkpoint"], r["bpp"], r["mse"])
+    }
 
 
 def step_time(run: Path) -> float:
@@ -106,11 +123,15 @@ def step_time(run: Path) -> float:
 
 
 def spread(values: list[float], digits: int = 2, suffix: str = " %") -> str:
-    """"mean (min … max)" of finite values; n/a when any is missing."""
+    """ "mean (min … max)" of finite values; n/a when any is missing."""
     if not values or not all(math.isfinite(v) for v in values):
         return "n/a"
     mean = f"{statistics.fmean(values):+.{digits}f}{suffix}"
-    return mean if len(values) == 1 else f"{mean} ({min(values):+.{digits}f} … {max(values):+.{digits}f})"
+    return (
+        mean
+        if len(values) == 1
+        else f"{mean} ({min(values):+.{digits}f} … {max(values):+.{digits}f})"
+    )
 
 
 def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float) -> str:
@@ -118,7 +139,14 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
 
     folders = {s: out / f"{part}-seed{s}" for s in seeds}
     # every variant a seed ran (--skip and --ablation-seeds leave some out); a variant is reported over the seeds that ran it
-    results = {s: {v: report.load_results(folders[s] / f"{v}.json") for v in PARTS[part][0] if (folders[s] / f"{v}.json").exists()} for s in seeds}
+    results = {
+        s: {
+            v: report.load_results(folders[s] / f"{v}.json")
+            for v in PARTS[part][0]
+            if (folders[s] / f"{v}.json").exists()
+        }
+        for s in seeds
+    }
     variants = [v for v in PARTS[part][0] if any(v in results[s] for s in seeds)]
     anchors = {v: a for v, a in PARTS[part][2].items() if v in variants}
     figure = [v for v in PARTS[part][3] if v in results[seeds[0]]]
@@ -140,8 +168,19 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
             ", ".join(report.fmt(b["bd_quality_pchip"], 3, " dB") for b in bds),
             "; ".join(dict.fromkeys(b["reason"] for b in bds if b["reason"])) or "",
         ]
-        lines.append(f"| {v} | {a} | {mono}/{len(ran[v])} (seeds {', '.join(map(str, ran[v]))}) | " + " | ".join(cells) + " |")
-    lines += ["", "Anchor curves monotonic: " + ", ".join(f"{a} {sum(report.monotonic(results[s][a]) for s in seeds)}/{len(seeds)}" for a in dict.fromkeys(anchors.values()))]
+        lines.append(
+            f"| {v} | {a} | {mono}/{len(ran[v])} (seeds {', '.join(map(str, ran[v]))}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Anchor curves monotonic: "
+        + ", ".join(
+            f"{a} {sum(report.monotonic(results[s][a]) for s in seeds)}/{len(seeds)}"
+            for a in dict.fromkeys(anchors.values())
+        ),
+    ]
     lines += [
         "",
         f"### {part}: R-D cost J = bpp + λ·255²·MSE against the anchor's at the same λ (mean over seeds, range; negative: better at that λ)",
@@ -157,8 +196,15 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
                 if lam in base:
                     j0 = base[lam][0] + lam * 255**2 * base[lam][1]
                     per_lam.setdefault(lam, []).append(100 * ((b + lam * 255**2 * m) / j0 - 1))
-        cells = "; ".join(f"{lam:g}: {spread(x, 1)}" for lam, x in sorted(per_lam.items())) or "no common λ"
-        overall = f"{statistics.fmean(statistics.fmean(x) for x in per_lam.values()):+.1f} %" if per_lam else "n/a"
+        cells = (
+            "; ".join(f"{lam:g}: {spread(x, 1)}" for lam, x in sorted(per_lam.items()))
+            or "no common λ"
+        )
+        overall = (
+            f"{statistics.fmean(statistics.fmean(x) for x in per_lam.values()):+.1f} %"
+            if per_lam
+            else "n/a"
+        )
         lines.append(f"| {v} | {a} | {cells} | {overall} |")
     lines += [
         "",
@@ -168,7 +214,16 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         "| variant | median s/step | × anchor |",
         "|---|---|---|",
     ]
-    times = {v: statistics.median([step_time(Path(c).parent) for s in ran[v] for c in results[s][v]["results"]["checkpoint"]]) for v in variants}
+    times = {
+        v: statistics.median(
+            [
+                step_time(Path(c).parent)
+                for s in ran[v]
+                for c in results[s][v]["results"]["checkpoint"]
+            ]
+        )
+        for v in variants
+    }
     for v in variants:
         anchor = anchors.get(v, v)
         lines.append(f"| {v} | {times[v]:.3f} | {times[v] / times[anchor]:.2f}× |")
@@ -177,53 +232,135 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         lam = min(shared, key=lambda x: abs(math.log(x / figure_lambda)))
         fig_runs = [folders[seeds[0]] / "runs" / f"{v}-{lam:g}" for v in figure]
         report.plot_figure1(fig_runs, out / f"figure1-{part}.png")
-        lines += ["", f"Figure 1 at λ {lam:g} (seed {seeds[0]}): `figure1-{part}.png` ({', '.join(r.name for r in fig_runs)})."]
+        lines += [
+            "",
+            f"Figure 1 at λ {lam:g} (seed {seeds[0]}): `figure1-{part}.png` ({', '.join(r.name for r in fig_runs)}).",
+        ]
     curves = [{**results[s][v], "name": f"{v} s{s}"} for v in variants for s in ran[v]]
     report.plot_rd(curves, out / f"rd-{part}.png")
-    lines += [f"R-D curves of every seed: `rd-{part}.png`; each seed's own study summary: " + ", ".join(f"`{part}-seed{s}/summary.md`" for s in seeds) + "."]
+    lines += [
+        f"R-D curves of every seed: `rd-{part}.png`; each seed's own study summary: "
+        + ", ".join(f"`{part}-seed{s}/summary.md`" for s in seeds)
+        + "."
+    ]
     return "\n".join(lines)
 
 
 def study_argv(part: str, seed: int, args: argparse.Namespace) -> tuple[str, list[str]]:
-    variants = [v for v in PARTS[part][0] if v not in args.skip and (seed in args.ablation_seeds or v not in ABLATIONS)]
-    lambdas = dict(g.split("=", 1) for g in [*PARTS[part][1], *(args.scratch_lambdas if part == "scratch" else [])])  # the later wins
+    variants = [
+        v
+        for v in PARTS[part][0]
+        if v not in args.skip and (seed in args.ablation_seeds or v not in ABLATIONS)
+    ]
+    lambdas = dict(
+        g.split("=", 1)
+        for g in [*PARTS[part][1], *(args.scratch_lambdas if part == "scratch" else [])]
+    )  # the later wins
     grids = [f"{v}={lams}" for v, lams in lambdas.items() if v in variants]
     common = ["--out", str(args.out / f"{part}-seed{seed}"), "--seed", str(seed), "--photos", args.photos, "--patch", str(args.patch),
               "--batch-size", str(args.batch_size), "--jobs", str(args.jobs), "--eval-dataset", args.eval_dataset, "--variants", *variants]  # fmt: skip
     if part == "scratch":
-        return "scratch_study", [*common, "--steps", str(args.steps), *(["--lambdas", *grids] if grids else [])]
-    return "finetune_study", [*common, "--steps", str(args.finetune_steps), "--models", *args.models]
+        return "scratch_study", [
+            *common,
+            "--steps",
+            str(args.steps),
+            *(["--lambdas", *grids] if grids else []),
+        ]
+    return "finetune_study", [
+        *common,
+        "--steps",
+        str(args.finetune_steps),
+        "--models",
+        *args.models,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("repro-out"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS), help="the studies to run (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps from scratch (default: %(default)s)")
-    parser.add_argument("--finetune-steps", type=int, default=1000, help="fine-tuning steps (default: %(default)s)")
-    parser.add_argument("--models", nargs="+", default=["mbt2018-mean-N32-M48-mse-*"], help="the shipped models to fine-tune (default: %(default)s)")
-    parser.add_argument("--photos", default="data/photos", help="training photographs (default: %(default)s; `make photos` fetches them)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=list(PARTS),
+        choices=list(PARTS),
+        help="the studies to run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=3000, help="training steps from scratch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--finetune-steps", type=int, default=1000, help="fine-tuning steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mbt2018-mean-N32-M48-mse-*"],
+        help="the shipped models to fine-tune (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--photos",
+        default="data/photos",
+        help="training photographs (default: %(default)s; `make photos` fetches them)",
+    )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each (default: %(default)s)")
-    parser.add_argument("--eval-dataset", default="samples", help="what the checkpoints are entropy-coded on (default: %(default)s)")
-    parser.add_argument("--skip", nargs="*", default=[], metavar="VARIANT", help="variants left out (not an anchor: standard)")
-    parser.add_argument("--ablation-seeds", type=int, nargs="*", help="the seeds that also run the ablations γ = 0 and no renormalisation (default: every seed)")
-    parser.add_argument("--scratch-lambdas", nargs="*", default=[], metavar="VARIANT=λ,λ", help="a scratch variant's λ grid instead of the default")
-    parser.add_argument("--figure-lambda", type=float, default=0.0067, help="the λ of the Figure 1 re-plots (the nearest each study has; default: %(default)s)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs in parallel, one torch thread each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-dataset",
+        default="samples",
+        help="what the checkpoints are entropy-coded on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="VARIANT",
+        help="variants left out (not an anchor: standard)",
+    )
+    parser.add_argument(
+        "--ablation-seeds",
+        type=int,
+        nargs="*",
+        help="the seeds that also run the ablations γ = 0 and no renormalisation (default: every seed)",
+    )
+    parser.add_argument(
+        "--scratch-lambdas",
+        nargs="*",
+        default=[],
+        metavar="VARIANT=λ,λ",
+        help="a scratch variant's λ grid instead of the default",
+    )
+    parser.add_argument(
+        "--figure-lambda",
+        type=float,
+        default=0.0067,
+        help="the λ of the Figure 1 re-plots (the nearest each study has; default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.ablation_seeds is None:
         args.ablation_seeds = args.seeds
     known = {v for variants, *_ in PARTS.values() for v in variants}
     for v in args.skip:
         if v not in known or v == "standard":
-            parser.error(f"--skip {v}: expected a variant other than the anchor, one of {', '.join(sorted(known - {'standard'}))}")
+            parser.error(
+                f"--skip {v}: expected a variant other than the anchor, one of {', '.join(sorted(known - {'standard'}))}"
+            )
     for g in args.scratch_lambdas:
         if "=" not in g or g.split("=", 1)[0] not in PARTS["scratch"][0]:
-            parser.error(f"--scratch-lambdas {g!r}: expected VARIANT=λ,λ,... with VARIANT one of {', '.join(PARTS['scratch'][0])}")
+            parser.error(
+                f"--scratch-lambdas {g!r}: expected VARIANT=λ,λ,... with VARIANT one of {', '.join(PARTS['scratch'][0])}"
+            )
     if not Path(args.photos).is_dir():
-        print(f"error: --photos {args.photos}: no photographs; run `make photos` (python -m plugins.lic.photos {args.photos})", file=sys.stderr)
+        print(
+            f"error: --photos {args.photos}: no photographs; run `make photos` (python -m plugins.lic.photos {args.photos})",
+            file=sys.stderr,
+        )
         return 2
     import finetune_study
     import scratch_study
@@ -244,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command_line('reproduce.py', argv)}` at commit {commit()}: seeds {args.seeds}, {args.steps} steps from scratch, "
         f"{args.finetune_steps} fine-tuning steps, batch {args.batch_size} of {args.patch}² crops of {args.photos}, entropy-coded on "
         f"`{args.eval_dataset}`. Its training runs and evaluations took {run_minutes(out):.0f} min of run time in all ({args.jobs} at a time); "
-        f"this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min. The studies it ran:\n\n" + "\n".join(f"    {c}" for c in calls)
+        f"this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min. The studies it ran:\n\n"
+        + "\n".join(f"    {c}" for c in calls)
     )
     write_summary(out, "The paper's comparison in its regime", settings, "\n\n".join(sections))
     return 0

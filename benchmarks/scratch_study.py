@@ -55,7 +55,10 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     # the authors' ELIC script: cautious Adam, weight EMA 0.999, lr 2e-4, γ 0.003 (clipping 1.0 as everywhere here)
     "c2f-authors": ([*C2F, "--balancer-opt", "gamma=0.003", *AUTHORS], ["0.0018", "0.0067"]),
     # their optimiser with the standard loss: the anchor that tells the optimiser's effect from the balancing's
-    "standard-authors": (["--balancer", "fixed", *AUTHORS], ["0.0001", "0.0002", "0.0005", "0.0018"]),
+    "standard-authors": (
+        ["--balancer", "fixed", *AUTHORS],
+        ["0.0001", "0.0002", "0.0005", "0.0018"],
+    ),
 }
 
 #: a variant's second anchor (same optimiser), beside the standard loss
@@ -64,11 +67,19 @@ ANCHORS = {"c2f-authors": "standard-authors"}
 
 def trajectory(log: list[dict[str, Any]], parts: int = 4) -> list[float]:
     """The mean of w_D/w_R over each of ``parts`` consecutive stretches of a run's logged steps."""
-    rows = [r["weight/distortion"] / r["weight/rate"] for r in log if "weight/distortion" in r and r.get("weight/rate")]
+    rows = [
+        r["weight/distortion"] / r["weight/rate"]
+        for r in log
+        if "weight/distortion" in r and r.get("weight/rate")
+    ]
     if not rows:
         return []
     size = max(len(rows) // parts, 1)
-    return [statistics.fmean(rows[i : i + size]) for i in range(0, size * parts, size) if rows[i : i + size]]
+    return [
+        statistics.fmean(rows[i : i + size])
+        for i in range(0, size * parts, size)
+        if rows[i : i + size]
+    ]
 
 
 def speeds(log: list[dict[str, Any]], until: float = 0.75) -> str:
@@ -89,7 +100,9 @@ def landing(point_bpp: float, point_psnr: float, standard: dict[str, Any]) -> tu
     for (b0, p0, l0), (b1, p1, l1) in zip(pts, pts[1:]):
         if b0 <= point_bpp <= b1 and b1 > b0:
             t = (math.log(point_bpp) - math.log(b0)) / (math.log(b1) - math.log(b0))
-            return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))), point_psnr - (p0 + t * (p1 - p0))
+            return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))), point_psnr - (
+                p0 + t * (p1 - p0)
+            )
     return math.nan, math.nan
 
 
@@ -118,14 +131,24 @@ def summarise(out: Path, grids: dict[str, list[str]], dataset: str = "samples") 
             traj = ", ".join(f"{x:.3g}" for x in trajectory(log)) or "n/a"
             cells = f"{b + lam * 255**2 * mse:.4f} | {where} | {report.fmt(gap, 2, ' dB')} | {traj} | {speeds(log)}"
             lines.append(f"| {v} | {lam:g} | {b:.3f} / {p:.2f} | {cells} |")
-    lines += ["", "| variant | anchor | λ overlapping the anchor's curve in rate | BD-rate vs the anchor (pchip) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| variant | anchor | λ overlapping the anchor's curve in rate | BD-rate vs the anchor (pchip) |",
+        "|---|---|---|---|",
+    ]
     pairs = [(v, "standard") for v in results if v != "standard"]
     pairs += [(v, a) for v, a in ANCHORS.items() if v in results and a in results]
     for v, a in pairs:
         r, rates = results[v], results[a]["results"]["bpp"]
-        inside = [f"{lam:g}" for lam, b in zip(r["results"]["lambda"], r["results"]["bpp"]) if min(rates) <= b <= max(rates)]
+        inside = [
+            f"{lam:g}"
+            for lam, b in zip(r["results"]["lambda"], r["results"]["bpp"])
+            if min(rates) <= b <= max(rates)
+        ]
         bd = report.bd_metrics(results[a], r)
-        text = report.fmt(bd["bd_rate_pchip"], 2, " %") + (f" ({bd['reason']})" if bd.get("reason") else "")
+        text = report.fmt(bd["bd_rate_pchip"], 2, " %") + (
+            f" ({bd['reason']})" if bd.get("reason") else ""
+        )
         lines.append(f"| {v} | {a} | {', '.join(inside) or 'none'} | {text} |")
     return "\n".join(lines)
 
@@ -135,7 +158,9 @@ def parse_grids(variants: list[str], overrides: list[str]) -> dict[str, list[str
     for item in overrides:
         name, _, lams = item.partition("=")
         if name not in grids or not lams:
-            raise SystemExit(f"--lambdas {item!r}: expected VARIANT=λ,λ,... with VARIANT one of {', '.join(grids)}")
+            raise SystemExit(
+                f"--lambdas {item!r}: expected VARIANT=λ,λ,... with VARIANT one of {', '.join(grids)}"
+            )
         grids[name] = [x for x in lams.split(",") if x]
     return grids
 
@@ -143,20 +168,36 @@ def parse_grids(variants: list[str], overrides: list[str]) -> dict[str, list[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("scratch-out"))
-    parser.add_argument("--variants", nargs="+", default=["standard", "c2f"], choices=list(VARIANTS), metavar="VARIANT")
-    parser.add_argument("--lambdas", nargs="*", default=[], metavar="VARIANT=λ,λ", help="a variant's λ grid instead of its default")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["standard", "c2f"],
+        choices=list(VARIANTS),
+        metavar="VARIANT",
+    )
+    parser.add_argument(
+        "--lambdas",
+        nargs="*",
+        default=[],
+        metavar="VARIANT=λ,λ",
+        help="a variant's λ grid instead of its default",
+    )
     parser.add_argument("--photos", default="data/photos")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="every run's seed (a second seed: another --out)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="every run's seed (a second seed: another --out)"
+    )
     parser.add_argument("--eval-dataset", default="samples")
     args = parser.parse_args(argv)
     grids = parse_grids(args.variants, args.lambdas)
     out: Path = args.out
     every = str(max(args.steps // 8, 1))
-    milestones = [str(m) for m in sorted({max(args.steps * 3 // 4, 1), max(args.steps * 94 // 100, 1)})]
+    milestones = [
+        str(m) for m in sorted({max(args.steps * 3 // 4, 1), max(args.steps * 94 // 100, 1)})
+    ]
     common = ["-m", "mbt2018-mean", "--N", "32", "--M", "48", "-d", args.photos, "--patch-size", str(args.patch), str(args.patch),
               "--batch-size", str(args.batch_size), "--test-batch-size", "16", "--steps", str(args.steps), "--lr-milestones", *milestones,
               "--aux-learning-rate", "1e-3", "--clip_max_norm", "1.0", "--seed", str(args.seed), "--log-every", "25", "--test-every", every,
@@ -167,9 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         lr = [] if "-lr" in flags else ["-lr", "1e-3"]
         for lam in lams:
             d = out / "runs" / f"{v}-{float(lam):g}"
-            trains.append(("train", [*common, "--lambda", lam, *lr, *flags, "--out", str(d)], d / "run.log"))
+            trains.append(
+                ("train", [*common, "--lambda", lam, *lr, *flags, "--out", str(d)], d / "run.log")
+            )
         ckpts = [str(out / "runs" / f"{v}-{float(lam):g}" / "checkpoint.pth.tar") for lam in lams]
-        evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")], out / f"{v}.eval.log"))
+        evals.append(
+            (
+                "evaluate",
+                [*ckpts, "-d", args.eval_dataset, "--name", v, "--out", str(out / f"{v}.json")],
+                out / f"{v}.eval.log",
+            )
+        )
     start = time.perf_counter()
     run_stages(args.jobs, {"runs from scratch": trains, "evaluations": evals}, start)
     table = summarise(out, grids, args.eval_dataset)

@@ -68,8 +68,12 @@ def main() -> None:
     except ImportError:
         tjd = None
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} · python {platform.python_version()} · torch {torch.__version__} · 1 thread")
-    print(f"{args.gramians} Gramians per N, median of {args.repeats} calls (cvxpy: {args.cvxpy_repeats}); CPU float64 tensors\n")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} · python {platform.python_version()} · torch {torch.__version__} · 1 thread"
+    )
+    print(
+        f"{args.gramians} Gramians per N, median of {args.repeats} calls (cvxpy: {args.cvxpy_repeats}); CPU float64 tensors\n"
+    )
     header = "| problem | N | moo-opt (µs) | cvxpy (µs) | speed-up | max abs(Δw) vs cvxpy | max (f − f_cvxpy)/scale |"
     rows = [header, "|" + "---|" * 7]
     tjd_rows = [
@@ -91,7 +95,9 @@ def main() -> None:
                 scale = float(q.diagonal().max())
                 df = max(df, (a.objective - b.objective) / scale)
             mo, mr = statistics.median(t_ours), statistics.median(t_ref)
-            rows.append(f"| {problem} | {n} | {mo * 1e6:.1f} | {mr * 1e6:.0f} | {mr / mo:.0f}× | {dw:.1e} | {df:+.1e} |")
+            rows.append(
+                f"| {problem} | {n} | {mo * 1e6:.1f} | {mr * 1e6:.0f} | {mr / mo:.0f}× | {dw:.1e} | {df:+.1e} |"
+            )
             if problem == "simplex" and tjd is not None:
                 t_tjd, gaps = [], []
                 for q in qs:
@@ -104,7 +110,9 @@ def main() -> None:
                 )
     print("\n".join(rows))
     if tjd is not None:
-        print("\nSimplex problem against TorchJD's Frank–Wolfe MGDAWeighting (ε = 1e-3, max 100 iterations):\n")
+        print(
+            "\nSimplex problem against TorchJD's Frank–Wolfe MGDAWeighting (ε = 1e-3, max 100 iterations):\n"
+        )
         print("\n".join(tjd_rows))
 
 

@@ -54,7 +54,9 @@ VARIANTS: dict[str, tuple[str, list[str]] | tuple[str, list[str], list[str]]] = 
     "c2f-same-cl": ("coarse-to-fine", [], ["--channels-last"]),
 }
 #: the other registered balancers at their defaults (the zoo's cost table: --variants zoo)
-ZOO = [name for name in moo_opt.available() if name not in ("fixed", "coarse-to-fine", "qp", "mgda")]
+ZOO = [
+    name for name in moo_opt.available() if name not in ("fixed", "coarse-to-fine", "qp", "mgda")
+]
 VARIANTS.update({name: (name, []) for name in ZOO})
 #: model label → CLI flags ("mbt2018-mean": its usual size, CompressAI's quality 3)
 MODELS: dict[str, list[str]] = {
@@ -63,7 +65,9 @@ MODELS: dict[str, list[str]] = {
 }
 
 
-def make_trainer(model: list[str], variant: str, patch: int, batch: int, cuda: bool, out: Path) -> Trainer:
+def make_trainer(
+    model: list[str], variant: str, patch: int, batch: int, cuda: bool, out: Path
+) -> Trainer:
     balancer, opts, *flags = VARIANTS[variant]
     argv = [*(flags[0] if flags else []), *model, "-d", "synthetic", "--patch-size", str(patch), str(patch), "--batch-size", str(batch),
             "--test-batch-size", "1", "--balancer", balancer, "--out", str(out / variant), "--no-progress"]  # fmt: skip
@@ -134,12 +138,17 @@ def sync_count(fn: Callable[[torch.Tensor], None], x: torch.Tensor) -> int:
 
 def batches(trainer: Trainer, batch: int, count: int, device: torch.device) -> list[torch.Tensor]:
     n = len(trainer.train_set)
-    return [torch.stack([trainer.train_set[(k * batch + i) % n] for i in range(batch)]).to(device) for k in range(count)]
+    return [
+        torch.stack([trainer.train_set[(k * batch + i) % n] for i in range(batch)]).to(device)
+        for k in range(count)
+    ]
 
 
 def run_model(label: str, args: argparse.Namespace, variants: list[str], out: Path) -> list[str]:
     torch.manual_seed(0)
-    trainers = {v: make_trainer(MODELS[label], v, args.patch, args.batch, args.cuda, out) for v in variants}
+    trainers = {
+        v: make_trainer(MODELS[label], v, args.patch, args.batch, args.cuda, out) for v in variants
+    }
     fns = {v: step_fn(t, v) for v, t in trainers.items()}
     device = next(iter(trainers.values())).device
     xs = batches(next(iter(trainers.values())), args.batch, args.warmup + args.reps, device)
@@ -154,12 +163,15 @@ def run_model(label: str, args: argparse.Namespace, variants: list[str], out: Pa
         rng.shuffle(order)
         for v in order:
             times[v].append(timed(fns[v], xs[k], args.cuda))
-    syncs = {v: sync_count(fns[v], xs[0]) for v in variants} if args.cuda and args.sync_count else {}
+    syncs = (
+        {v: sync_count(fns[v], xs[0]) for v in variants} if args.cuda and args.sync_count else {}
+    )
     base = times["fixed"]
     lines = [
         f"\n{label}: {spec.name} N={spec.N} M={spec.M}, batch {args.batch}, {args.patch}² patches, {args.reps} interleaved rounds after {args.warmup} warm-up",
         "",
-        "| variant | median step (ms) | mean step (ms) | median ratio to fixed | ratio IQR | mean-time ratio |" + (" host syncs per step |" if syncs else ""),
+        "| variant | median step (ms) | mean step (ms) | median ratio to fixed | ratio IQR | mean-time ratio |"
+        + (" host syncs per step |" if syncs else ""),
         "|---|---|---|---|---|---|" + ("---|" if syncs else ""),
     ]
     for v in variants:
@@ -203,7 +215,12 @@ def forward_modes(label: str, args: argparse.Namespace, out: Path) -> list[str]:
         with torch.inference_mode():
             losses(last, x.contiguous(memory_format=torch.channels_last))
 
-    modes = {"graph (training forward)": with_grad, "no_grad": no_grad, "inference_mode": inference, "inference_mode + channels_last": channels_last}
+    modes = {
+        "graph (training forward)": with_grad,
+        "no_grad": no_grad,
+        "inference_mode": inference,
+        "inference_mode + channels_last": channels_last,
+    }
     for k in range(args.warmup):
         for fn in modes.values():
             fn(xs[k])
@@ -217,7 +234,9 @@ def forward_modes(label: str, args: argparse.Namespace, out: Path) -> list[str]:
     lines = [f"\n{label}: the extra forward of Solution 1 (losses only), batch {args.batch}, {args.patch}² patches", "",
              "| forward | median (ms) | median ratio to no_grad |", "|---|---|---|"]  # fmt: skip
     for m, ts in times.items():
-        lines.append(f"| {m} | {1000 * statistics.median(ts):.1f} | {statistics.median(t / b for t, b in zip(ts, base)):.3f}× |")
+        lines.append(
+            f"| {m} | {1000 * statistics.median(ts):.1f} | {statistics.median(t / b for t, b in zip(ts, base)):.3f}× |"
+        )
     return lines
 
 
@@ -239,30 +258,57 @@ def profile(label: str, variant: str, args: argparse.Namespace, out: Path) -> No
 
 
 def machine() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.machine()}"
     return f"{dev} · python {platform.python_version()} · torch {torch.__version__} · {torch.get_num_threads()} threads · commit {commit or '?'}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="small,mbt2018-mean", help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument(
+        "--models", default="small,mbt2018-mean", help=f"comma-separated, of {', '.join(MODELS)}"
+    )
     p.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in ZOO),
                    help=f"comma-separated, of {', '.join(VARIANTS)} (fixed is always run), or 'zoo': every registered balancer")  # fmt: skip
-    p.add_argument("--patch", type=int, default=128, help="square patch size (256 is CompressAI's; 128 keeps the CPU run short)")
+    p.add_argument(
+        "--patch",
+        type=int,
+        default=128,
+        help="square patch size (256 is CompressAI's; 128 keeps the CPU run short)",
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=15, help="interleaved rounds")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cuda", action="store_true")
-    p.add_argument("--sync-count", action="store_true", help="CUDA: count host synchronisations per step")
-    p.add_argument("--forward-modes", action="store_true", help="also time the extra forward under no_grad, inference_mode, channels-last")
-    p.add_argument("--profile", metavar="VARIANT", default=None, help="profile this variant on the first model instead")
+    p.add_argument(
+        "--sync-count", action="store_true", help="CUDA: count host synchronisations per step"
+    )
+    p.add_argument(
+        "--forward-modes",
+        action="store_true",
+        help="also time the extra forward under no_grad, inference_mode, channels-last",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="VARIANT",
+        default=None,
+        help="profile this variant on the first model instead",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     labels = args.models.split(",")
-    variants = ["fixed", "c2f-same", "qp", "mgda", *ZOO] if args.variants == "zoo" else args.variants.split(",")
+    variants = (
+        ["fixed", "c2f-same", "qp", "mgda", *ZOO]
+        if args.variants == "zoo"
+        else args.variants.split(",")
+    )
     for name in [*labels, *variants]:
         if name not in MODELS and name not in VARIANTS:
             p.error(f"{name}: not a model ({', '.join(MODELS)}) or variant ({', '.join(VARIANTS)})")
@@ -274,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             profile(labels[0], args.profile, args, Path(tmp))
             return 0
         print(machine())
-        print(f"command: python benchmarks/step_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+        print(
+            f"command: python benchmarks/step_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+        )
         for label in labels:
             print("\n".join(run_model(label, args, variants, Path(tmp))), flush=True)
             if args.forward_modes:

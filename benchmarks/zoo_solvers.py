@@ -39,7 +39,9 @@ def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
     return {
         "simplex (MGDA, baseline)": solve_simplex_qp,
         "nash (Nash-MTL)": solve_nash,
-        "dual cone, N rows (UPGrad)": lambda q: project_to_dual_cone(q, torch.eye(q.shape[0], dtype=torch.float64) / q.shape[0]),
+        "dual cone, N rows (UPGrad)": lambda q: project_to_dual_cone(
+            q, torch.eye(q.shape[0], dtype=torch.float64) / q.shape[0]
+        ),
         "cagrad (CAGrad, c=0.5)": lambda q: solve_cagrad(q, C),
         "balance transform (Aligned-MTL)": balance_transform,
     }
@@ -60,7 +62,10 @@ def torchjd_weightings() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting
     except ImportError:  # pragma: no cover - dev dependency
         return {}
-    return {"cagrad (CAGrad, c=0.5)": CAGradWeighting(c=C), "balance transform (Aligned-MTL)": AlignedMTLWeighting()}
+    return {
+        "cagrad (CAGrad, c=0.5)": CAGradWeighting(c=C),
+        "balance transform (Aligned-MTL)": AlignedMTLWeighting(),
+    }
 
 
 def main() -> None:
@@ -71,15 +76,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{platform.processor() or platform.machine()} · python {platform.python_version()} · torch {torch.__version__} · 1 thread")
+    print(
+        f"{platform.processor() or platform.machine()} · python {platform.python_version()} · torch {torch.__version__} · 1 thread"
+    )
     solvers, references = ours(), torchjd_weightings()
-    print("| N | solver | µs per solve | ratio to simplex | worst status | max KKT residual | TorchJD µs | max weight diff to TorchJD |")
+    print(
+        "| N | solver | µs per solve | ratio to simplex | worst status | max KKT residual | TorchJD µs | max weight diff to TorchJD |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         qs = gramians(n, args.gramians, args.seed)
         base = None
         for name, solve in solvers.items():
-            t = statistics.median(time_per_call(lambda q=q, f=solve: f(q), args.repeats) for q in qs)
+            t = statistics.median(
+                time_per_call(lambda q=q, f=solve: f(q), args.repeats) for q in qs
+            )
             results = [solve(q) for q in qs]
             base = t if base is None else base
             worst = max((r.status.value for r in results), key=lambda s: s != "optimal")
@@ -94,7 +105,9 @@ def main() -> None:
                     assert w is not None
                     diffs.append(float(np.abs(w - ref(q).numpy()).max() / np.abs(w).max()))
                 jd_diff = f"{max(diffs):.1e}"
-            print(f"| {n} | {name} | {1e6 * t:.0f} | {t / base:.2f}× | {worst} | {kkt:.1e} | {jd_time} | {jd_diff} |")
+            print(
+                f"| {n} | {name} | {1e6 * t:.0f} | {t / base:.2f}× | {worst} | {kkt:.1e} | {jd_time} | {jd_diff} |"
+            )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ myst_heading_anchors = 3
 # Links to PyTorch's API only from an inventory on disk: the build never fetches anything. Put
 # PyTorch's objects.inv at docs/_inventories/torch.inv to enable them.
 _TORCH_INVENTORY = Path(__file__).parent / "_inventories" / "torch.inv"
-intersphinx_mapping = {"torch": ("https://docs.pytorch.org/docs/stable/", str(_TORCH_INVENTORY))} if _TORCH_INVENTORY.exists() else {}
+intersphinx_mapping = (
+    {"torch": ("https://docs.pytorch.org/docs/stable/", str(_TORCH_INVENTORY))}
+    if _TORCH_INVENTORY.exists()
+    else {}
+)
 intersphinx_disabled_reftypes = ["*"] if not intersphinx_mapping else []
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

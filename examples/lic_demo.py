@@ -33,7 +33,12 @@ FIGURE1_LAMBDA = 0.0067
 
 def rd_costs(results: dict[str, dict], lams: list[float]) -> list[str]:
     """The table of J = bpp + λ·255²·MSE per λ, each fine-tune against the standard one."""
-    rows = ["| λ | " + " | ".join(f"{name}: bpp / PSNR, J" for name in results) + " | ΔJ (qp-ft vs standard-ft) |", "|---|" + "---|" * (len(results) + 1)]
+    rows = [
+        "| λ | "
+        + " | ".join(f"{name}: bpp / PSNR, J" for name in results)
+        + " | ΔJ (qp-ft vs standard-ft) |",
+        "|---|" + "---|" * (len(results) + 1),
+    ]
     for lam in lams:
         cells, costs = [], {}
         for name, res in results.items():
@@ -41,7 +46,11 @@ def rd_costs(results: dict[str, dict], lams: list[float]) -> list[str]:
             i = r["lambda"].index(lam)
             costs[name] = r["bpp"][i] + lam * 255**2 * r["mse"][i]
             cells.append(f"{r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}, {costs[name]:.4f}")
-        rows.append(f"| {lam:g} | " + " | ".join(cells) + f" | {100 * (costs['qp-ft'] / costs['standard-ft'] - 1):+.2f} % |")
+        rows.append(
+            f"| {lam:g} | "
+            + " | ".join(cells)
+            + f" | {100 * (costs['qp-ft'] / costs['standard-ft'] - 1):+.2f} % |"
+        )
     return rows
 
 
@@ -49,18 +58,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps per run")
-    parser.add_argument("--lr", default="5e-5", help="Adam learning rate of the fine-tunes (the paper's)")
-    parser.add_argument("--models", nargs="+", default=["mbt2018-mean-N32-M48-mse-*"], help="shipped models (names or patterns)")
-    parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the fine-tuning photographs (make photos)")
+    parser.add_argument(
+        "--lr", default="5e-5", help="Adam learning rate of the fine-tunes (the paper's)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mbt2018-mean-N32-M48-mse-*"],
+        help="shipped models (names or patterns)",
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=Path("data/photos"),
+        help="the fine-tuning photographs (make photos)",
+    )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--eval-dataset", default="samples")
-    parser.add_argument("--fresh", action="store_true", help="delete the previous demo's runs first")
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete the previous demo's runs first"
+    )
     args = parser.parse_args(argv)
     try:
         if not (args.photos / "train").is_dir():
-            raise UsageError(f"--photos {args.photos}: no train/ folder; run `make photos` (or python -m plugins.lic.photos {args.photos})")
+            raise UsageError(
+                f"--photos {args.photos}: no train/ folder; run `make photos` (or python -m plugins.lic.photos {args.photos})"
+            )
         models = pretrained.select(args.models)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -77,17 +102,50 @@ def main(argv: list[str] | None = None) -> int:
     for curve, flags in CURVES.items():
         dirs = [out / "runs" / f"{curve}-{m.lmbda:g}" for m in models]
         for m, d in zip(models, dirs):
-            trains.append(("train", [*common, "--pretrained", m.name, "--finetune", *flags, "--out", str(d)], d / "run.log"))
+            trains.append(
+                (
+                    "train",
+                    [*common, "--pretrained", m.name, "--finetune", *flags, "--out", str(d)],
+                    d / "run.log",
+                )
+            )
         ckpts = [str(d / "checkpoint.pth.tar") for d in dirs]
-        evals.append(("evaluate", [*ckpts, "-d", args.eval_dataset, "--name", curve, "--out", str(out / f"{curve}.json")], out / f"{curve}.eval.log"))
+        evals.append(
+            (
+                "evaluate",
+                [
+                    *ckpts,
+                    "-d",
+                    args.eval_dataset,
+                    "--name",
+                    curve,
+                    "--out",
+                    str(out / f"{curve}.json"),
+                ],
+                out / f"{curve}.eval.log",
+            )
+        )
     evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip
-    print(f"fine-tuning {len(models)} shipped models with the standard loss and with Solution 2, {args.steps} steps each", flush=True)
+    print(
+        f"fine-tuning {len(models)} shipped models with the standard loss and with Solution 2, {args.steps} steps each",
+        flush=True,
+    )
     run_stages(args.jobs, {"fine-tunes": trains, "evaluations (entropy coding)": evals}, start)
     names = [*CURVES, "shipped"]
     lam = min((m.lmbda for m in models), key=lambda x: abs(x - FIGURE1_LAMBDA))
     logs = [str(out / "runs" / f"{curve}-{lam:g}") for curve in CURVES]
-    code = report.main([*(str(out / f"{n}.json") for n in names), "--anchor", "standard-ft", "--out", str(out), "--logs", *logs])
+    code = report.main(
+        [
+            *(str(out / f"{n}.json") for n in names),
+            "--anchor",
+            "standard-ft",
+            "--out",
+            str(out),
+            "--logs",
+            *logs,
+        ]
+    )
     if code != 0:
         return code
     results = {n: report.load_results(out / f"{n}.json") for n in CURVES}

@@ -20,7 +20,9 @@ def _cases() -> dict[str, np.ndarray]:
     g_r = np.cos(np.radians(120)) * base + np.sin(np.radians(120)) * other
     aligned_1 = base
     aligned_2 = 3.0 * (0.95 * base + np.sqrt(1 - 0.95**2) * other)
-    three = rng.standard_normal((256, 3)) @ np.array([[1.0, -0.6, 0.2], [0.0, 1.0, -0.5], [0.0, 0.0, 0.3]])
+    three = rng.standard_normal((256, 3)) @ np.array(
+        [[1.0, -0.6, 0.2], [0.0, 1.0, -0.5], [0.0, 0.0, 0.3]]
+    )
     three *= np.array([1.0, 10.0, 0.1])
     return {
         "two conflicting gradients (norms 40:1, 120°)": np.stack([g_d, g_r], axis=1),
@@ -46,8 +48,12 @@ def main() -> None:
         from moo_opt.solvers.reference import solve_equality_qp_cvxpy, solve_simplex_qp_cvxpy
     except ImportError:  # pragma: no cover
         solve_equality_qp_cvxpy = solve_simplex_qp_cvxpy = None  # type: ignore[assignment]
-    print("moo-opt solvers: min 1/2 wᵀQw s.t. Σw = 1 (Solution 2), and the same over the simplex (MGDA)")
-    print("KKT = largest relative KKT residual; cond = condition of the equilibrated reduced Hessian\n")
+    print(
+        "moo-opt solvers: min 1/2 wᵀQw s.t. Σw = 1 (Solution 2), and the same over the simplex (MGDA)"
+    )
+    print(
+        "KKT = largest relative KKT residual; cond = condition of the equilibrated reduced Hessian\n"
+    )
     for name, g in _cases().items():
         q = g.T @ g
         print(f"{name}: N = {q.shape[0]}, diag(Q) = {np.array2string(np.diag(q), precision=3)}")

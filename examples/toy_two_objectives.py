@@ -114,7 +114,9 @@ def plot(results: dict[str, dict], steps: int, out: Path) -> None:
         axes[0].plot(xs, h["distortion"], label=label)
         axes[1].plot(xs, h["rate"], label=label)
         axes[2].plot(h["w_distortion"], label=label)
-    axes[0].set(title="distortion-like objective (full data)", xlabel="step", ylabel="loss", yscale="log")
+    axes[0].set(
+        title="distortion-like objective (full data)", xlabel="step", ylabel="loss", yscale="log"
+    )
     axes[1].set(title="rate-like objective (full data)", xlabel="step", ylabel="loss", yscale="log")
     axes[2].set(title="weight share of distortion |w_D|/(|w_D|+|w_R|)", xlabel="step", yscale="log")
     axes[1].legend(fontsize=8)
@@ -129,21 +131,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    parser.add_argument("--lr", type=float, default=None, help="default: 0.05 (SGD, momentum 0.9), 3e-3 (Adam)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: 0.05 (SGD, momentum 0.9), 3e-3 (Adam)"
+    )
     parser.add_argument("--out", type=Path, default=Path("demo-out/toy_two_objectives.png"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     OPTIMIZER.update(name=args.optimizer, lr=args.lr or (0.05 if args.optimizer == "sgd" else 3e-3))
-    results = {label: train(key, opts, args.steps, args.seed) for label, (key, opts) in BALANCERS.items()}
-    print(f"{args.steps} steps, {OPTIMIZER['name']} lr {OPTIMIZER['lr']}, batch 128, clip 1.0, seed {args.seed}; losses on the full data\n")
-    print(f"{'balancer':<30} {'L_D start→end':>22} {'L_R start→end':>18} {'speed D':>8} {'speed R':>8} {'D/R':>6} {'ms/step':>8}")
+    results = {
+        label: train(key, opts, args.steps, args.seed) for label, (key, opts) in BALANCERS.items()
+    }
+    print(
+        f"{args.steps} steps, {OPTIMIZER['name']} lr {OPTIMIZER['lr']}, batch 128, clip 1.0, seed {args.seed}; losses on the full data\n"
+    )
+    print(
+        f"{'balancer':<30} {'L_D start→end':>22} {'L_R start→end':>18} {'speed D':>8} {'speed R':>8} {'D/R':>6} {'ms/step':>8}"
+    )
     for label, res in results.items():
         (d0, r0), (d1, r1), (sd, sr) = res["initial"], res["final"], res["speed"]
         print(
             f"{label:<30} {d0:>10.1f}→{d1:<10.3g} {r0:>8.3f}→{r1:<8.3g} {sd * 1e3:>8.2f} {sr * 1e3:>8.2f} {sd / sr:>6.2f} "
             f"{res['time'] / args.steps * 1e3:>6.2f}ms"
         )
-    print("\nspeed = (log L_start − log L_end) / steps, ×1000; D/R = 1: both objectives improved equally fast")
+    print(
+        "\nspeed = (log L_start − log L_end) / steps, ×1000; D/R = 1: both objectives improved equally fast"
+    )
     try:
         plot(results, args.steps, args.out)
         print(f"plot: {args.out}")

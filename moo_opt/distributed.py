@@ -51,9 +51,13 @@ def mean_tensors_(tensors: Sequence[Tensor | None], like: Sequence[Tensor]) -> l
     n = world_size()
     if n <= 1 or not like:
         return list(tensors)
-    present = torch.tensor([t is not None for t in tensors], dtype=torch.uint8, device=like[0].device)
+    present = torch.tensor(
+        [t is not None for t in tensors], dtype=torch.uint8, device=like[0].device
+    )
     dist.all_reduce(present, op=dist.ReduceOp.MAX)
-    flat = torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like)])
+    flat = torch.cat(
+        [(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like)]
+    )
     mean_(flat)
     out: list[Tensor | None] = []
     offset = 0

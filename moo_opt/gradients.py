@@ -26,18 +26,28 @@ def check_losses(losses: Sequence[Tensor], num_objectives: int) -> list[Tensor]:
     """The losses as a list of scalar tensors with a graph; ``ValueError`` naming the problem."""
     if isinstance(losses, Tensor):
         if losses.dim() != 1:
-            raise ValueError(f"losses must be a sequence of {num_objectives} scalar tensors, got a tensor of shape {tuple(losses.shape)}")
+            raise ValueError(
+                f"losses must be a sequence of {num_objectives} scalar tensors, got a tensor of shape {tuple(losses.shape)}"
+            )
         losses = list(losses.unbind())
     losses = list(losses)
     if len(losses) != num_objectives:
-        raise ValueError(f"expected {num_objectives} losses (one per objective, in a fixed order), got {len(losses)}")
+        raise ValueError(
+            f"expected {num_objectives} losses (one per objective, in a fixed order), got {len(losses)}"
+        )
     for i, loss in enumerate(losses):
         if not isinstance(loss, Tensor):
-            raise ValueError(f"loss {i} is a {type(loss).__name__}, not a tensor: pass the loss tensors themselves")
+            raise ValueError(
+                f"loss {i} is a {type(loss).__name__}, not a tensor: pass the loss tensors themselves"
+            )
         if loss.numel() != 1:
-            raise ValueError(f"loss {i} is not a scalar (shape {tuple(loss.shape)}): reduce it, e.g. with .mean()")
+            raise ValueError(
+                f"loss {i} is not a scalar (shape {tuple(loss.shape)}): reduce it, e.g. with .mean()"
+            )
         if not loss.requires_grad:
-            raise ValueError(f"loss {i} has no autograd graph (requires_grad=False): compute it from the parameters, outside torch.no_grad()")
+            raise ValueError(
+                f"loss {i} has no autograd graph (requires_grad=False): compute it from the parameters, outside torch.no_grad()"
+            )
     return losses
 
 
@@ -49,7 +59,9 @@ def check_parameters(parameters: Iterable[Tensor]) -> list[Tensor]:
             raise ValueError(f"parameter {i} is a {type(p).__name__}, not a tensor")
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ValueError("no parameter requires a gradient: pass the parameters to balance, e.g. model.parameters()")
+        raise ValueError(
+            "no parameter requires a gradient: pass the parameters to balance, e.g. model.parameters()"
+        )
     return params
 
 
@@ -67,7 +79,9 @@ def reachable_leaves(losses: Sequence[Tensor]) -> list[Tensor]:
     leaves: list[Tensor] = []
     stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
     for loss in losses:
-        if loss.grad_fn is None and loss.requires_grad and id(loss) not in seen:  # a loss that is a leaf
+        if (
+            loss.grad_fn is None and loss.requires_grad and id(loss) not in seen
+        ):  # a loss that is a leaf
             seen.add(id(loss))
             leaves.append(loss)
     visited: set[int] = set()
@@ -101,7 +115,10 @@ class ObjectiveGradients:
     def reach(self) -> list[list[int]]:
         """For each balanced parameter, the objectives whose graph reaches it (autograd gives the
         others no gradient, ``None``; a gradient that happens to be zero still counts as reached)."""
-        return [[i for i, g in enumerate(self.grads) if g[k] is not None] for k in range(len(self.params))]
+        return [
+            [i for i, g in enumerate(self.grads) if g[k] is not None]
+            for k in range(len(self.params))
+        ]
 
     def shared(self) -> list[bool]:
         """For each balanced parameter: reached by two objectives or more."""
@@ -119,7 +136,9 @@ class ObjectiveGradients:
         diagonal entry, so leaving it out changes nothing else.
         """
         if metric is not None and len(metric) != len(self.params):
-            raise ValueError(f"metric needs one tensor per parameter ({len(self.params)}), got {len(metric)}")
+            raise ValueError(
+                f"metric needs one tensor per parameter ({len(self.params)}), got {len(metric)}"
+            )
         n = self.num_objectives
         device = self.params[0].device
         q = torch.zeros(n, n, dtype=torch.float64, device=device)
@@ -132,7 +151,9 @@ class ObjectiveGradients:
             m = torch.empty(len(rows), rows[0][1].numel(), dtype=torch.float64, device=device)
             for r, (_, g) in enumerate(rows):
                 m[r].copy_(g.reshape(-1))
-            block = m @ m.T if metric is None else (m * metric[k].reshape(-1).to(torch.float64)) @ m.T
+            block = (
+                m @ m.T if metric is None else (m * metric[k].reshape(-1).to(torch.float64)) @ m.T
+            )
             if len(rows) == n:
                 q += block
             else:
@@ -144,7 +165,12 @@ class ObjectiveGradients:
         """The P×N matrix ``G`` of the balanced parameters (allocates P×N: only when asked)."""
         cols = []
         for g in self.grads:
-            parts = [gk.reshape(-1) if gk is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for gk, p in zip(g, self.params)]
+            parts = [
+                gk.reshape(-1)
+                if gk is not None
+                else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                for gk, p in zip(g, self.params)
+            ]
             cols.append(torch.cat(parts))
         return torch.stack(cols, dim=1)
 
@@ -152,8 +178,13 @@ class ObjectiveGradients:
         """Add ``Σᵢ wᵢ ∂Lᵢ/∂θ`` to ``θ.grad`` for every parameter, balanced or not. With ``own``
         (N coefficients), a balanced parameter that one objective ``i`` alone reaches receives
         ``ownᵢ ∂Lᵢ/∂θ`` instead (its objective's own gradient, whatever the sign of ``wᵢ``)."""
-        cast: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}  # the coefficients, converted once per dtype
-        for params, grads, balanced in ((self.params, self.grads, True), (self.others, self.other_grads, False)):
+        cast: dict[
+            tuple[torch.dtype, torch.device, bool], Tensor
+        ] = {}  # the coefficients, converted once per dtype
+        for params, grads, balanced in (
+            (self.params, self.grads, True),
+            (self.others, self.other_grads, False),
+        ):
             for k, p in enumerate(params):
                 direction: Tensor | None = None
                 alone = own is not None and balanced and sum(g[k] is not None for g in grads) == 1
@@ -171,7 +202,9 @@ class ObjectiveGradients:
                     accumulate_grad(p, direction)
 
 
-def objective_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], *, include_others: bool = True) -> ObjectiveGradients:
+def objective_gradients(
+    losses: Sequence[Tensor], params: Sequence[Tensor], *, include_others: bool = True
+) -> ObjectiveGradients:
     """Per-objective gradients of ``losses`` over one graph.
 
     ``params`` is the balanced set; with ``include_others`` every other reachable leaf requiring
@@ -179,7 +212,9 @@ def objective_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], *, i
     between objectives and freed by the last pass.
     """
     param_ids = {id(p) for p in params}
-    others = [t for t in reachable_leaves(losses) if id(t) not in param_ids] if include_others else []
+    others = (
+        [t for t in reachable_leaves(losses) if id(t) not in param_ids] if include_others else []
+    )
     inputs = list(params) + others
     grads: list[list[Tensor | None]] = []
     other_grads: list[list[Tensor | None]] = []

@@ -17,7 +17,9 @@ from torch import Tensor
 def require_adam(optimizer: torch.optim.Optimizer) -> None:
     """``ValueError`` unless ``optimizer`` is ``torch.optim.Adam`` or ``AdamW``."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise ValueError(f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}")
+        raise ValueError(
+            f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}"
+        )
 
 
 def adam_metric(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> list[Tensor] | None:
@@ -34,14 +36,18 @@ def adam_metric(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> l
     for i, p in enumerate(params):
         group = groups.get(id(p))
         if group is None:
-            raise ValueError(f"balanced parameter {i} (shape {tuple(p.shape)}) is not updated by the optimiser: pass it to the optimiser")
+            raise ValueError(
+                f"balanced parameter {i} (shape {tuple(p.shape)}) is not updated by the optimiser: pass it to the optimiser"
+            )
         state = optimizer.state.get(p, {})
         if "exp_avg_sq" not in state:
             return None
         v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
         step = state["step"]
         beta2 = float(group["betas"][1])
-        if isinstance(step, Tensor) and step.device.type != "cpu":  # capturable Adam: stay on the device
+        if (
+            isinstance(step, Tensor) and step.device.type != "cpu"
+        ):  # capturable Adam: stay on the device
             bias: Tensor | float = 1.0 - torch.pow(beta2, step.to(torch.float64)).to(v.dtype)
         else:  # a host value already (a CPU tensor or a number)
             bias = 1.0 - beta2 ** float(step)

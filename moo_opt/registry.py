@@ -38,16 +38,22 @@ def register(cls: B) -> B:
         raise TypeError(f"{cls!r} is not a Balancer subclass")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} has no name: give it a class attribute name = 'my-balancer'")
+        raise TypeError(
+            f"{cls.__qualname__} has no name: give it a class attribute name = 'my-balancer'"
+        )
     if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"a balancer named {name!r} is already registered ({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
+        raise ValueError(
+            f"a balancer named {name!r} is already registered ({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})"
+        )
     _REGISTRY[name] = cls
     return cls
 
 
 def _distribution(entry: metadata.EntryPoint) -> str:
     dist = getattr(entry, "dist", None)
-    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else "an unknown distribution"
+    return (
+        f"{dist.metadata['Name']} {dist.version}" if dist is not None else "an unknown distribution"
+    )
 
 
 def _discover() -> None:
@@ -65,7 +71,9 @@ def _discover() -> None:
         try:
             cls = entry.load()
             if getattr(cls, "name", None) != entry.name:
-                raise TypeError(f"its class is named {getattr(cls, 'name', None)!r}, not {entry.name!r}")
+                raise TypeError(
+                    f"its class is named {getattr(cls, 'name', None)!r}, not {entry.name!r}"
+                )
             register(cls)
         except Exception as exc:  # noqa: BLE001  (any failure of a third-party import is reported, not raised)
             _BROKEN[entry.name] = f"{where} cannot be loaded: {type(exc).__name__}: {exc}"
@@ -91,7 +99,9 @@ def _lookup(name: str) -> type[Balancer]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown balancer {name!r}; available: {', '.join(available())}") from None
+        raise ValueError(
+            f"unknown balancer {name!r}; available: {', '.join(available())}"
+        ) from None
 
 
 def options(name: str) -> dict[str, Any]:
@@ -106,5 +116,7 @@ def create(name: str, num_objectives: int = 2, **opts: Any) -> Balancer:
     valid = options(name)
     unknown = sorted(set(opts) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for balancer {name!r}; valid: {', '.join(valid)}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for balancer {name!r}; valid: {', '.join(valid)}"
+        )
     return cls(num_objectives=num_objectives, **opts)

@@ -44,12 +44,18 @@ def balanced_step(
     ``"unchecked"`` nothing is read back (no host synchronisation) and nothing is checked.
     """
     params = list(parameters)
-    balancer.bind_optimizer(optimizer)  # for balancers that measure balance in the optimiser's metric
+    balancer.bind_optimizer(
+        optimizer
+    )  # for balancers that measure balance in the optimiser's metric
     optimizer.zero_grad(set_to_none=True)
     checked = balancer.nonfinite != "unchecked"
-    snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None  # a few small tensors
+    snapshot = (
+        balancer.state_dict() if balancer.nonfinite == "skip" else None
+    )  # a few small tensors
     info = balancer.backward(compute_losses(), params)
-    if not info.skipped and (checked or max_norm is not None):  # every parameter the optimiser updates, balanced or not
+    if not info.skipped and (
+        checked or max_norm is not None
+    ):  # every parameter the optimiser updates, balanced or not
         every = [p for group in optimizer.param_groups for p in group["params"]]
         norm = torch.nn.utils.clip_grad_norm_(every, math.inf if max_norm is None else max_norm)
         if checked and not bool(torch.isfinite(norm)):

@@ -89,12 +89,20 @@ def within_trust_region(coeff: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     diff = coeff - standard
     excess = diff.abs().max()
     outside = excess > radius
-    t = torch.where(outside, radius / excess.clamp_min(torch.finfo(coeff.dtype).tiny), torch.ones_like(excess))
+    t = torch.where(
+        outside, radius / excess.clamp_min(torch.finfo(coeff.dtype).tiny), torch.ones_like(excess)
+    )
     return torch.where(outside, standard + t * diff, coeff), t
 
 
 def qp_coefficients(
-    z: Tensor, losses: Tensor, offsets: Tensor, *, renormalize: bool = True, trust_radius: float | None = None, extras: Extras | None = None
+    z: Tensor,
+    losses: Tensor,
+    offsets: Tensor,
+    *,
+    renormalize: bool = True,
+    trust_radius: float | None = None,
+    extras: Extras | None = None,
 ) -> Tensor:
     """Solution 2's coefficients on the raw losses for the log-loss weights ``z``:
     :math:`z_i / (L_i + c_i)`, renormalised to sum to one, then pulled into the trust region."""
@@ -135,13 +143,17 @@ def qp_weights(
     if backend == "cvxpy":
         from moo_opt.solvers import reference
 
-        result = (reference.solve_simplex_qp_cvxpy if simplex else reference.solve_equality_qp_cvxpy)(scaled)
+        result = (
+            reference.solve_simplex_qp_cvxpy if simplex else reference.solve_equality_qp_cvxpy
+        )(scaled)
     elif simplex:
         result = solve_simplex_qp(scaled, rcond=rcond)
     else:
         result = solve_equality_qp(scaled, rcond=rcond, ridge=ridge)
     z = result.weights.to(losses.device)
-    return qp_coefficients(z, losses, offsets, renormalize=renormalize, trust_radius=trust_radius, extras=extras), result
+    return qp_coefficients(
+        z, losses, offsets, renormalize=renormalize, trust_radius=trust_radius, extras=extras
+    ), result
 
 
 def _norms(gram: Tensor) -> Tensor:
@@ -150,7 +162,12 @@ def _norms(gram: Tensor) -> Tensor:
 
 
 def mgda_weights(
-    gram: Tensor, losses: Tensor | None = None, *, normalization: MGDANormalization = "none", rcond: float | None = None, extras: Extras | None = None
+    gram: Tensor,
+    losses: Tensor | None = None,
+    *,
+    normalization: MGDANormalization = "none",
+    rcond: float | None = None,
+    extras: Extras | None = None,
 ) -> tuple[Tensor, SolveResult]:
     r"""MGDA: the min-norm point :math:`\alpha` of the normalised gradients' convex hull
     (:func:`~moo_opt.solvers.solve_simplex_qp` on :math:`Q_{ij} / (n_i n_j)`) as weights
@@ -159,9 +176,18 @@ def mgda_weights(
     :math:`n_i` counts as 1. The ``"loss"`` normalisations need ``losses``."""
     if normalization in ("loss", "loss+") and losses is None:
         raise ValueError(f"normalization={normalization!r} divides by the losses; pass losses")
-    ones = torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device) if losses is None else torch.ones_like(losses)
+    ones = (
+        torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        if losses is None
+        else torch.ones_like(losses)
+    )
     norms = _norms(gram)
-    n = {"none": lambda: ones, "l2": lambda: norms, "loss": lambda: losses, "loss+": lambda: losses * norms}[normalization]()
+    n = {
+        "none": lambda: ones,
+        "l2": lambda: norms,
+        "loss": lambda: losses,
+        "loss+": lambda: losses * norms,
+    }[normalization]()
     n = torch.where(n > 0.0, n, torch.ones_like(n))
     result = solve_simplex_qp(gram / (n[:, None] * n[None, :]), rcond=rcond)
     alpha = result.weights.to(ones.device)
@@ -169,7 +195,9 @@ def mgda_weights(
     return alpha / n, result
 
 
-def imtl_g_weights(gram: Tensor, *, rcond: float | None = None, extras: Extras | None = None) -> tuple[Tensor, SolveResult]:
+def imtl_g_weights(
+    gram: Tensor, *, rcond: float | None = None, extras: Extras | None = None
+) -> tuple[Tensor, SolveResult]:
     r"""IMTL-G: equal projections of the direction on every unit gradient, i.e. the equality QP on
     the unit gradients' Gramian :math:`Q_{ij} / (|g_i||g_j|)`; its weights ``z`` divided by the
     norms and renormalised (:func:`renormalized`) are the weights on the raw losses."""
@@ -182,7 +210,13 @@ def imtl_g_weights(gram: Tensor, *, rcond: float | None = None, extras: Extras |
     return alpha, result
 
 
-def upgrad_weights(gram: Tensor, *, task_weights: Sequence[float] | None = None, rcond: float | None = None, tol: float = 1e-12) -> tuple[Tensor, SolveResult]:
+def upgrad_weights(
+    gram: Tensor,
+    *,
+    task_weights: Sequence[float] | None = None,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+) -> tuple[Tensor, SolveResult]:
     r"""UPGrad: every gradient, scaled by its preference :math:`u_i` (``task_weights``, 1/N each by
     default), projected onto the dual cone of the gradients; the weights are the sum of the
     projections' rows (:func:`~moo_opt.solvers.project_to_dual_cone`)."""
@@ -192,7 +226,12 @@ def upgrad_weights(gram: Tensor, *, task_weights: Sequence[float] | None = None,
 
 
 def nash_mtl_weights(
-    gram: Tensor, *, normalization: NashNormalization = "none", rcond: float | None = None, tol: float = 1e-12, max_iter: int = 100
+    gram: Tensor,
+    *,
+    normalization: NashNormalization = "none",
+    rcond: float | None = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
 ) -> tuple[Tensor, SolveResult]:
     r"""Nash-MTL: the bargaining solution :math:`\alpha` with :math:`\alpha_i (Q\alpha)_i = 1`
     (:func:`~moo_opt.solvers.solve_nash`); ``normalization="frobenius"`` multiplies it by
@@ -205,7 +244,13 @@ def nash_mtl_weights(
 
 
 def cagrad_weights(
-    gram: Tensor, *, c: float = 0.5, rescale: CAGradRescale = "1+c^2", rcond: float | None = None, tol: float = 1e-12, extras: Extras | None = None
+    gram: Tensor,
+    *,
+    c: float = 0.5,
+    rescale: CAGradRescale = "1+c^2",
+    rcond: float | None = None,
+    tol: float = 1e-12,
+    extras: Extras | None = None,
 ) -> tuple[Tensor, SolveResult]:
     r"""CAGrad: the inner weights of the conflict-averse problem (:func:`~moo_opt.solvers.solve_cagrad`)
     turned into the direction's weights on the raw losses, divided by ``rescale`` (1,
@@ -219,7 +264,11 @@ def cagrad_weights(
 
 
 def aligned_mtl_weights(
-    gram: Tensor, *, task_weights: Sequence[float] | None = None, scale: AlignmentScale = "min", rcond: float | None = None
+    gram: Tensor,
+    *,
+    task_weights: Sequence[float] | None = None,
+    scale: AlignmentScale = "min",
+    rcond: float | None = None,
 ) -> tuple[Tensor, SolveResult]:
     r"""Aligned-MTL: the balance transform :math:`B` that makes the aligned gradients :math:`GB`
     orthogonal with equal norms (:func:`~moo_opt.solvers.alignment.balance_transform`, ``scale``
@@ -229,7 +278,9 @@ def aligned_mtl_weights(
     return result.weights @ u, result
 
 
-def pcgrad_weights(gram: Tensor, *, generator: torch.Generator | None = None, extras: Extras | None = None) -> tuple[Tensor, None]:
+def pcgrad_weights(
+    gram: Tensor, *, generator: torch.Generator | None = None, extras: Extras | None = None
+) -> tuple[Tensor, None]:
     r"""PCGrad: each gradient loses its component along every other gradient it conflicts with, in
     a random order (drawn from ``generator``), and the results are summed. The projections stay in
     the span of the gradients, so the surgery runs on :math:`Q` (float64, on the host) and returns

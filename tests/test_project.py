@@ -13,18 +13,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_docs_build_without_warnings_and_doctests_pass(tmp_path: Path) -> None:
     html = run("-m", "sphinx", "-W", "-q", "-b", "html", "docs", str(tmp_path / "html"))
     assert html.returncode == 0, html.stdout + html.stderr
     site = tmp_path / "html"
-    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file() and (site / "searchindex.js").is_file()
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file() and (
+        site / "searchindex.js"
+    ).is_file()
     remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"(?:https?:)?//")
-    for page in site.rglob("*.html"):  # scripts, styles and images served by the site itself: no CDN
+    for page in site.rglob(
+        "*.html"
+    ):  # scripts, styles and images served by the site itself: no CDN
         assert not remote.search(page.read_text(encoding="utf-8")), page
-    assert '_static/mathjax/tex-chtml.js' in (site / "mathematics.html").read_text(encoding="utf-8")
+    assert "_static/mathjax/tex-chtml.js" in (site / "mathematics.html").read_text(encoding="utf-8")
     assert_every_public_name_documented(site / "objects.inv")
     doctest = run("-m", "sphinx", "-W", "-q", "-b", "doctest", "docs", str(tmp_path / "doctest"))
     assert doctest.returncode == 0, doctest.stdout + doctest.stderr
@@ -32,7 +38,15 @@ def test_docs_build_without_warnings_and_doctests_pass(tmp_path: Path) -> None:
 
 #: the modules whose public names (``__all__``, else the functions and classes they define) the API
 #: reference must document
-PUBLIC_MODULES = ("moo_opt", "moo_opt.solvers", "moo_opt.solvers.reference", "moo_opt.gradients", "moo_opt.metrics", "moo_opt.distributed", "moo_opt.weightings")
+PUBLIC_MODULES = (
+    "moo_opt",
+    "moo_opt.solvers",
+    "moo_opt.solvers.reference",
+    "moo_opt.gradients",
+    "moo_opt.metrics",
+    "moo_opt.distributed",
+    "moo_opt.weightings",
+)
 
 
 def assert_every_public_name_documented(inventory: Path) -> None:
@@ -42,7 +56,11 @@ def assert_every_public_name_documented(inventory: Path) -> None:
     from sphinx.util.inventory import InventoryFile
 
     with inventory.open("rb") as f:
-        documented = {name for objects in InventoryFile.load(f, "", lambda base, uri: uri).values() for name in objects}
+        documented = {
+            name
+            for objects in InventoryFile.load(f, "", lambda base, uri: uri).values()
+            for name in objects
+        }
     missing = []
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
@@ -62,13 +80,29 @@ def test_solvers_demo_prints_certificates() -> None:
     proc = run("examples/solvers_demo.py")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for case in ("two conflicting gradients", "two aligned gradients", "three objectives", "degenerate"):
+    for case in (
+        "two conflicting gradients",
+        "two aligned gradients",
+        "three objectives",
+        "degenerate",
+    ):
         assert case in out
     assert out.count("KKT=") >= 16 and "cvxpy" in out and "balance" in out
 
 
 def test_solver_benchmark_runs_and_reports_ratios() -> None:
-    proc = run("benchmarks/solvers.py", "--sizes", "2", "5", "--gramians", "2", "--repeats", "2", "--cvxpy-repeats", "1")
+    proc = run(
+        "benchmarks/solvers.py",
+        "--sizes",
+        "2",
+        "5",
+        "--gramians",
+        "2",
+        "--repeats",
+        "2",
+        "--cvxpy-repeats",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| equality | 5 |" in proc.stdout and "| simplex | 2 |" in proc.stdout
     assert "TorchJD" in proc.stdout and "×" in proc.stdout
@@ -76,7 +110,21 @@ def test_solver_benchmark_runs_and_reports_ratios() -> None:
 
 def test_step_overhead_benchmark_runs_and_reports_ratios() -> None:
     variants = "fixed,compressai,c2f-every4,qp-every2"
-    proc = run("benchmarks/step_overhead.py", "--models", "small", "--variants", variants, "--reps", "2", "--warmup", "0", "--patch", "64", "--batch", "2")
+    proc = run(
+        "benchmarks/step_overhead.py",
+        "--models",
+        "small",
+        "--variants",
+        variants,
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+        "--patch",
+        "64",
+        "--batch",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for v in variants.split(","):
         assert f"| {v} |" in proc.stdout
@@ -86,7 +134,21 @@ def test_step_overhead_benchmark_runs_and_reports_ratios() -> None:
 def test_step_overhead_covers_every_registered_balancer() -> None:
     from moo_opt import available
 
-    proc = run("benchmarks/step_overhead.py", "--models", "small", "--variants", "zoo", "--reps", "1", "--warmup", "0", "--patch", "64", "--batch", "2")
+    proc = run(
+        "benchmarks/step_overhead.py",
+        "--models",
+        "small",
+        "--variants",
+        "zoo",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--patch",
+        "64",
+        "--batch",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in available():
         assert f"| {'c2f-same' if name == 'coarse-to-fine' else name} |" in proc.stdout
@@ -110,16 +172,27 @@ def test_toy_example_compares_the_balancers(tmp_path: Path) -> None:
     out = tmp_path / "toy.png"
     proc = run("examples/toy_two_objectives.py", "--steps", "30", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    for label in ("fixed (standard loss)", "coarse-to-fine (Solution 1)", "qp (Solution 2)", "mgda"):
+    for label in (
+        "fixed (standard loss)",
+        "coarse-to-fine (Solution 1)",
+        "qp (Solution 2)",
+        "mgda",
+    ):
         assert label in proc.stdout
     assert "D/R" in proc.stdout
     assert out.stat().st_size > 10_000
 
 
 def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
-    proc = run("benchmarks/zoo_solvers.py", "--sizes", "2", "3", "--gramians", "2", "--repeats", "2")
+    proc = run(
+        "benchmarks/zoo_solvers.py", "--sizes", "2", "3", "--gramians", "2", "--repeats", "2"
+    )
     assert proc.returncode == 0, proc.stderr
-    for row in ("| 3 | nash (Nash-MTL) |", "| 2 | dual cone, N rows (UPGrad) |", "| 3 | cagrad (CAGrad, c=0.5) |"):
+    for row in (
+        "| 3 | nash (Nash-MTL) |",
+        "| 2 | dual cone, N rows (UPGrad) |",
+        "| 3 | cagrad (CAGrad, c=0.5) |",
+    ):
         assert row in proc.stdout
     assert "×" in proc.stdout and "| optimal |" in proc.stdout
 
@@ -133,7 +206,9 @@ def image_folder(root: Path, counts: dict[str, int], shape: tuple[int, int]) -> 
     for split, count in counts.items():
         (root / split).mkdir(parents=True)
         for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(
+                root / split / f"{i}.png"
+            )
     return root
 
 
@@ -161,7 +236,13 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "ft" / "summary.md").read_text()
-    for v in ("| standard |", "| standard-sgd |", "| qp-shared | standard |", "| qp-sgd | standard-sgd |", "| standard-lam0.667 | standard |"):
+    for v in (
+        "| standard |",
+        "| standard-sgd |",
+        "| qp-shared | standard |",
+        "| qp-sgd | standard-sgd |",
+        "| standard-lam0.667 | standard |",
+    ):
         assert v in summary, summary
 
 
@@ -178,13 +259,29 @@ def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
     text = (out / "report.md").read_text()
     for name in ("standard-ft", "qp-ft", "shipped"):
         assert f"| {name} |" in text and (out / f"{name}.json").exists()
-    assert "| 0.005 |" in text and "| 0.05 |" in text and "ΔJ (qp-ft vs standard-ft)" in text and "wall time" in text
+    assert (
+        "| 0.005 |" in text
+        and "| 0.05 |" in text
+        and "ΔJ (qp-ft vs standard-ft)" in text
+        and "wall time" in text
+    )
     for png in ("rd.png", "figure1.png"):
         assert (out / png).stat().st_size > 10_000
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "(0 s;" in again.stdout
-    missing = subprocess.run([*args[:2], "--photos", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert missing.returncode == 2 and "make photos" in missing.stderr and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [*args[:2], "--photos", str(tmp_path / "nowhere")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert (
+        missing.returncode == 2
+        and "make photos" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
@@ -196,11 +293,21 @@ def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
     proc = run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "s" / "summary.md").read_text()
-    assert "| standard | 0.005 |" in summary and "| c2f-warmup | 0.05 |" in summary and "seed 1;" in summary and "| c2f-warmup | standard | " in summary.split("overlapping")[1]
-    more = [a.replace("c2f-warmup=0.05", "c2f-warmup=0.05,0.01") for a in args]  # a λ more: its run, and the evaluation again
+    assert (
+        "| standard | 0.005 |" in summary
+        and "| c2f-warmup | 0.05 |" in summary
+        and "seed 1;" in summary
+        and "| c2f-warmup | standard | " in summary.split("overlapping")[1]
+    )
+    more = [
+        a.replace("c2f-warmup=0.05", "c2f-warmup=0.05,0.01") for a in args
+    ]  # a λ more: its run, and the evaluation again
     again = run(*more)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert re.search(r"standard-0\.005/run\.log \(0 s;", again.stdout) and "| c2f-warmup | 0.01 |" in (tmp_path / "s" / "summary.md").read_text()
+    assert (
+        re.search(r"standard-0\.005/run\.log \(0 s;", again.stdout)
+        and "| c2f-warmup | 0.01 |" in (tmp_path / "s" / "summary.md").read_text()
+    )
     bad = run("benchmarks/scratch_study.py", "--lambdas", "nope=1")
     assert bad.returncode != 0 and "VARIANT=λ" in bad.stderr
 
@@ -218,14 +325,35 @@ def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
     for row in ("| c2f | standard | ", "| c2f-gamma0 | standard | ", "| c2f-norenorm | standard | ", "| qp | standard | ", "| qp-trust0.1 | standard | ",
                 "| standard-lam0.667 | standard | ", "| c2f-beta0.0025 | 0.", "| qp-trust0.1 | 0."):  # fmt: skip
         assert row in summary, (row, summary)
-    assert "0.005: " in summary and "python benchmarks/finetune_study.py" in summary and "commit" in summary
+    assert (
+        "0.005: " in summary
+        and "python benchmarks/finetune_study.py" in summary
+        and "commit" in summary
+    )
     for part in ("scratch", "finetune"):
-        assert (out / f"rd-{part}.png").stat().st_size > 10_000 and (out / f"figure1-{part}.png").stat().st_size > 10_000
+        assert (out / f"rd-{part}.png").stat().st_size > 10_000 and (
+            out / f"figure1-{part}.png"
+        ).stat().st_size > 10_000
         assert (out / f"{part}-seed1" / "summary.md").exists()
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert again.returncode == 0 and "(0 s;" in again.stdout and not re.search(r"\((?!0 s;)\d+ s;", again.stdout), again.stdout[-2000:]
-    missing = subprocess.run([*args[:2], "--photos", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert missing.returncode == 2 and "make photos" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        again.returncode == 0
+        and "(0 s;" in again.stdout
+        and not re.search(r"\((?!0 s;)\d+ s;", again.stdout)
+    ), again.stdout[-2000:]
+    missing = subprocess.run(
+        [*args[:2], "--photos", str(tmp_path / "nowhere")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert (
+        missing.returncode == 2
+        and "make photos" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_readme_lists_every_registered_balancer() -> None:
@@ -234,11 +362,20 @@ def test_readme_lists_every_registered_balancer() -> None:
     import moo_opt
     from moo_opt.balancers.base import GramianBalancer
 
-    rows = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| `([\w-]+)` \| `(\w+)` \| .* \| (yes|no) \|$", (ROOT / "README.md").read_text(), re.M)}
+    rows = {
+        m[0]: (m[1], m[2])
+        for m in re.findall(
+            r"^\| `([\w-]+)` \| `(\w+)` \| .* \| (yes|no) \|$",
+            (ROOT / "README.md").read_text(),
+            re.M,
+        )
+    }
     assert sorted(rows) == sorted(moo_opt.available())
     for name, (cls, gramian) in rows.items():
         balancer = moo_opt.create(name, 2)
-        assert type(balancer).__name__ == cls and (gramian == "yes") == isinstance(balancer, GramianBalancer), name
+        assert type(balancer).__name__ == cls and (gramian == "yes") == isinstance(
+            balancer, GramianBalancer
+        ), name
 
 
 def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,7 +395,9 @@ def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     import scratch_study
 
     for module in (scratch_study, finetune_study):  # record the first study's argv and stop there
-        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.append((name, argv)) or 1)
+        monkeypatch.setattr(
+            module, "main", lambda argv, name=module.__name__: calls.append((name, argv)) or 1
+        )
     assert reproduce.main(args) == 1
     name, argv = calls[0]
     variants = argv[argv.index("--variants") + 1 : argv.index("--steps")]
@@ -270,7 +409,18 @@ def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     seed1 = reproduce.study_argv("scratch", 1, ns)[1]
     assert seed1[seed1.index("--variants") + 1 : seed1.index("--steps")] == ["standard", "c2f"]
     ft = reproduce.study_argv("finetune", 1, ns)[1]
-    assert ft[ft.index("--variants") + 1 : ft.index("--steps")] == ["standard", "qp-trust0.1", "standard-lam0.667"]
+    assert ft[ft.index("--variants") + 1 : ft.index("--steps")] == [
+        "standard",
+        "qp-trust0.1",
+        "standard-lam0.667",
+    ]
     for bad in (["--skip", "standard"], ["--skip", "nope"], ["--scratch-lambdas", "qp=0.1"]):
-        proc = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--photos", str(photos), *bad], cwd=ROOT, capture_output=True, text=True)
-        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("reproduce.py: error: --"), proc.stderr
+        proc = subprocess.run(
+            [sys.executable, "benchmarks/reproduce.py", "--photos", str(photos), *bad],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+            "reproduce.py: error: --"
+        ), proc.stderr

@@ -55,6 +55,10 @@ class AlignedMTLBalancer(GramianBalancer):
         self.scale: AlignmentScale = scale
         self.rcond = rcond
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        w, result = aligned_mtl_weights(gram, task_weights=self.task_weights, scale=self.scale, rcond=self.rcond)
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        w, result = aligned_mtl_weights(
+            gram, task_weights=self.task_weights, scale=self.scale, rcond=self.rcond
+        )
         return w.to(values.device), result, {}

@@ -79,7 +79,11 @@ class BalanceInfo:
 
 def as_offsets(offsets: float | Sequence[float], n: int) -> tuple[float, ...]:
     """Validate the log-loss offsets cᵢ (a scalar or one per objective, each finite and ≥ 0)."""
-    values = (float(offsets),) * n if isinstance(offsets, (int, float)) else tuple(float(c) for c in offsets)
+    values = (
+        (float(offsets),) * n
+        if isinstance(offsets, (int, float))
+        else tuple(float(c) for c in offsets)
+    )
     if len(values) != n:
         raise ValueError(f"offsets needs 1 or {n} values, got {len(values)}")
     if not all(math.isfinite(c) and c >= 0.0 for c in values):
@@ -103,13 +107,24 @@ def preferences(task_weights: Sequence[float] | None, n: int) -> tuple[float, ..
     try:
         values = tuple(float(u) for u in task_weights)
     except (TypeError, ValueError):
-        raise ValueError(f"task_weights needs {n} finite values >= 0 (a sequence), got {task_weights!r}") from None
+        raise ValueError(
+            f"task_weights needs {n} finite values >= 0 (a sequence), got {task_weights!r}"
+        ) from None
     if len(values) != n or not all(math.isfinite(u) and u >= 0.0 for u in values):
         raise ValueError(f"task_weights needs {n} finite values >= 0, got {values}")
     return values
 
 
-def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
+def adam_step_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+) -> None:
     """One step of ``torch.optim.Adam``'s arithmetic, in place, for a balancer's own small
     parameters (``step``: the count including this step)."""
     b1, b2 = betas
@@ -133,7 +148,9 @@ def _recording(init: Any) -> Any:
                 kwargs.setdefault(key, value)
             bound = sig.bind(self, *args, **kwargs)
             bound.apply_defaults()
-            self.__dict__["_given_options"] = copy.deepcopy({k: v for k, v in bound.arguments.items() if k != "self"})
+            self.__dict__["_given_options"] = copy.deepcopy(
+                {k: v for k, v in bound.arguments.items() if k != "self"}
+            )
         init(self, *args, **kwargs)
 
     return wrapper
@@ -182,13 +199,20 @@ class Balancer(ABC):
             cls.__init__ = _recording(cls.__dict__["__init__"])  # type: ignore[method-assign]
         unknown = set(cls.option_defaults) - set(cls.options_of())
         if unknown:
-            raise TypeError(f"{cls.__qualname__}.option_defaults: {', '.join(sorted(unknown))} not among its options")
+            raise TypeError(
+                f"{cls.__qualname__}.option_defaults: {', '.join(sorted(unknown))} not among its options"
+            )
 
     @classmethod
     def options_of(cls) -> dict[str, Any]:
         """The options of this class (keyword arguments other than ``num_objectives``) and their defaults."""
         params = inspect.signature(cls.__init__).parameters.values()
-        declared = {p.name: p.default for p in params if p.name not in ("self", "num_objectives") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        declared = {
+            p.name: p.default
+            for p in params
+            if p.name not in ("self", "num_objectives")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
         return {k: cls.option_defaults.get(k, v) for k, v in declared.items()}
 
     def __init__(self, num_objectives: int, *, nonfinite: NonFinite = "raise") -> None:
@@ -224,7 +248,9 @@ class Balancer(ABC):
         return None
 
     @abstractmethod
-    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo: ...
+    def _backward(
+        self, losses: list[Tensor], values: Tensor, params: list[Tensor]
+    ) -> BalanceInfo: ...
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _finite_or_skip(self, values: Tensor, gram: Tensor | None = None) -> bool:
@@ -237,7 +263,11 @@ class Balancer(ABC):
         if bool(ok):
             return True
         if self.nonfinite == "raise":
-            what = "a loss" if not bool(torch.isfinite(values).all()) else "the Gramian of the gradients"
+            what = (
+                "a loss"
+                if not bool(torch.isfinite(values).all())
+                else "the Gramian of the gradients"
+            )
             raise NonFiniteLossError(
                 f"{what} is NaN or Inf (losses {values.tolist()}); fix the loss, lower the learning rate, "
                 "or pass nonfinite='skip' to skip such steps"
@@ -253,13 +283,18 @@ class Balancer(ABC):
     def _backward_weighted(losses: list[Tensor], weights: Tensor) -> None:
         """``torch.autograd.backward(Σᵢ wᵢ Lᵢ)`` with the weights detached; under several
         processes the new gradients are averaged over the ranks before they are accumulated."""
-        total = sum(w.to(loss.dtype) * loss.reshape(()) for w, loss in zip(weights.detach().unbind(), losses))
+        total = sum(
+            w.to(loss.dtype) * loss.reshape(())
+            for w, loss in zip(weights.detach().unbind(), losses)
+        )
         assert isinstance(total, Tensor)
         if distributed.world_size() == 1:
             total.backward()
             return
         leaves = reachable_leaves(losses)
-        grads = distributed.mean_tensors_(torch.autograd.grad(total, leaves, allow_unused=True), leaves)
+        grads = distributed.mean_tensors_(
+            torch.autograd.grad(total, leaves, allow_unused=True), leaves
+        )
         for leaf, g in zip(leaves, grads):
             if g is not None:
                 accumulate_grad(leaf, g)
@@ -281,19 +316,28 @@ class Balancer(ABC):
         for key in keys:
             value = state[key]
             if not isinstance(value, Tensor) or value.shape != (self.num_objectives,):
-                raise ValueError(f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)")
+                raise ValueError(
+                    f"state_dict entry {key!r} must be a tensor of shape ({self.num_objectives},)"
+                )
             setattr(self, key, value.to(torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
         """``{"balancer": name, "options": {...}, "state": {...}, "skips": int}``; tensors are cloned."""
         state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._state().items()}
-        return {"balancer": self.name, "options": dict(self._options()), "state": state, "skips": self.skips}
+        return {
+            "balancer": self.name,
+            "options": dict(self._options()),
+            "state": state,
+            "skips": self.skips,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore options and state saved by :meth:`state_dict` (of the same balancer type)."""
         name = state_dict.get("balancer")
         if name != self.name:
-            raise ValueError(f"state_dict is of balancer {name!r}, not {self.name!r}: create a {name!r} balancer to load it")
+            raise ValueError(
+                f"state_dict is of balancer {name!r}, not {self.name!r}: create a {name!r} balancer to load it"
+            )
         options = dict(state_dict["options"])
         fresh = type(self)(**options)  # validates the options
         if fresh.num_objectives != self.num_objectives:
@@ -304,7 +348,9 @@ class Balancer(ABC):
         kept = {k: self.__dict__[k] for k in self._runtime_attributes if k in self.__dict__}
         self.__dict__.update(fresh.__dict__)
         self.__dict__.update(kept)
-        self._load_state({k: v.clone() if isinstance(v, Tensor) else v for k, v in state_dict["state"].items()})
+        self._load_state(
+            {k: v.clone() if isinstance(v, Tensor) else v for k, v in state_dict["state"].items()}
+        )
         self.skips = int(state_dict.get("skips", 0))
 
     def __repr__(self) -> str:
@@ -328,15 +374,21 @@ class GramianBalancer(Balancer):
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
         grads = objective_gradients(losses, params)
-        if distributed.world_size() > 1:  # each objective's gradient of the whole batch, then the Gramian
+        if (
+            distributed.world_size() > 1
+        ):  # each objective's gradient of the whole batch, then the Gramian
             grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
-            grads.other_grads = [distributed.mean_tensors_(g, grads.others) for g in grads.other_grads]
+            grads.other_grads = [
+                distributed.mean_tensors_(g, grads.others) for g in grads.other_grads
+            ]
         gram = self._gramian(grads)
         if not self._finite_or_skip(values, gram):
             return self._skipped(values)
         weights, result, extras = self._weights(values, gram)
         grads.accumulate(weights, self._own(values) if self.shared_only else None)
-        return BalanceInfo(weights=weights, losses=values, solve=result, extras=extras, skips=self.skips)
+        return BalanceInfo(
+            weights=weights, losses=values, solve=result, extras=extras, skips=self.skips
+        )
 
     def _gramian(self, grads: ObjectiveGradients) -> Tensor:
         return grads.gramian(shared_only=self.shared_only)
@@ -347,10 +399,16 @@ class GramianBalancer(Balancer):
         return torch.ones_like(values)
 
     @abstractmethod
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult | None, dict[str, Tensor]]:
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult | None, dict[str, Tensor]]:
         """``(weights on the raw losses, solver result or None for a method without a solver,
         extras)`` from the loss values and Gramian."""
 
-    def gradients(self, losses: Sequence[Tensor], parameters: Iterable[Tensor]) -> ObjectiveGradients:
+    def gradients(
+        self, losses: Sequence[Tensor], parameters: Iterable[Tensor]
+    ) -> ObjectiveGradients:
         """The per-objective gradients this balancer would use (for inspection and tests)."""
-        return objective_gradients(check_losses(losses, self.num_objectives), check_parameters(parameters))
+        return objective_gradients(
+            check_losses(losses, self.num_objectives), check_parameters(parameters)
+        )

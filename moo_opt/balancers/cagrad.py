@@ -59,7 +59,11 @@ class CAGradBalancer(GramianBalancer):
         self.rcond = rcond
         self.tol = float(tol)
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
         extras: dict[str, Tensor] = {}
-        w, result = cagrad_weights(gram, c=self.c, rescale=self.rescale, rcond=self.rcond, tol=self.tol, extras=extras)
+        w, result = cagrad_weights(
+            gram, c=self.c, rescale=self.rescale, rcond=self.rcond, tol=self.tol, extras=extras
+        )
         return w.to(values.device), result, {k: v.to(values.device) for k, v in extras.items()}

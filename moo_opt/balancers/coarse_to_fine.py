@@ -11,7 +11,14 @@ import torch
 from torch import Tensor
 
 from moo_opt import distributed
-from moo_opt.balancers.base import BalanceInfo, Balancer, NonFinite, Offsets, adam_step_, positive_int
+from moo_opt.balancers.base import (
+    BalanceInfo,
+    Balancer,
+    NonFinite,
+    Offsets,
+    adam_step_,
+    positive_int,
+)
 from moo_opt.registry import register
 
 Mode = Literal["same_batch", "next_batch"]
@@ -93,7 +100,12 @@ class CoarseToFineBalancer(Balancer):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
         if not (math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be > 0, got {eps!r}")
-        self.beta, self.gamma, self.renormalize, self.mode = float(beta), float(gamma), bool(renormalize), mode
+        self.beta, self.gamma, self.renormalize, self.mode = (
+            float(beta),
+            float(gamma),
+            bool(renormalize),
+            mode,
+        )
         self.update_every = positive_int("update_every", update_every)
         self.warmup = positive_int("warmup", warmup, minimum=0)
         self.betas, self.eps = (b1, b2), float(eps)
@@ -116,7 +128,9 @@ class CoarseToFineBalancer(Balancer):
     # ------------------------------------------------------------------ balancing
     def _to(self, device: torch.device) -> None:
         if self.logits.device != device:
-            self.logits, self.exp_avg, self.exp_avg_sq = (t.to(device) for t in (self.logits, self.exp_avg, self.exp_avg_sq))
+            self.logits, self.exp_avg, self.exp_avg_sq = (
+                t.to(device) for t in (self.logits, self.exp_avg, self.exp_avg_sq)
+            )
         if self.pending is not None and self.pending.device != device:
             self.pending = self.pending.to(device)
 
@@ -152,7 +166,9 @@ class CoarseToFineBalancer(Balancer):
         else:
             w, z = self.weights_for(values)
         self._backward_weighted(losses, w)
-        self.pending = values if not warming and (self.calls - self.warmup) % self.update_every == 0 else None
+        self.pending = (
+            values if not warming and (self.calls - self.warmup) % self.update_every == 0 else None
+        )
         self.calls += 1
         extras = {"logits": logits, "z": z}
         if warming:
@@ -165,7 +181,9 @@ class CoarseToFineBalancer(Balancer):
         """One Adam step on the logits from the losses recomputed on the same batch after the
         optimiser step. Returns False (nothing learned) after a skipped :meth:`backward`."""
         if self.mode != "same_batch":
-            raise RuntimeError("update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns")
+            raise RuntimeError(
+                "update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns"
+            )
         if self.pending is None:
             if self.skips or 0 < self.calls <= self.warmup:
                 return False  # a skipped step, or one of the standard loss's (warmup)
@@ -178,7 +196,9 @@ class CoarseToFineBalancer(Balancer):
             items = list(new_losses)
             if len(items) != self.num_objectives:
                 raise ValueError(f"expected {self.num_objectives} new losses, got {len(items)}")
-            new = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in items]).to(torch.float64)
+            new = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in items]).to(
+                torch.float64
+            )
         if new.numel() != self.num_objectives:
             raise ValueError(f"expected {self.num_objectives} new losses, got {new.numel()}")
         new = distributed.mean_(new.to(self.pending.device).clone())
@@ -199,12 +219,28 @@ class CoarseToFineBalancer(Balancer):
     def _learn(self, before: Tensor, after: Tensor) -> None:
         """One Adam step (torch.optim.Adam's arithmetic, in float64) on the logits."""
         self.step += 1
-        adam_step_(self.logits, self.logit_gradient(before, after), self.exp_avg, self.exp_avg_sq, self.step, self.beta, self.betas, self.eps)
+        adam_step_(
+            self.logits,
+            self.logit_gradient(before, after),
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.step,
+            self.beta,
+            self.betas,
+            self.eps,
+        )
 
     # ------------------------------------------------------------------ state
 
     def _state(self) -> dict[str, Any]:
-        return {"logits": self.logits, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step, "calls": self.calls, "pending": self.pending}
+        return {
+            "logits": self.logits,
+            "exp_avg": self.exp_avg,
+            "exp_avg_sq": self.exp_avg_sq,
+            "step": self.step,
+            "calls": self.calls,
+            "pending": self.pending,
+        }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self._load_vectors(state, ("logits", "exp_avg", "exp_avg_sq"))

@@ -36,7 +36,14 @@ class DWABalancer(Balancer):
 
     name = "dwa"
 
-    def __init__(self, num_objectives: int, *, temperature: float = 2.0, period: int = 1, nonfinite: NonFinite = "raise") -> None:
+    def __init__(
+        self,
+        num_objectives: int,
+        *,
+        temperature: float = 2.0,
+        period: int = 1,
+        nonfinite: NonFinite = "raise",
+    ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         if not (math.isfinite(temperature) and temperature > 0.0):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -64,7 +71,9 @@ class DWABalancer(Balancer):
         self.running = self.running.to(values.device) + values
         self.count += 1
         if self.count == self.period:
-            self.history = torch.cat([self.history.to(values.device), (self.running / self.count)[None]])[-2:]
+            self.history = torch.cat(
+                [self.history.to(values.device), (self.running / self.count)[None]]
+            )[-2:]
             self.running = torch.zeros_like(self.running)
             self.count = 0
         return BalanceInfo(weights=w, losses=values, skips=self.skips)
@@ -76,6 +85,13 @@ class DWABalancer(Balancer):
         self.running = state["running"].to(torch.float64)
         self.count = int(state["count"])
         history = state["history"]
-        if not isinstance(history, Tensor) or history.dim() != 2 or history.shape[1] != self.num_objectives or history.shape[0] > 2:
-            raise ValueError(f"state_dict entry 'history' must be a tensor of shape (k <= 2, {self.num_objectives})")
+        if (
+            not isinstance(history, Tensor)
+            or history.dim() != 2
+            or history.shape[1] != self.num_objectives
+            or history.shape[0] > 2
+        ):
+            raise ValueError(
+                f"state_dict entry 'history' must be a tensor of shape (k <= 2, {self.num_objectives})"
+            )
         self.history = history.to(torch.float64)

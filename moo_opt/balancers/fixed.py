@@ -28,7 +28,13 @@ class FixedWeights(Balancer):
 
     name = "fixed"
 
-    def __init__(self, weights: Sequence[float] | None = None, *, num_objectives: int | None = None, nonfinite: NonFinite = "raise") -> None:
+    def __init__(
+        self,
+        weights: Sequence[float] | None = None,
+        *,
+        num_objectives: int | None = None,
+        nonfinite: NonFinite = "raise",
+    ) -> None:
         if num_objectives is not None:
             positive_int("num_objectives", num_objectives)
         if weights is None:
@@ -42,9 +48,13 @@ class FixedWeights(Balancer):
                 f"weights must be a sequence of finite numbers, got {weights!r}; for N unit weights pass num_objectives=N"
             ) from None
         if num_objectives is not None and len(values) != num_objectives:
-            raise ValueError(f"weights has {len(values)} entries but num_objectives is {num_objectives}")
+            raise ValueError(
+                f"weights has {len(values)} entries but num_objectives is {num_objectives}"
+            )
         if not values or not all(math.isfinite(w) for w in values):
-            raise ValueError(f"weights must be a non-empty sequence of finite numbers, got {weights!r}")
+            raise ValueError(
+                f"weights must be a non-empty sequence of finite numbers, got {weights!r}"
+            )
         super().__init__(len(values), nonfinite=nonfinite)
         self.weights = values
         self._on_device: dict[torch.device, Tensor] = {}
@@ -54,7 +64,8 @@ class FixedWeights(Balancer):
             return self._skipped(values)
         w = self._on_device.get(values.device)
         if w is None:  # copied to the device once, not every step
-            w = self._on_device[values.device] = torch.tensor(self.weights, dtype=torch.float64, device=values.device)
+            w = self._on_device[values.device] = torch.tensor(
+                self.weights, dtype=torch.float64, device=values.device
+            )
         self._backward_weighted(losses, w)
         return BalanceInfo(weights=w, losses=values, skips=self.skips)
-

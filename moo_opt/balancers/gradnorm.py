@@ -74,26 +74,51 @@ class GradNormBalancer(GramianBalancer):
 
     def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, None, dict[str, Tensor]]:
         if self.loss_weights.device != values.device:
-            self.loss_weights, self.exp_avg, self.exp_avg_sq = (t.to(values.device) for t in (self.loss_weights, self.exp_avg, self.exp_avg_sq))
+            self.loss_weights, self.exp_avg, self.exp_avg_sq = (
+                t.to(values.device) for t in (self.loss_weights, self.exp_avg, self.exp_avg_sq)
+            )
         if self.initial_losses is None:
             self.initial_losses = values.clone()
         initial = self.initial_losses.to(values.device)
         w = self.loss_weights.clone()
         norms = gram.diagonal().to(values.device).clamp(min=0.0).sqrt()
         weighted = w * norms
-        ratio = torch.where(initial != 0.0, values / torch.where(initial != 0.0, initial, 1.0), torch.ones_like(values))
+        ratio = torch.where(
+            initial != 0.0,
+            values / torch.where(initial != 0.0, initial, 1.0),
+            torch.ones_like(values),
+        )
         rate = ratio / ratio.mean()
         target = weighted.mean() * rate.pow(self.alpha)
         grad = torch.sign(weighted - target) * norms
         self.step += 1
-        adam_step_(self.loss_weights, grad, self.exp_avg, self.exp_avg_sq, self.step, self.lr, self.betas, self.eps)
+        adam_step_(
+            self.loss_weights,
+            grad,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.step,
+            self.lr,
+            self.betas,
+            self.eps,
+        )
         floored = self.loss_weights.clamp_(min=self.min_weight)
         floored.mul_(self.num_objectives / floored.sum())
-        extras = {"grad_norm": norms, "target": target, "inverse_rate": rate, "gradnorm_loss": (weighted - target).abs().sum()}
+        extras = {
+            "grad_norm": norms,
+            "target": target,
+            "inverse_rate": rate,
+            "gradnorm_loss": (weighted - target).abs().sum(),
+        }
         return w, None, extras
 
     def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"loss_weights": self.loss_weights, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step}
+        state: dict[str, Any] = {
+            "loss_weights": self.loss_weights,
+            "exp_avg": self.exp_avg,
+            "exp_avg_sq": self.exp_avg_sq,
+            "step": self.step,
+        }
         state["initial_losses"] = self.initial_losses
         return state
 

@@ -35,11 +35,15 @@ class IMTLGBalancer(GramianBalancer):
 
     name = "imtl-g"
 
-    def __init__(self, num_objectives: int, *, rcond: float | None = None, nonfinite: NonFinite = "raise") -> None:
+    def __init__(
+        self, num_objectives: int, *, rcond: float | None = None, nonfinite: NonFinite = "raise"
+    ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         self.rcond = rcond
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
         extras: dict[str, Tensor] = {}
         alpha, result = imtl_g_weights(gram, rcond=self.rcond, extras=extras)
         return alpha.to(values.device), result, {k: v.to(values.device) for k, v in extras.items()}

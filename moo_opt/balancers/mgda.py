@@ -35,16 +35,28 @@ class MGDABalancer(GramianBalancer):
     name = "mgda"
 
     def __init__(
-        self, num_objectives: int, *, normalization: Normalization = "none", rcond: float | None = None, shared_only: bool = False, nonfinite: NonFinite = "raise"
+        self,
+        num_objectives: int,
+        *,
+        normalization: Normalization = "none",
+        rcond: float | None = None,
+        shared_only: bool = False,
+        nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         self.shared_only = bool(shared_only)
         if normalization not in _NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+            raise ValueError(
+                f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}"
+            )
         self.normalization: Normalization = normalization
         self.rcond = rcond
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
         extras: dict[str, Tensor] = {}
-        w, result = mgda_weights(gram, values, normalization=self.normalization, rcond=self.rcond, extras=extras)
+        w, result = mgda_weights(
+            gram, values, normalization=self.normalization, rcond=self.rcond, extras=extras
+        )
         return w, result, extras

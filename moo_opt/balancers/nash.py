@@ -55,12 +55,22 @@ class NashMTLBalancer(GramianBalancer):
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         if normalization not in _NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+            raise ValueError(
+                f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}"
+            )
         self.normalization: NashNormalization = normalization
         self.rcond = rcond
         self.tol = float(tol)
         self.max_iter = int(max_iter)
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        alpha, result = nash_mtl_weights(gram, normalization=self.normalization, rcond=self.rcond, tol=self.tol, max_iter=self.max_iter)
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        alpha, result = nash_mtl_weights(
+            gram,
+            normalization=self.normalization,
+            rcond=self.rcond,
+            tol=self.tol,
+            max_iter=self.max_iter,
+        )
         return alpha.to(values.device), result, {}

@@ -38,7 +38,9 @@ class PCGradBalancer(GramianBalancer):
     name = "pcgrad"
     reads_host = True
 
-    def __init__(self, num_objectives: int, *, seed: int = 0, nonfinite: NonFinite = "raise") -> None:
+    def __init__(
+        self, num_objectives: int, *, seed: int = 0, nonfinite: NonFinite = "raise"
+    ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -59,4 +61,3 @@ class PCGradBalancer(GramianBalancer):
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-

@@ -114,10 +114,18 @@ class QPBalancer(GramianBalancer):
         if not (math.isfinite(ridge) and ridge >= 0.0):
             raise ValueError(f"ridge must be >= 0, got {ridge!r}")
         if trust_radius is not None:
-            if not (isinstance(trust_radius, (int, float)) and math.isfinite(trust_radius) and trust_radius >= 0.0):
-                raise ValueError(f"trust_radius must be a number >= 0 or None, got {trust_radius!r}")
+            if not (
+                isinstance(trust_radius, (int, float))
+                and math.isfinite(trust_radius)
+                and trust_radius >= 0.0
+            ):
+                raise ValueError(
+                    f"trust_radius must be a number >= 0 or None, got {trust_radius!r}"
+                )
             if not renormalize:
-                raise ValueError("trust_radius bounds the renormalised coefficients; use it with renormalize=True")
+                raise ValueError(
+                    "trust_radius bounds the renormalised coefficients; use it with renormalize=True"
+                )
             trust_radius = float(trust_radius)
         self.trust_radius = trust_radius
         if not (isinstance(gradient_ema, (int, float)) and 0.0 <= gradient_ema < 1.0):
@@ -175,14 +183,20 @@ class QPBalancer(GramianBalancer):
                 prev = None if old is None else old[i][k]
                 if g is None:
                     out.append(prev)
-                elif prev is None:  # the first step that reaches it (the bias correction assumes all start together)
+                elif (
+                    prev is None
+                ):  # the first step that reaches it (the bias correction assumes all start together)
                     out.append((1.0 - beta) * g.detach())
                 else:
-                    out.append(torch.lerp(g.detach(), prev.to(g.device, g.dtype), beta))  # β·prev + (1-β)·g
+                    out.append(
+                        torch.lerp(g.detach(), prev.to(g.device, g.dtype), beta)
+                    )  # β·prev + (1-β)·g
             new.append(out)
         steps = self.tracked_steps + 1
         self._pending = (new, steps)
-        correction = 1.0 - beta**steps  # Adam's bias correction; a common factor of Q, kept for the values' sake
+        correction = (
+            1.0 - beta**steps
+        )  # Adam's bias correction; a common factor of Q, kept for the values' sake
         scaled = [[None if t is None else t / correction for t in row] for row in new]
         return ObjectiveGradients(grads.params, scaled, [], [])
 
@@ -192,18 +206,28 @@ class QPBalancer(GramianBalancer):
         if self.metric == "euclidean":
             return grads.gramian(shared_only=self.shared_only)
         if self._optimizer is None:
-            raise RuntimeError("QPBalancer(metric='adam') needs balancer.bind_optimizer(optimizer) before backward() (balanced_step does it)")
+            raise RuntimeError(
+                "QPBalancer(metric='adam') needs balancer.bind_optimizer(optimizer) before backward() (balanced_step does it)"
+            )
         precond = adam_metric(self._optimizer, grads.params)
         device = grads.params[0].device
-        self._metric_used = torch.full((), float(precond is not None), dtype=torch.float64, device=device)
+        self._metric_used = torch.full(
+            (), float(precond is not None), dtype=torch.float64, device=device
+        )
         return grads.gramian(precond, shared_only=self.shared_only)
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
         offsets, scale = self._offsets.on(values.device), None
         if self.gradient_ema > 0.0 and self._pending is not None:
             self.tracked, self.tracked_steps = self._pending
             self._pending = None
-            prev = torch.zeros_like(values) if self.tracked_losses is None else self.tracked_losses.to(values.device, values.dtype)
+            prev = (
+                torch.zeros_like(values)
+                if self.tracked_losses is None
+                else self.tracked_losses.to(values.device, values.dtype)
+            )
             self.tracked_losses = torch.lerp(values, prev, self.gradient_ema)
             scale = self.tracked_losses / (1.0 - self.gradient_ema**self.tracked_steps) + offsets
         extras: dict[str, Tensor] = {}
@@ -220,7 +244,14 @@ class QPBalancer(GramianBalancer):
     def _coefficients(self, values: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The coefficients on the raw losses for the log-loss weights ``z`` (:func:`~moo_opt.weightings.qp_coefficients`)."""
         extras: dict[str, Tensor] = {}
-        coeff = qp_coefficients(z, values, self._offsets.on(values.device), renormalize=self.renormalize, trust_radius=self.trust_radius, extras=extras)
+        coeff = qp_coefficients(
+            z,
+            values,
+            self._offsets.on(values.device),
+            renormalize=self.renormalize,
+            trust_radius=self.trust_radius,
+            extras=extras,
+        )
         return coeff, extras
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
@@ -238,13 +269,23 @@ class QPBalancer(GramianBalancer):
         self._backward_weighted(losses, coeff)
         self.calls += 1
         extras["solve_age"] = torch.full((), float(age), dtype=torch.float64, device=values.device)
-        return BalanceInfo(weights=coeff, losses=values, solve=self._last_solve, extras=extras, skips=self.skips)
+        return BalanceInfo(
+            weights=coeff, losses=values, solve=self._last_solve, extras=extras, skips=self.skips
+        )
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"calls": self.calls, "last_z": self.last_z}
         if self.gradient_ema > 0.0:
-            tracked = None if self.tracked is None else [[None if t is None else t.clone() for t in row] for row in self.tracked]
-            state.update(tracked=tracked, tracked_losses=self.tracked_losses, tracked_steps=self.tracked_steps)
+            tracked = (
+                None
+                if self.tracked is None
+                else [[None if t is None else t.clone() for t in row] for row in self.tracked]
+            )
+            state.update(
+                tracked=tracked,
+                tracked_losses=self.tracked_losses,
+                tracked_steps=self.tracked_steps,
+            )
         return state
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -253,8 +294,11 @@ class QPBalancer(GramianBalancer):
         self.last_z = None if last is None else last.to(torch.float64)
         self._last_solve = None
         tracked = state.get("tracked")
-        self.tracked = None if tracked is None else [[None if t is None else t.clone() for t in row] for row in tracked]
+        self.tracked = (
+            None
+            if tracked is None
+            else [[None if t is None else t.clone() for t in row] for row in tracked]
+        )
         self.tracked_losses = state.get("tracked_losses")
         self.tracked_steps = int(state.get("tracked_steps", 0))
         self._pending = None
-

@@ -30,7 +30,9 @@ class RLWBalancer(Balancer):
 
     name = "rlw"
 
-    def __init__(self, num_objectives: int, *, seed: int = 0, nonfinite: NonFinite = "raise") -> None:
+    def __init__(
+        self, num_objectives: int, *, seed: int = 0, nonfinite: NonFinite = "raise"
+    ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)

@@ -57,16 +57,32 @@ class UncertaintyWeighting(Balancer):
         if not self._finite_or_skip(values):
             return self._skipped(values)
         if self.log_variance.device != values.device:
-            self.log_variance, self.exp_avg, self.exp_avg_sq = (t.to(values.device) for t in (self.log_variance, self.exp_avg, self.exp_avg_sq))
+            self.log_variance, self.exp_avg, self.exp_avg_sq = (
+                t.to(values.device) for t in (self.log_variance, self.exp_avg, self.exp_avg_sq)
+            )
         s = self.log_variance.clone()
         w = torch.exp(-s)
         self._backward_weighted(losses, w)
         self.step += 1
-        adam_step_(self.log_variance, 1.0 - w * values, self.exp_avg, self.exp_avg_sq, self.step, self.lr, self.betas, self.eps)
+        adam_step_(
+            self.log_variance,
+            1.0 - w * values,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.step,
+            self.lr,
+            self.betas,
+            self.eps,
+        )
         return BalanceInfo(weights=w, losses=values, extras={"log_variance": s}, skips=self.skips)
 
     def _state(self) -> dict[str, Any]:
-        return {"log_variance": self.log_variance, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step}
+        return {
+            "log_variance": self.log_variance,
+            "exp_avg": self.exp_avg,
+            "exp_avg_sq": self.exp_avg_sq,
+            "step": self.step,
+        }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self._load_vectors(state, ("log_variance", "exp_avg", "exp_avg_sq"))

@@ -51,7 +51,10 @@ class UPGradBalancer(GramianBalancer):
         self.rcond = rcond
         self.tol = float(tol)
 
-    def _weights(self, values: Tensor, gram: Tensor) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        w, result = upgrad_weights(gram, task_weights=self.task_weights, rcond=self.rcond, tol=self.tol)
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        w, result = upgrad_weights(
+            gram, task_weights=self.task_weights, rcond=self.rcond, tol=self.tol
+        )
         return w.to(values.device), result, {}
-

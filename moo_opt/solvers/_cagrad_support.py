@@ -190,7 +190,9 @@ class _Candidate:
             return True
         return not _line(self.p, np.flatnonzero(face)).degenerate
 
-    def solution(self, method: str, iterations: int, status: SolveStatus | None = None) -> _Solution:
+    def solution(
+        self, method: str, iterations: int, status: SolveStatus | None = None
+    ) -> _Solution:
         if status is None:
             status = SolveStatus.OPTIMAL if self.unique() else SolveStatus.DEGENERATE
         return _Solution(self.w, self.z, status, method, iterations)

@@ -45,7 +45,9 @@ def closed_form_host(
     return a / (a + b), b / (a + b), False, max(1.0, h) / h
 
 
-def closed_form_device(q: Tensor, rcond: float, simplex: bool, base: SolveStatus) -> tuple[Tensor, Tensor]:
+def closed_form_device(
+    q: Tensor, rcond: float, simplex: bool, base: SolveStatus
+) -> tuple[Tensor, Tensor]:
     """Weights and status code for a symmetric float64 2×2 tensor, without leaving the device.
 
     Invalid input (NaN/Inf, not PSD) yields uniform weights and the ``INVALID_INPUT`` code.
@@ -77,7 +79,13 @@ def closed_form_device(q: Tensor, rcond: float, simplex: bool, base: SolveStatus
 
 
 def solve_small(
-    g: Gramian, rcond: float, problem: Literal["equality", "simplex"], *, base: SolveStatus, ridge: float = 0.0, closed_form: bool = True
+    g: Gramian,
+    rcond: float,
+    problem: Literal["equality", "simplex"],
+    *,
+    base: SolveStatus,
+    ridge: float = 0.0,
+    closed_form: bool = True,
 ) -> SolveResult | None:
     """The N ≤ 2 cases of ``problem``: N = 1 is w = (1); N = 2 the closed form, on an accelerator without
     a host synchronisation (the status is computed when read). ``ridge`` adds ``ridge·tr(Q)/N·I`` before
@@ -89,17 +97,29 @@ def solve_small(
         if g.n == 1:
             ok = torch.isfinite(qd).all() & (qd[0, 0] >= 0.0)
             code = torch.where(ok, status_code(base), status_code(SolveStatus.INVALID_INPUT))
-            return SolveResult.closed_form(torch.ones(1, dtype=torch.float64, device=g.device), problem, gram=qd, status=code)
-        solve_on = qd + ridge * torch.trace(qd) / 2.0 * torch.eye(2, dtype=qd.dtype, device=qd.device) if ridge > 0.0 else qd
+            return SolveResult.closed_form(
+                torch.ones(1, dtype=torch.float64, device=g.device), problem, gram=qd, status=code
+            )
+        solve_on = (
+            qd + ridge * torch.trace(qd) / 2.0 * torch.eye(2, dtype=qd.dtype, device=qd.device)
+            if ridge > 0.0
+            else qd
+        )
         w, code = closed_form_device(solve_on, rcond, simplex=simplex, base=base)
         return SolveResult.closed_form(w, problem, gram=qd, status=code)
     host = g.host
     assert host is not None
     if g.n == 1:
-        return SolveResult.closed_form(to_weights(np.ones(1), g.device), problem, gram=host, status=base, condition=1.0)
+        return SolveResult.closed_form(
+            to_weights(np.ones(1), g.device), problem, gram=host, status=base, condition=1.0
+        )
     if g.n > 2 or not closed_form:
         return None
     solve_on = host + ridge * float(np.trace(host)) / 2.0 * np.eye(2) if ridge > 0.0 else host
-    w1, w2, degenerate, cond = closed_form_host(float(solve_on[0, 0]), float(solve_on[0, 1]), float(solve_on[1, 1]), rcond, simplex=simplex)
+    w1, w2, degenerate, cond = closed_form_host(
+        float(solve_on[0, 0]), float(solve_on[0, 1]), float(solve_on[1, 1]), rcond, simplex=simplex
+    )
     status = SolveStatus.DEGENERATE if degenerate else base
-    return SolveResult.closed_form(to_weights(np.array((w1, w2)), g.device), problem, gram=host, status=status, condition=cond)
+    return SolveResult.closed_form(
+        to_weights(np.array((w1, w2)), g.device), problem, gram=host, status=status, condition=cond
+    )

@@ -106,7 +106,9 @@ def null_space_solve(gram: np.ndarray, rcond: float) -> CoreSolution:
         coef, *_ = np.linalg.lstsq(basis, w, rcond=None)
         w = w - basis @ coef
     w = w / w.sum()
-    return CoreSolution(w, degenerate, math.inf if degenerate else top / float(lam[0]), "null-space")
+    return CoreSolution(
+        w, degenerate, math.inf if degenerate else top / float(lam[0]), "null-space"
+    )
 
 
 def equality_core(gram: np.ndarray, rcond: float, method: str = "auto") -> CoreSolution:

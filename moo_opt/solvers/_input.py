@@ -29,8 +29,16 @@ class Gramian:
 
 def _eps_of(dtype: torch.dtype | np.dtype) -> float:
     if isinstance(dtype, torch.dtype):
-        return float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(np.finfo(np.float64).eps)
-    return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else float(np.finfo(np.float64).eps)
+        return (
+            float(torch.finfo(dtype).eps)
+            if dtype.is_floating_point
+            else float(np.finfo(np.float64).eps)
+        )
+    return (
+        float(np.finfo(dtype).eps)
+        if np.issubdtype(dtype, np.floating)
+        else float(np.finfo(np.float64).eps)
+    )
 
 
 def _symmetry_tol(eps: float) -> float:
@@ -56,7 +64,9 @@ def validate_host(a: np.ndarray, eps: float) -> np.ndarray:
     exact locating ones run only when a fast one fails.
     """
     if not math.isfinite(float(a.sum())) and not np.isfinite(a).all():
-        raise ValueError("Q has NaN or Inf entries: check the losses and gradients it was built from")
+        raise ValueError(
+            "Q has NaN or Inf entries: check the losses and gradients it was built from"
+        )
     if not (a == a.T).all():
         s = np.sqrt(np.abs(np.diag(a)))
         gap = np.abs(a - a.T) - _symmetry_tol(eps) * np.outer(s, s)
@@ -84,21 +94,30 @@ def not_psd_error(detail: str) -> ValueError:
     return ValueError(f"Q is not positive semi-definite ({detail}); pass a Gram matrix GᵀG")
 
 
-_TORCH_EPS = {dt: float(torch.finfo(dt).eps) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+_TORCH_EPS = {
+    dt: float(torch.finfo(dt).eps)
+    for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+}
 
 
 def _validate_2x2(a: np.ndarray, eps: float) -> np.ndarray:
     """:func:`validate_host` for N ≤ 2 on Python floats (a few hundred nanoseconds)."""
     flat = a.ravel().tolist()
     if not all(map(math.isfinite, flat)):
-        raise ValueError("Q has NaN or Inf entries: check the losses and gradients it was built from")
+        raise ValueError(
+            "Q has NaN or Inf entries: check the losses and gradients it was built from"
+        )
     if len(flat) == 1:
         if flat[0] < 0.0:
-            raise ValueError(f"Q is not positive semi-definite: Q[0,0]={flat[0]!r} < 0; pass a Gram matrix GᵀG")
+            raise ValueError(
+                f"Q is not positive semi-definite: Q[0,0]={flat[0]!r} < 0; pass a Gram matrix GᵀG"
+            )
         return np.array(a)
     q11, q12, q21, q22 = flat
     if q12 != q21 and abs(q12 - q21) > _symmetry_tol(eps) * math.sqrt(abs(q11 * q22)):
-        raise ValueError(f"Q is not symmetric: Q[0,1]={q12!r} but Q[1,0]={q21!r}; pass a Gram matrix GᵀG")
+        raise ValueError(
+            f"Q is not symmetric: Q[0,1]={q12!r} but Q[1,0]={q21!r}; pass a Gram matrix GᵀG"
+        )
     if min(q11, q22) < 0.0:
         return validate_host(np.array(a), eps)  # the general message and tolerance
     m = 0.5 * (q12 + q21)

@@ -64,10 +64,20 @@ def balance_transform(
 
     status = SolveStatus.OPTIMAL if rank == g.n else SolveStatus.DEGENERATE
     condition = top / float(lam[0]) if rank == g.n else float("inf")
-    return SolveResult.solved(to_weights(b, g.device), "alignment", method="eigh", gram=host, status=status, condition=condition, certificate=certificate)
+    return SolveResult.solved(
+        to_weights(b, g.device),
+        "alignment",
+        method="eigh",
+        gram=host,
+        status=status,
+        condition=condition,
+        certificate=certificate,
+    )
 
 
-def _transform(lam: np.ndarray, vec: np.ndarray, scale: AlignmentScale, n: int) -> tuple[np.ndarray, float]:
+def _transform(
+    lam: np.ndarray, vec: np.ndarray, scale: AlignmentScale, n: int
+) -> tuple[np.ndarray, float]:
     """B = σ·V Λ^(-1/2) Vᵀ on the kept eigenpairs, and σ²; the identity and 0 when none is kept (Q = 0)."""
     if lam.size == 0:
         return np.eye(n), 0.0

@@ -10,12 +10,23 @@ import torch
 from torch import Tensor
 
 from moo_opt.solvers._core import equilibrate, jacobi_scales
-from moo_opt.solvers._input import Gramian, host_gramian, iteration_options, not_psd_error, to_weights
+from moo_opt.solvers._input import (
+    Gramian,
+    host_gramian,
+    iteration_options,
+    not_psd_error,
+    to_weights,
+)
 from moo_opt.solvers._tolerances import TOUCHING
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 
 # Worst first: the status of several projections solved at once is the worst of theirs.
-_BADNESS = (SolveStatus.MAX_ITER, SolveStatus.INACCURATE, SolveStatus.DEGENERATE, SolveStatus.OPTIMAL)
+_BADNESS = (
+    SolveStatus.MAX_ITER,
+    SolveStatus.INACCURATE,
+    SolveStatus.DEGENERATE,
+    SolveStatus.OPTIMAL,
+)
 
 
 def solve_box_qp(
@@ -68,7 +79,13 @@ def solve_box_qp(
     u = _bounds(lower, (g.n,), "lower")
     v, iterations, status = _project(host, u[None, :], g, rcond, tol, max_iter, validate)
     return SolveResult.solved(
-        to_weights(v[0], g.device), "box", method="active-set", iterations=iterations, gram=host, status=status, certificate=lambda: box_kkt(host, u[None, :], v)
+        to_weights(v[0], g.device),
+        "box",
+        method="active-set",
+        iterations=iterations,
+        gram=host,
+        status=status,
+        certificate=lambda: box_kkt(host, u[None, :], v),
     )
 
 
@@ -112,7 +129,13 @@ def project_to_dual_cone(
     us = _bounds(lowers, (-1, g.n), "lowers")
     v, iterations, status = _project(host, us, g, rcond, tol, max_iter, validate)
     return SolveResult.solved(
-        to_weights(v, g.device), "box", method="active-set", iterations=iterations, gram=host, status=status, certificate=lambda: box_kkt(host, us, v)
+        to_weights(v, g.device),
+        "box",
+        method="active-set",
+        iterations=iterations,
+        gram=host,
+        status=status,
+        certificate=lambda: box_kkt(host, us, v),
     )
 
 
@@ -129,7 +152,9 @@ def box_kkt(gram: np.ndarray, lowers: np.ndarray, v: np.ndarray) -> KKTReport:
         primal = max(primal, float((np.maximum(u_k - v_k, 0.0) * s).max()) / t)
         dual = max(dual, float((np.maximum(-lam, 0.0) / s).max()) / t)
         compl = max(compl, float((np.abs(v_k - u_k) * np.abs(lam)).max()) / (t * t))
-    return KKTReport(stationarity=0.0, primal_feasibility=primal, dual_feasibility=dual, complementarity=compl)
+    return KKTReport(
+        stationarity=0.0, primal_feasibility=primal, dual_feasibility=dual, complementarity=compl
+    )
 
 
 def _bounds(x: Tensor | np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -147,7 +172,12 @@ def _bounds(x: Tensor | np.ndarray, shape: tuple[int, ...], name: str) -> np.nda
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name} must be a real numeric array, got dtype {raw.dtype}") from exc
     if arr.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, arr.shape)):
-        want = "(" + ", ".join("K" if d == -1 else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+        want = (
+            "("
+            + ", ".join("K" if d == -1 else str(d) for d in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
         raise ValueError(f"{name} must have shape {want} to match Q, got {tuple(arr.shape)}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} has NaN or Inf entries")
@@ -209,7 +239,9 @@ def _relative(c: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return c @ y / t if t > 0.0 else np.zeros_like(y)
 
 
-def _active_set(f: _Factor, a: np.ndarray, tol: float, cap: int) -> tuple[np.ndarray, int, SolveStatus]:
+def _active_set(
+    f: _Factor, a: np.ndarray, tol: float, cap: int
+) -> tuple[np.ndarray, int, SolveStatus]:
     """Lawson–Hanson on ``min 1/2 (a + z)ᵀC(a + z)`` s.t. ``z ≥ 0``: ``(z, iterations, status)``."""
     n = a.size
     rhs = -(f.b @ a)  # the sub-problem on P: min ‖B_P z_P − rhs‖ (z = 0 off P)
@@ -258,7 +290,11 @@ def _active_set(f: _Factor, a: np.ndarray, tol: float, cap: int) -> tuple[np.nda
             if iterations >= cap:
                 return z, iterations, SolveStatus.MAX_ITER
     face = (z > 0.0) | (mu <= TOUCHING)
-    return z, iterations, SolveStatus.DEGENERATE if _face_is_singular(f, face) else SolveStatus.OPTIMAL
+    return (
+        z,
+        iterations,
+        SolveStatus.DEGENERATE if _face_is_singular(f, face) else SolveStatus.OPTIMAL,
+    )
 
 
 def _stalled(truncated: bool) -> SolveStatus:

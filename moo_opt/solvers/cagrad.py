@@ -84,11 +84,19 @@ def solve_cagrad(
         return _report(p, sol.w, sol.z)
 
     return SolveResult.solved(
-        to_weights(sol.w, g.device), "cagrad", method=sol.method, iterations=sol.iterations, gram=host, status=sol.status, certificate=certificate
+        to_weights(sol.w, g.device),
+        "cagrad",
+        method=sol.method,
+        iterations=sol.iterations,
+        gram=host,
+        status=sol.status,
+        certificate=certificate,
     )
 
 
-def cagrad_direction_weights(q_host: np.ndarray, w: np.ndarray, c: float, *, rcond: float | None = None) -> np.ndarray:
+def cagrad_direction_weights(
+    q_host: np.ndarray, w: np.ndarray, c: float, *, rcond: float | None = None
+) -> np.ndarray:
     r"""CAGrad's weights on the raw gradients (``d = G·(these)``) for the inner weights ``w`` of :func:`solve_cagrad`.
 
     ``q_host`` is the (validated, symmetric) float64 Gram matrix, ``c`` the paper's c. Returns
@@ -128,9 +136,13 @@ def _check_c(c: float) -> float:
     try:
         value = float(c)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"c must be a finite real number >= 0 (CAGrad's radius factor), got {c!r}") from exc
+        raise ValueError(
+            f"c must be a finite real number >= 0 (CAGrad's radius factor), got {c!r}"
+        ) from exc
     if not math.isfinite(value) or value < 0.0:
-        raise ValueError(f"c must be finite and >= 0 (CAGrad's radius is c·|g0|; c = 0 gives the mean gradient), got {c!r}")
+        raise ValueError(
+            f"c must be finite and >= 0 (CAGrad's radius is c·|g0|; c = 0 gives the mean gradient), got {c!r}"
+        )
     return value
 
 
@@ -160,7 +172,9 @@ def _linear(p: _Problem) -> _Solution:
     return _Solution(w, np.zeros(n), status, "closed-form", 0)
 
 
-def _active_set(p: _Problem, first: _Line, tried: list[_Candidate]) -> tuple[_Candidate | None, int]:
+def _active_set(
+    p: _Problem, first: _Line, tried: list[_Candidate]
+) -> tuple[_Candidate | None, int]:
     """Primal-dual active-set steps on the closed form from the support of ``first``:
     ``(accepted candidate or None, supports tried)``. Every candidate is appended to ``tried``."""
     n = p.q.shape[0]
@@ -215,12 +229,16 @@ def _search(p: _Problem, max_iter: int) -> _Solution:
     solves = extra = 0
     while solves < max_iter:
         solves += 1
-        w = solve_simplex_qp(_shifted(p, kappa), rcond=p.rcond, tol=p.tol, validate=False).weights.numpy()
+        w = solve_simplex_qp(
+            _shifted(p, kappa), rcond=p.rcond, tol=p.tol, validate=False
+        ).weights.numpy()
         w, line = _minimal_support(p, w)
         found, steps = _active_set(p, line, tried)
         extra += steps - 1
         if found is not None:
-            return found.solution("closed-form-support" if steps == 1 else "active-set", solves + extra)
+            return found.solution(
+                "closed-form-support" if steps == 1 else "active-set", solves + extra
+            )
         t2 = max(float(w @ p.q @ w), 0.0)
         if t2 > 0.0:
             tried.append(_Candidate(p, w, (p.r / math.sqrt(t2)) * w, False, True))
@@ -234,7 +252,11 @@ def _search(p: _Problem, max_iter: int) -> _Solution:
         # keeps halving (in log scale); else halve (no lower end yet) or take the geometric mean.
         width = math.log(hi / lo) if lo > 0.0 else math.inf
         est = _root(p, line)
-        if est is not None and lo < est < hi and (width <= 0.5 * last_width or not math.isfinite(last_width)):
+        if (
+            est is not None
+            and lo < est < hi
+            and (width <= 0.5 * last_width or not math.isfinite(last_width))
+        ):
             kappa = est
         elif lo == 0.0:
             kappa = 0.5 * hi
@@ -245,6 +267,8 @@ def _search(p: _Problem, max_iter: int) -> _Solution:
     best = min(tried, key=lambda cand: cand.residual)
     if best.certified:
         return best.solution("bisection", solves + extra)
-    return best.solution("bisection", solves + extra, SolveStatus.MAX_ITER if solves >= max_iter else SolveStatus.INACCURATE)
-
-
+    return best.solution(
+        "bisection",
+        solves + extra,
+        SolveStatus.MAX_ITER if solves >= max_iter else SolveStatus.INACCURATE,
+    )

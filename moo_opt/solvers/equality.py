@@ -62,7 +62,9 @@ def solve_equality_qp(
     if method == "closed-form" and g.n > 2:
         raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
 
-    small = solve_small(g, rc, "equality", base=base, ridge=ridge, closed_form=method != "null-space")
+    small = solve_small(
+        g, rc, "equality", base=base, ridge=ridge, closed_form=method != "null-space"
+    )
     if small is not None:
         return small
     host = g.host
@@ -74,4 +76,6 @@ def solve_equality_qp(
     if cond is None and ridge > 0.0:  # the lazy figure would describe the un-regularised Q
         cond = equality_condition(solve_on)
     weights = to_weights(sol.weights, g.device)
-    return SolveResult.solved(weights, "equality", method=sol.method, gram=host, status=status, condition=cond)
+    return SolveResult.solved(
+        weights, "equality", method=sol.method, gram=host, status=status, condition=cond
+    )

@@ -76,7 +76,15 @@ def solve_nash(
     def certificate() -> KKTReport:
         return nash_kkt(host, alpha)
 
-    return SolveResult.solved(to_weights(alpha, g.device), "nash", method=method, iterations=iterations, gram=host, status=status, certificate=certificate)
+    return SolveResult.solved(
+        to_weights(alpha, g.device),
+        "nash",
+        method=method,
+        iterations=iterations,
+        gram=host,
+        status=status,
+        certificate=certificate,
+    )
 
 
 def nash_kkt(gram: np.ndarray, alpha: np.ndarray) -> KKTReport:
@@ -87,7 +95,9 @@ def nash_kkt(gram: np.ndarray, alpha: np.ndarray) -> KKTReport:
         return KKTReport(0.0, 0.0, 0.0, 0.0)
     a = alpha[live]
     sub = gram[np.ix_(live, live)]
-    stationarity = np.abs(a * (sub @ a) - 1.0) / np.maximum(1.0, np.abs(a) * (np.abs(sub) @ np.abs(a)))
+    stationarity = np.abs(a * (sub @ a) - 1.0) / np.maximum(
+        1.0, np.abs(a) * (np.abs(sub) @ np.abs(a))
+    )
     s = np.sqrt(np.maximum(np.diag(sub), 0.0))
     primal = float(np.maximum(-s * a, 0.0).max())
     return KKTReport(float(stationarity.max()), primal, 0.0, 0.0)
@@ -104,7 +114,9 @@ def nash_blocked(gram: np.ndarray, rcond: float) -> np.ndarray:
     return _blocked_set(c, rcond)
 
 
-def _solve_host(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np.ndarray, int, SolveStatus, str]:
+def _solve_host(
+    gram: np.ndarray, rcond: float, tol: float, max_iter: int
+) -> tuple[np.ndarray, int, SolveStatus, str]:
     n = gram.shape[0]
     if n <= 2:
         return _closed_form(gram, rcond)
@@ -133,8 +145,15 @@ def _closed_form(gram: np.ndarray, rcond: float) -> tuple[np.ndarray, int, Solve
     d = np.diag(gram)
     live = d > 0.0
     if n == 1 or not live.all():
-        alpha = np.where(live, 1.0 / np.sqrt(np.where(live, d, 1.0)), 0.0)  # a gradient alone: αᵢ = 1/|gᵢ|
-        return alpha, 0, SolveStatus.OPTIMAL if live.all() else SolveStatus.INFEASIBLE, "closed-form"
+        alpha = np.where(
+            live, 1.0 / np.sqrt(np.where(live, d, 1.0)), 0.0
+        )  # a gradient alone: αᵢ = 1/|gᵢ|
+        return (
+            alpha,
+            0,
+            SolveStatus.OPTIMAL if live.all() else SolveStatus.INFEASIBLE,
+            "closed-form",
+        )
     s = np.sqrt(d)  # unfloored: exact scale covariance however small a gradient is
     cos = float(gram[0, 1]) / float(s[0]) / float(s[1])
     top = max(1.0, 1.0 + abs(cos))
@@ -190,7 +209,9 @@ def _blocked_set(c: np.ndarray, rcond: float) -> np.ndarray:
     objective = np.concatenate((np.zeros(k), -np.ones(n)))
     bounds = [(None, None)] * k + [(0.0, 1.0)] * n
     for options in ({"primal_feasibility_tolerance": 1e-9}, {}, {"presolve": False}):
-        res = linprog(objective, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs", options=options)
+        res = linprog(
+            objective, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs", options=options
+        )
         if res.status == 0 and res.x is not None:
             return res.x[k:] > 0.5
     # The LP is feasible (x = 0) and bounded; should HiGHS still fail, block what certainly is: zero gradients.
@@ -230,7 +251,9 @@ def _newton(c: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, 
         if full:
             beta = beta + step
             continue
-        trial = beta + step  # the full step when it is feasible and decreases f enough (Armijo), else damped
+        trial = (
+            beta + step
+        )  # the full step when it is feasible and decreases f enough (Armijo), else damped
         if bool((trial > 0.0).all()) and _f(c, trial) <= _f(c, beta) - _ARMIJO * lam * lam:
             beta = trial
         else:

@@ -15,7 +15,12 @@ from moo_opt.solvers.result import Problem, SolveResult, SolveStatus
 
 #: Clarabel (interior point) with tolerances tighter than its defaults: a reference must be accurate.
 DEFAULT_SOLVER = "CLARABEL"
-DEFAULT_OPTIONS: dict[str, Any] = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12, "tol_ktratio": 1e-10}
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "tol_gap_abs": 1e-12,
+    "tol_gap_rel": 1e-12,
+    "tol_feas": 1e-12,
+    "tol_ktratio": 1e-10,
+}
 
 
 class SolverError(RuntimeError):
@@ -32,7 +37,9 @@ def _cvxpy() -> Any:
     return cvxpy
 
 
-def _solve(q: Tensor | np.ndarray, problem: Problem, solver: str | None, options: dict[str, Any] | None) -> SolveResult:
+def _solve(
+    q: Tensor | np.ndarray, problem: Problem, solver: str | None, options: dict[str, Any] | None
+) -> SolveResult:
     cp = _cvxpy()
     g = prepare(q, validate=True)
     host = g.host
@@ -59,7 +66,14 @@ def _solve(q: Tensor | np.ndarray, problem: Problem, solver: str | None, options
         raise SolverError(f"cvxpy/{name} returned status {prob.status!r} on the {problem} QP")
     weights = np.asarray(w.value, dtype=np.float64)
     iterations = int(getattr(prob.solver_stats, "num_iters", 0) or 0)
-    return SolveResult.solved(to_weights(weights, g.device), problem, method=f"cvxpy:{name}", iterations=iterations, gram=host, status=status)
+    return SolveResult.solved(
+        to_weights(weights, g.device),
+        problem,
+        method=f"cvxpy:{name}",
+        iterations=iterations,
+        gram=host,
+        status=status,
+    )
 
 
 def solve_equality_qp_cvxpy(

@@ -80,7 +80,9 @@ class KKTReport:
         )
 
 
-def relative_multipliers(gram: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+def relative_multipliers(
+    gram: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None
+) -> np.ndarray:
     """``νᵢ / scaleᵢ`` with ``ν = Qw − (wᵀQw)1`` and ``scaleᵢ = T·(sᵢ + T)``, ``T = Σⱼ sⱼ|wⱼ|``.
 
     ``sᵢT`` bounds ``|(Qw)ᵢ|`` and ``T²`` bounds ``wᵀQw``, so the ratio is the residual relative to
@@ -165,7 +167,15 @@ class SolveResult:
         return cls(weights, problem, method, iterations, gram, status, condition, certificate)
 
     @classmethod
-    def closed_form(cls, weights: Tensor, problem: Problem, *, gram: HostOrDevice, status: SolveStatus | Tensor, condition: float | None = None) -> SolveResult:
+    def closed_form(
+        cls,
+        weights: Tensor,
+        problem: Problem,
+        *,
+        gram: HostOrDevice,
+        status: SolveStatus | Tensor,
+        condition: float | None = None,
+    ) -> SolveResult:
         """The answer of a closed form (N ≤ 2, or a single objective): no iterations."""
         return cls(weights, problem, "closed-form", 0, gram, status, condition)
 

@@ -13,7 +13,9 @@ from moo_opt.solvers._input import prepare, to_weights
 from moo_opt.solvers._tolerances import TOUCHING
 from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers
 
-SimplexMethod = Literal["auto", "closed-form", "wolfe"]  # "auto": closed form, active set, then Wolfe
+SimplexMethod = Literal[
+    "auto", "closed-form", "wolfe"
+]  # "auto": closed form, active set, then Wolfe
 
 
 def solve_simplex_qp(
@@ -69,18 +71,34 @@ def solve_simplex_qp(
         guess = active_set_guess(host, rc, tol, min(cap, _GUESSES))
         if guess is not None:
             w, iterations = guess
-            return SolveResult.solved(to_weights(w, g.device), "simplex", method="active-set", iterations=iterations, gram=host, status=SolveStatus.OPTIMAL)
+            return SolveResult.solved(
+                to_weights(w, g.device),
+                "simplex",
+                method="active-set",
+                iterations=iterations,
+                gram=host,
+                status=SolveStatus.OPTIMAL,
+            )
     w, iterations, status = wolfe(host, rc, tol, cap)
     if status in (SolveStatus.OPTIMAL, SolveStatus.DEGENERATE):
         w, status = _tie_break(host, w, rc, status)
-    return SolveResult.solved(to_weights(w, g.device), "simplex", method="wolfe", iterations=iterations, gram=host, status=status)
+    return SolveResult.solved(
+        to_weights(w, g.device),
+        "simplex",
+        method="wolfe",
+        iterations=iterations,
+        gram=host,
+        status=status,
+    )
 
 
 # Iterations allowed to the primal-dual active-set guess before Wolfe's method takes over.
 _GUESSES = 8
 
 
-def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np.ndarray, int] | None:
+def active_set_guess(
+    gram: np.ndarray, rcond: float, tol: float, max_iter: int
+) -> tuple[np.ndarray, int] | None:
     """Primal-dual active-set iterations (Hintermüller, Ito & Kunisch 2002) from the equality optimum.
 
     Each iteration solves the equality problem on the free set F, then frees every fixed index
@@ -95,7 +113,11 @@ def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) 
     free = np.ones(n, dtype=bool)
     for it in range(1, max_iter + 1):
         idx = np.flatnonzero(free)
-        sub = equality_core(gram[np.ix_(idx, idx)], rcond) if idx.size < n else equality_core(gram, rcond)
+        sub = (
+            equality_core(gram[np.ix_(idx, idx)], rcond)
+            if idx.size < n
+            else equality_core(gram, rcond)
+        )
         if sub.degenerate:
             return None
         w = np.zeros(n)
@@ -114,9 +136,9 @@ def active_set_guess(gram: np.ndarray, rcond: float, tol: float, max_iter: int) 
     return None
 
 
-
-
-def _tie_break(gram: np.ndarray, w: np.ndarray, rcond: float, status: SolveStatus) -> tuple[np.ndarray, SolveStatus]:
+def _tie_break(
+    gram: np.ndarray, w: np.ndarray, rcond: float, status: SolveStatus
+) -> tuple[np.ndarray, SolveStatus]:
     """Minimum-norm optimal weights when the optimum is not unique.
 
     Every gradient ``gᵢ`` with ``νᵢ ≈ 0`` lies on the hyperplane ``{x : x·d = |d|²}`` whose
@@ -137,7 +159,9 @@ def _tie_break(gram: np.ndarray, w: np.ndarray, rcond: float, status: SolveStatu
     return w, SolveStatus.DEGENERATE
 
 
-def wolfe(gram: np.ndarray, rcond: float, tol: float, max_iter: int) -> tuple[np.ndarray, int, SolveStatus]:
+def wolfe(
+    gram: np.ndarray, rcond: float, tol: float, max_iter: int
+) -> tuple[np.ndarray, int, SolveStatus]:
     """Wolfe's nearest-point algorithm on a Gram matrix: ``(weights, iterations, status)``.
 
     Major cycle: add the most violating vertex to the corral S. Minor cycle: move to the affine

@@ -35,7 +35,9 @@ def save_atomic(obj: Any, path: Path) -> None:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise UsageError(f"{path}: no space left on the device while saving; the previous checkpoint is intact") from None
+            raise UsageError(
+                f"{path}: no space left on the device while saving; the previous checkpoint is intact"
+            ) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -46,7 +48,9 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that a killed :func:`save_atomic` left in ``folder``."""
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.name.startswith((f".{LAST}.", f".{BEST}."))]
+    stale = [
+        p for p in Path(folder).glob(".*.tmp") if p.name.startswith((f".{LAST}.", f".{BEST}."))
+    ]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -75,14 +79,27 @@ def load(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise UsageError(f"--checkpoint {path}: not a readable checkpoint ({type(exc).__name__}); pass a checkpoint.pth.tar written by training") from None
-    if isinstance(ckpt, dict) and ckpt and "state_dict" not in ckpt and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt.items()):
+        raise UsageError(
+            f"--checkpoint {path}: not a readable checkpoint ({type(exc).__name__}); pass a checkpoint.pth.tar written by training"
+        ) from None
+    if (
+        isinstance(ckpt, dict)
+        and ckpt
+        and "state_dict" not in ckpt
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt.items())
+    ):
         ckpt = {"state_dict": ckpt}
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise UsageError(f"--checkpoint {path}: neither a checkpoint with a 'state_dict' nor a state_dict; pass a CompressAI-format checkpoint")
-    with warnings.catch_warnings():  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+        raise UsageError(
+            f"--checkpoint {path}: neither a checkpoint with a 'state_dict' nor a state_dict; pass a CompressAI-format checkpoint"
+        )
+    with (
+        warnings.catch_warnings()
+    ):  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-        from compressai.zoo.pretrained import load_pretrained  # the zoo's renaming of old and DataParallel keys
+        from compressai.zoo.pretrained import (
+            load_pretrained,
+        )  # the zoo's renaming of old and DataParallel keys
 
     ckpt["state_dict"] = load_pretrained(ckpt["state_dict"])
     return ckpt

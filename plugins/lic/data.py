@@ -28,7 +28,14 @@ from plugins.lic.synthetic import dead_leaves
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 #: real photographs shipped inside scikit-image's wheel (skimage/data), used by ``samples``
-SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg")
+SAMPLE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "rocket.jpg",
+)
 #: size of a ``synthetic`` picture and how many make each split
 SYNTHETIC_SIZE = 256
 SYNTHETIC_COUNT = {"train": 512, "test": 16}
@@ -51,7 +58,9 @@ def _read(path: Path, decode: bool) -> Image.Image:
                 img.load()
             return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UsageError(f"{path}: not a readable image ({exc}); remove it from the folder or replace it") from None
+        raise UsageError(
+            f"{path}: not a readable image ({exc}); remove it from the folder or replace it"
+        ) from None
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -65,7 +74,9 @@ def image_files(folder: Path) -> list[Path]:
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        raise UsageError(f"{others[0]}: not an image file (in {folder}); remove it, or keep only images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UsageError(
+            f"{others[0]}: not an image file (in {folder}); remove it, or keep only images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     if not images:
         raise UsageError(f"{folder}: no images found; put .png/.jpg files in it")
     return images
@@ -74,7 +85,9 @@ def image_files(folder: Path) -> list[Path]:
 class Pictures:
     """A list of pictures that can be read by index: files, synthetic seeds or sample photos."""
 
-    def __init__(self, name: str, count: int, loader, sizes: list[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self, name: str, count: int, loader, sizes: list[tuple[int, int]] | None = None
+    ) -> None:
         self.name, self.count, self._loader, self._sizes = name, count, loader, sizes
 
     def __len__(self) -> int:
@@ -116,7 +129,9 @@ def folder_pictures(folder: Path) -> Pictures:
 _SYNTHETIC_CACHE: dict[tuple[int, int, int], dict[int, np.ndarray]] = {}
 
 
-def synthetic_pictures(split: str, seed: int = 0, count: int | None = None, size: int = SYNTHETIC_SIZE) -> Pictures:
+def synthetic_pictures(
+    split: str, seed: int = 0, count: int | None = None, size: int = SYNTHETIC_SIZE
+) -> Pictures:
     """Dead-leaves pictures, generated on first use (~35 ms each) and kept as 8-bit arrays
     (512 train pictures of 256² are 100 MB), so that later epochs only crop. The arrays are
     shared by every call in the process (several runs in one process generate them once)."""
@@ -135,7 +150,9 @@ def synthetic_pictures(split: str, seed: int = 0, count: int | None = None, size
 def samples_folder() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the 'samples' dataset reads the photographs shipped with scikit-image: pip install 'moo-opt[lic]'")
+        raise UsageError(
+            "the 'samples' dataset reads the photographs shipped with scikit-image: pip install 'moo-opt[lic]'"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
@@ -143,7 +160,9 @@ def sample_pictures() -> Pictures:
     folder = samples_folder()
     files = [folder / name for name in SAMPLE_PHOTOS if (folder / name).exists()]
     if not files:
-        raise UsageError(f"{folder}: scikit-image's sample photographs are missing; reinstall scikit-image")
+        raise UsageError(
+            f"{folder}: scikit-image's sample photographs are missing; reinstall scikit-image"
+        )
     return Pictures("samples", len(files), lambda i: load_image(files[i]))
 
 
@@ -159,13 +178,19 @@ def resolve(dataset: str, split: str, seed: int = 0) -> Pictures:
         return sample_pictures()
     path = Path(dataset)
     if not path.exists():
-        raise UsageError(f"-d {dataset}: neither a registered dataset ({', '.join(DATASETS)}) nor an existing folder")
+        raise UsageError(
+            f"-d {dataset}: neither a registered dataset ({', '.join(DATASETS)}) nor an existing folder"
+        )
     if (path / split).is_dir():
         return folder_pictures(path / split)
     if (path / "train").is_dir() or (path / "test").is_dir():
-        raise UsageError(f"{path / split}: missing; an ImageFolder root needs both 'train' and 'test' subfolders")
+        raise UsageError(
+            f"{path / split}: missing; an ImageFolder root needs both 'train' and 'test' subfolders"
+        )
     if split == "train":
-        raise UsageError(f"{path}: training needs CompressAI's ImageFolder layout ({path}/train, {path}/test)")
+        raise UsageError(
+            f"{path}: training needs CompressAI's ImageFolder layout ({path}/train, {path}/test)"
+        )
     return folder_pictures(path)
 
 
@@ -191,7 +216,9 @@ class PatchDataset(Dataset):
     a function of ``(seed, epoch, index)`` (call :meth:`set_epoch`). Pictures smaller than the
     patch are left out (:attr:`skipped` counts them)."""
 
-    def __init__(self, pictures: Pictures, patch: tuple[int, int], seed: int, crops_per_image: int = 1) -> None:
+    def __init__(
+        self, pictures: Pictures, patch: tuple[int, int], seed: int, crops_per_image: int = 1
+    ) -> None:
         if crops_per_image < 1:
             raise UsageError(f"--crops-per-image {crops_per_image}: must be at least 1")
         ph, pw = patch
@@ -237,15 +264,25 @@ class EpochSampler(Sampler[int]):
     together see what one process would with the global batch.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.size, self.batch_size, self.seed, self.rank, self.world = (
+            size,
+            batch_size,
+            seed,
+            rank,
+            world,
+        )
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches_per_epoch(self) -> int:
-        return self.size // (self.batch_size * self.world)  # drop_last, as CompressAI's training loader
+        return self.size // (
+            self.batch_size * self.world
+        )  # drop_last, as CompressAI's training loader
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -274,8 +311,12 @@ def test_batches(pictures: Pictures, patch: tuple[int, int], batch_size: int) ->
         img = pictures[i]
         if img.shape[0] < patch[0] or img.shape[1] < patch[1]:
             continue
-        crops.append(torch.from_numpy(np.ascontiguousarray(center_crop(img, patch).transpose(2, 0, 1))))
+        crops.append(
+            torch.from_numpy(np.ascontiguousarray(center_crop(img, patch).transpose(2, 0, 1)))
+        )
     if not crops:
-        raise UsageError(f"--patch-size {patch[0]} {patch[1]} is larger than every test image of {pictures.name}; lower --patch-size")
+        raise UsageError(
+            f"--patch-size {patch[0]} {patch[1]} is larger than every test image of {pictures.name}; lower --patch-size"
+        )
     n = math.ceil(len(crops) / batch_size)
     return [torch.stack(crops[i * batch_size : (i + 1) * batch_size]) for i in range(n)]

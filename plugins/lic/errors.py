@@ -15,7 +15,13 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.required or action.nargs == 0 or action.default is argparse.SUPPRESS:
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.required
+            or action.nargs == 0
+            or action.default is argparse.SUPPRESS
+        ):
             return text
         return f"{text} (default: %(default)s)".lstrip()
 
@@ -46,5 +52,7 @@ def finite(text: str) -> float:
 def patch_size(values: list[int]) -> tuple[int, int]:
     """``--patch-size S`` (a square) or ``--patch-size H W`` (CompressAI's form) as ``(H, W)``."""
     if len(values) not in (1, 2):
-        raise UsageError(f"--patch-size {' '.join(map(str, values))}: one value (a square) or two (H W)")
+        raise UsageError(
+            f"--patch-size {' '.join(map(str, values))}: one value (a square) or two (H W)"
+        )
     return (values[0], values[-1])

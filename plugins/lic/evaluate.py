@@ -32,26 +32,67 @@ from plugins.lic.objectives import bpp as likelihood_bpp
 CONSISTENCY_TOL = 2.0 / 255.0
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="*", type=Path,
-                   help="checkpoints: written by plugins.lic.train, CompressAI train.py checkpoints or bare state_dicts (then -m/--N/--M where the tensors do not tell)")
-    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME", help="shipped models by name or pattern (python -m plugins.lic.pretrained lists them; default: none)")
-    p.add_argument("-m", "--model", default=None, help="architecture of bare state_dicts (default: read off their tensors)")
-    p.add_argument("--N", type=int, default=None, help="channels of the transforms of bare state_dicts (default: read off their tensors)")
-    p.add_argument("--M", type=int, default=None, help="channels of the latent of bare state_dicts (default: read off their tensors)")
-    p.add_argument("-d", "--dataset", default="samples", help="samples (default), synthetic, a folder of images, or an ImageFolder root (its test/)")
+    p.add_argument(
+        "checkpoints",
+        nargs="*",
+        type=Path,
+        help="checkpoints: written by plugins.lic.train, CompressAI train.py checkpoints or bare state_dicts (then -m/--N/--M where the tensors do not tell)",
+    )
+    p.add_argument(
+        "--pretrained",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="shipped models by name or pattern (python -m plugins.lic.pretrained lists them; default: none)",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="architecture of bare state_dicts (default: read off their tensors)",
+    )
+    p.add_argument(
+        "--N",
+        type=int,
+        default=None,
+        help="channels of the transforms of bare state_dicts (default: read off their tensors)",
+    )
+    p.add_argument(
+        "--M",
+        type=int,
+        default=None,
+        help="channels of the latent of bare state_dicts (default: read off their tensors)",
+    )
+    p.add_argument(
+        "-d",
+        "--dataset",
+        default="samples",
+        help="samples (default), synthetic, a folder of images, or an ImageFolder root (its test/)",
+    )
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: print it)")
-    p.add_argument("--name", default=None, help="the curve's name (default: the first checkpoint's balancer)")
-    p.add_argument("--description", default="", help="free text stored in the results JSON (default: empty)")
-    p.add_argument("--estimate", action="store_true", help="likelihood-based bpp (an estimate), no entropy coding")
+    p.add_argument(
+        "--name", default=None, help="the curve's name (default: the first checkpoint's balancer)"
+    )
+    p.add_argument(
+        "--description", default="", help="free text stored in the results JSON (default: empty)"
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="likelihood-based bpp (an estimate), no entropy coding",
+    )
     p.add_argument("--cuda", action="store_true", help="code on the GPU")
     return p
 
 
 def load_model(
-    path: Path, device: torch.device, name: str | None = None, N: int | None = None, M: int | None = None
+    path: Path,
+    device: torch.device,
+    name: str | None = None,
+    N: int | None = None,
+    M: int | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model of a checkpoint of any :data:`checkpoint.KINDS`, ready to code, and the checkpoint
     (with its ``model`` description filled in)."""
@@ -62,7 +103,9 @@ def load_model(
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError:
-        raise UsageError(f"{path}: its weights do not fit {spec.name} (N={spec.N}, M={spec.M}); the checkpoint is damaged") from None
+        raise UsageError(
+            f"{path}: its weights do not fit {spec.name} (N={spec.N}, M={spec.M}); the checkpoint is damaged"
+        ) from None
     net = net.to(device).eval()
     net.update(force=True)
     return net, ckpt
@@ -119,17 +162,31 @@ def code_image(net: torch.nn.Module, x: torch.Tensor, estimate: bool) -> dict[st
 
 
 def evaluate(
-    paths: list[Path], dataset: str, estimate: bool, device: torch.device, model: str | None = None, N: int | None = None, M: int | None = None,
+    paths: list[Path],
+    dataset: str,
+    estimate: bool,
+    device: torch.device,
+    model: str | None = None,
+    N: int | None = None,
+    M: int | None = None,
     lambdas: dict[Path, float] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per checkpoint; ``lambdas`` gives the λ of checkpoints that do not record it."""
     pictures = data.resolve(dataset, "test")
-    images = [torch.from_numpy(np.ascontiguousarray(pictures[i].transpose(2, 0, 1)))[None] for i in range(len(pictures))]
+    images = [
+        torch.from_numpy(np.ascontiguousarray(pictures[i].transpose(2, 0, 1)))[None]
+        for i in range(len(pictures))
+    ]
     points = []
     for path in paths:
         net, ckpt = load_model(path, device, model, N, M)
         per_image = [code_image(net, x.to(device), estimate) for x in images]
-        mean = {k: float(np.nanmean([r[k] for r in per_image])) if not all(math.isnan(r[k]) for r in per_image) else math.nan for k in per_image[0]}
+        mean = {
+            k: float(np.nanmean([r[k] for r in per_image]))
+            if not all(math.isnan(r[k]) for r in per_image)
+            else math.nan
+            for k in per_image[0]
+        }
         mean["max_decode_gap"] = max(r["max_decode_gap"] for r in per_image)
         args = ckpt.get("args", {})
         points.append(
@@ -146,8 +203,20 @@ def evaluate(
     return points
 
 
-def results_json(points: list[dict[str, Any]], name: str, description: str, dataset: str, estimate: bool) -> dict[str, Any]:
-    keys = ["bpp", "psnr-rgb", "ms-ssim-rgb", "mse", "encoding_time", "decoding_time", "lambda", "checkpoint", "step"]
+def results_json(
+    points: list[dict[str, Any]], name: str, description: str, dataset: str, estimate: bool
+) -> dict[str, Any]:
+    keys = [
+        "bpp",
+        "psnr-rgb",
+        "ms-ssim-rgb",
+        "mse",
+        "encoding_time",
+        "decoding_time",
+        "lambda",
+        "checkpoint",
+        "step",
+    ]
     consistent = all(p["max_decode_gap"] <= CONSISTENCY_TOL for p in points)
     return {
         "name": name,
@@ -176,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 lambdas[entry.path] = entry.lmbda
         if not paths:
             raise UsageError("no checkpoints: pass checkpoint files or --pretrained NAME")
-        points = evaluate(paths, args.dataset, args.estimate, device, args.model, args.N, args.M, lambdas)
+        points = evaluate(
+            paths, args.dataset, args.estimate, device, args.model, args.N, args.M, lambdas
+        )
         name = args.name or (points[0]["balancer"] or "model")
         out = results_json(points, name, args.description, args.dataset, args.estimate)
         text = json.dumps(out, indent=2, allow_nan=True)
@@ -189,10 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    check = "decoded images match the forward pass" if out["decode_matches_forward"] else "WARNING: decoded images differ from the forward pass"
+    check = (
+        "decoded images match the forward pass"
+        if out["decode_matches_forward"]
+        else "WARNING: decoded images differ from the forward pass"
+    )
     r = out["results"]
     pts = ", ".join(f"{b:.3f} bpp / {p:.2f} dB" for b, p in zip(r["bpp"], r["psnr-rgb"]))
-    print(f"{name}: {len(points)} point(s): {pts} ({out['bpp_kind']}); {check} (max gap {out['max_decode_gap']:.2g})", file=sys.stderr)
+    print(
+        f"{name}: {len(points)} point(s): {pts} ({out['bpp_kind']}); {check} (max gap {out['max_decode_gap']:.2g})",
+        file=sys.stderr,
+    )
     return 0
 
 

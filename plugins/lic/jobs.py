@@ -69,7 +69,11 @@ def run_job(job: Job) -> tuple[str, int, float]:
     resumed = resume_argv(argv) if kind == "train" else None
     start = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a" if resumed else "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with (
+        log.open("a" if resumed else "w") as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+    ):
         if resumed:
             print(f"resuming: {' '.join(resumed)}", flush=True)
         code = (train.main if kind == "train" else evaluate.main)(resumed or argv)
@@ -80,7 +84,10 @@ def run_job(job: Job) -> tuple[str, int, float]:
 
 def run_all(pool: Any, jobs: list[Job], start: float) -> None:
     for log, code, seconds in pool.imap_unordered(run_job, jobs):
-        print(f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
+        print(
+            f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; {(time.perf_counter() - start) / 60:.1f} min elapsed)",
+            flush=True,
+        )
         if code != 0:
             raise SystemExit(f"a run failed: see {log}")
 
@@ -89,7 +96,11 @@ def run_stages(jobs: int, stages: dict[str, list[Job]], start: float) -> None:
     """Each stage's jobs (name → jobs, e.g. the training runs, then the evaluations), one stage
     after the other, through a pool of ``jobs`` one-thread processes."""
     with mp.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
-        print(", ".join(f"{len(todo)} {name}" for name, todo in stages.items()) + f"; {jobs} processes", flush=True)
+        print(
+            ", ".join(f"{len(todo)} {name}" for name, todo in stages.items())
+            + f"; {jobs} processes",
+            flush=True,
+        )
         for todo in stages.values():
             run_all(pool, todo, start)
 

@@ -24,13 +24,21 @@ class RunLog:
                 self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
         self._file.write(json.dumps(clean, sort_keys=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and math.isfinite(value):
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and key != "step"
+                    and math.isfinite(value)
+                ):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:

@@ -26,7 +26,9 @@ class ModelSpec:
 
 
 def _zoo() -> tuple[dict[str, type[nn.Module]], dict[str, dict[int, tuple[int, ...]]]]:
-    with warnings.catch_warnings():  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+    with (
+        warnings.catch_warnings()
+    ):  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         from compressai.zoo.image import cfgs, model_architectures
 
@@ -42,7 +44,9 @@ def takes_m(name: str) -> bool:
     return not name.startswith("cheng2020")
 
 
-def spec_for(name: str, quality: int | None = None, N: int | None = None, M: int | None = None) -> ModelSpec:
+def spec_for(
+    name: str, quality: int | None = None, N: int | None = None, M: int | None = None
+) -> ModelSpec:
     """Resolve ``N``/``M``: given values win, else CompressAI's configuration for ``quality`` (default 1)."""
     archs, cfgs = _zoo()
     if name not in archs:
@@ -72,7 +76,9 @@ def build(spec: ModelSpec) -> nn.Module:
 def parameter_groups(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """CompressAI's split: the main parameters, and the entropy bottlenecks' ``quantiles`` trained
     by the auxiliary loss (never balanced)."""
-    main = [p for n, p in net.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+    main = [
+        p for n, p in net.named_parameters() if not n.endswith(".quantiles") and p.requires_grad
+    ]
     aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
     return main, aux
 
@@ -83,7 +89,9 @@ _CODER_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 def _shapes(net: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith(_CODER_BUFFERS)}
+    return {
+        k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith(_CODER_BUFFERS)
+    }
 
 
 @functools.cache
@@ -95,7 +103,11 @@ def _key_names(name: str) -> frozenset[str]:
 def _g_a_widths(state_dict: dict[str, Any]) -> tuple[int | None, int | None]:
     """Output channels of the analysis transform's first and last convolution (N and M for every
     CompressAI image architecture; M only where the architecture takes one)."""
-    convs = [v for k, v in state_dict.items() if k.startswith("g_a.") and k.endswith("weight") and getattr(v, "ndim", 0) == 4]
+    convs = [
+        v
+        for k, v in state_dict.items()
+        if k.startswith("g_a.") and k.endswith("weight") and getattr(v, "ndim", 0) == 4
+    ]
     return (int(convs[0].shape[0]), int(convs[-1].shape[0])) if convs else (None, None)
 
 
@@ -108,7 +120,9 @@ def fits(spec: ModelSpec, state_dict: dict[str, Any]) -> bool:
     return theirs == _shapes(build(spec))
 
 
-def infer_spec(state_dict: dict[str, Any], name: str | None = None, N: int | None = None, M: int | None = None) -> ModelSpec:
+def infer_spec(
+    state_dict: dict[str, Any], name: str | None = None, N: int | None = None, M: int | None = None
+) -> ModelSpec:
     """The architecture and channel counts of a bare ``state_dict``: the given ones, the others read
     off the tensors' shapes; every architecture is tried when ``name`` is None. One line naming
     the fix when nothing fits or several do."""
@@ -127,16 +141,35 @@ def infer_spec(state_dict: dict[str, Any], name: str | None = None, N: int | Non
         spec = ModelSpec(arch, int(n), None if m is None else int(m))
         if fits(spec, state_dict):
             found.append(spec)
-    given = " ".join(f for f in (f"-m {name}" if name else "", f"--N {N}" if N else "", f"--M {M}" if M else "") if f)
+    given = " ".join(
+        f
+        for f in (f"-m {name}" if name else "", f"--N {N}" if N else "", f"--M {M}" if M else "")
+        if f
+    )
     if not found:
-        what = f"{name} (N={N or first}, M={M or last})" if name else "any CompressAI image architecture"
-        raise UsageError(f"the weights do not fit {what}{' as given by ' + given if given else ''}; pass the architecture they were trained with (-m, --N, --M)")
+        what = (
+            f"{name} (N={N or first}, M={M or last})"
+            if name
+            else "any CompressAI image architecture"
+        )
+        raise UsageError(
+            f"the weights do not fit {what}{' as given by ' + given if given else ''}; pass the architecture they were trained with (-m, --N, --M)"
+        )
     if len(found) > 1:
-        raise UsageError(f"the weights fit several architectures ({', '.join(s.name for s in found)}); pass -m")
+        raise UsageError(
+            f"the weights fit several architectures ({', '.join(s.name for s in found)}); pass -m"
+        )
     return found[0]
 
 
-def resolve(state_dict: dict[str, Any], saved: dict[str, Any] | None, name: str | None, N: int | None, M: int | None, where: str) -> ModelSpec:
+def resolve(
+    state_dict: dict[str, Any],
+    saved: dict[str, Any] | None,
+    name: str | None,
+    N: int | None,
+    M: int | None,
+    where: str,
+) -> ModelSpec:
     """The architecture of a checkpoint: its own description when it has one (the flags, where
     given, must agree with it), else read off the tensors (:func:`infer_spec`)."""
     if saved is None:
@@ -145,7 +178,13 @@ def resolve(state_dict: dict[str, Any], saved: dict[str, Any] | None, name: str 
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None
     spec = ModelSpec(**saved)
-    if (name is not None and name != spec.name) or (N is not None and N != spec.N) or (M is not None and M != spec.M):
+    if (
+        (name is not None and name != spec.name)
+        or (N is not None and N != spec.N)
+        or (M is not None and M != spec.M)
+    ):
         asked = f"{name or spec.name} (N={N or spec.N}, M={M or spec.M})"
-        raise UsageError(f"{where}: holds {spec.name} (N={spec.N}, M={spec.M}), not {asked}; drop -m/--N/--M or pass the matching ones")
+        raise UsageError(
+            f"{where}: holds {spec.name} (N={spec.N}, M={spec.M}), not {asked}; drop -m/--N/--M or pass the matching ones"
+        )
     return spec

@@ -34,7 +34,14 @@ class CautiousAdam(torch.optim.Adam):
     preconditioner; ``amsgrad``, ``weight_decay`` and ``maximize`` are not supported.
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, max_scale: float = 10.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        max_scale: float = 10.0,
+    ) -> None:
         if not max_scale >= 1.0:
             raise ValueError(f"max_scale must be >= 1, got {max_scale}")
         super().__init__(params, lr=lr, betas=betas, eps=eps, foreach=False)
@@ -69,7 +76,9 @@ class CautiousAdam(torch.optim.Adam):
         return loss
 
 
-def build(name: str, params: Sequence[Tensor], lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
+def build(
+    name: str, params: Sequence[Tensor], lr: float, momentum: float = 0.0
+) -> torch.optim.Optimizer:
     """The optimiser ``name`` (one of :data:`OPTIMIZERS`) on ``params``."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -118,11 +127,18 @@ class WeightEMA:
         return _Swap(self)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
+        return {
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "updates": self.updates,
+            "shadow": [s.clone() for s in self.shadow],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shadow = state["shadow"]
-        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
+        if len(shadow) != len(self.shadow) or any(
+            a.shape != b.shape for a, b in zip(shadow, self.shadow)
+        ):
             raise ValueError("the EMA state does not fit this model's parameters")
         self.decay, self.updates = float(state["decay"]), int(state["updates"])
         self.warmup = bool(state.get("warmup", False))

@@ -67,7 +67,9 @@ DEBIAN_PHOTOS = (
     ),
 )  # fmt: skip
 #: held out for the trainer's test loss: a landscape, a still life, a macro
-DEBIAN_TEST = frozenset({"life_by_Aitzol_Berasategi.jpg", "Picture_0B_by_freespace.jpg", "RainDrops.jpg"})
+DEBIAN_TEST = frozenset(
+    {"life_by_Aitzol_Berasategi.jpg", "Picture_0B_by_freespace.jpg", "RainDrops.jpg"}
+)
 MAX_SIDE = 1024
 RECORD = "photos.json"
 
@@ -77,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="the ImageFolder to write (OUT/train, OUT/test)")
     p.add_argument("-d", "--from-folder", dest="folder", type=Path, default=None,
                    help="take the photographs from this folder instead of Debian's packages (every 8th goes to test/; default: Debian's)")  # fmt: skip
-    p.add_argument("--max-side", type=int, default=MAX_SIDE, help="downscale so that the longer side is at most this (0: keep the size)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help="downscale so that the longer side is at most this (0: keep the size)",
+    )
     return p
 
 
@@ -86,11 +93,19 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as exc:
-        raise UsageError(f"{cmd[0]}: cannot run it ({exc.strerror}); pass -d FOLDER with your own photographs") from None
+        raise UsageError(
+            f"{cmd[0]}: cannot run it ({exc.strerror}); pass -d FOLDER with your own photographs"
+        ) from None
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip() and not ln.startswith("W:")]
+        lines = [
+            ln
+            for ln in (proc.stderr or proc.stdout).splitlines()
+            if ln.strip() and not ln.startswith("W:")
+        ]
         last = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise UsageError(f"{what} failed: {last}; check the network and apt's sources (apt-get update), or pass -d FOLDER")
+        raise UsageError(
+            f"{what} failed: {last}; check the network and apt's sources (apt-get update), or pass -d FOLDER"
+        )
 
 
 def debian_photos(work: Path) -> list[tuple[Path, str, dict[str, str]]]:
@@ -106,16 +121,30 @@ def debian_photos(work: Path) -> list[tuple[Path, str, dict[str, str]]]:
     for source in DEBIAN_PHOTOS:
         debs = sorted(work.glob(f"{source.package}_*.deb"))
         if not debs:
-            raise UsageError(f"apt-get download {source.package}: no .deb arrived; pass -d FOLDER with your own photographs")
+            raise UsageError(
+                f"apt-get download {source.package}: no .deb arrived; pass -d FOLDER with your own photographs"
+            )
         root = work / source.package
         _run(["dpkg-deb", "-x", str(debs[-1]), str(root)], work, f"dpkg-deb -x {debs[-1].name}")
         version = debs[-1].name.split("_")[1]
         for name in source.files:
             path = root / source.folder / name
             if not path.is_file():
-                raise UsageError(f"{source.package} {version}: has no {source.folder}/{name} (the package changed); pass -d FOLDER with your own photographs")
+                raise UsageError(
+                    f"{source.package} {version}: has no {source.folder}/{name} (the package changed); pass -d FOLDER with your own photographs"
+                )
             split = "test" if name in DEBIAN_TEST else "train"
-            found.append((path, split, {"package": source.package, "version": version, "original": f"{source.folder}/{name}"}))
+            found.append(
+                (
+                    path,
+                    split,
+                    {
+                        "package": source.package,
+                        "version": version,
+                        "original": f"{source.folder}/{name}",
+                    },
+                )
+            )
         copyright_file = root / "usr/share/doc" / source.package / "copyright"
         if copyright_file.is_file():
             licenses = work / "licenses"
@@ -128,8 +157,17 @@ def folder_photos(folder: Path) -> list[tuple[Path, str, dict[str, str]]]:
     """Every image of ``folder`` (sorted); every 8th, starting with the 4th, is held out for test/."""
     files = image_files(folder)
     if len(files) < 2:
-        raise UsageError(f"-d {folder}: needs at least two photographs (one for train/, one for test/)")
-    return [(f, "test" if i % 8 == 3 or (len(files) < 4 and i == len(files) - 1) else "train", {"original": str(f)}) for i, f in enumerate(files)]
+        raise UsageError(
+            f"-d {folder}: needs at least two photographs (one for train/, one for test/)"
+        )
+    return [
+        (
+            f,
+            "test" if i % 8 == 3 or (len(files) < 4 and i == len(files) - 1) else "train",
+            {"original": str(f)},
+        )
+        for i, f in enumerate(files)
+    ]
 
 
 # --------------------------------------------------------------------------- writing
@@ -143,7 +181,9 @@ def downscale(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS)
 
 
-def assemble(out: Path, folder: Path | None = None, max_side: int = MAX_SIDE) -> list[dict[str, object]]:
+def assemble(
+    out: Path, folder: Path | None = None, max_side: int = MAX_SIDE
+) -> list[dict[str, object]]:
     """Write the ImageFolder ``out`` and its ``photos.json``; returns the records."""
     if max_side < 0:
         raise UsageError(f"--max-side {max_side}: must be >= 0 (0 keeps the original size)")
@@ -165,11 +205,30 @@ def assemble(out: Path, folder: Path | None = None, max_side: int = MAX_SIDE) ->
             target = out / split / f"{path.stem}.png"
             small.save(target, optimize=False)
             digest = hashlib.sha256(target.read_bytes()).hexdigest()
-            records.append({"file": f"{split}/{target.name}", "split": split, "size": list(small.size), "original_size": list(original), **provenance, "sha256": digest})
+            records.append(
+                {
+                    "file": f"{split}/{target.name}",
+                    "split": split,
+                    "size": list(small.size),
+                    "original_size": list(original),
+                    **provenance,
+                    "sha256": digest,
+                }
+            )
         if (work / "licenses").is_dir():
             shutil.rmtree(out / "licenses", ignore_errors=True)
             shutil.copytree(work / "licenses", out / "licenses")
-    (out / RECORD).write_text(json.dumps({"max_side": max_side, "source": "debian" if folder is None else str(folder), "photos": records}, indent=2) + "\n")
+    (out / RECORD).write_text(
+        json.dumps(
+            {
+                "max_side": max_side,
+                "source": "debian" if folder is None else str(folder),
+                "photos": records,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return records
 
 
@@ -181,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = {s: sum(r["split"] == s for r in records) for s in ("train", "test")}
-    print(f"{args.out}: {counts['train']} training and {counts['test']} test photographs (longer side <= {args.max_side or 'original'} px); sources in {args.out / RECORD}")
+    print(
+        f"{args.out}: {counts['train']} training and {counts['test']} test photographs (longer side <= {args.max_side or 'original'} px); sources in {args.out / RECORD}"
+    )
     return 0
 
 

@@ -27,13 +27,24 @@ def load_results(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageError(f"{path}: no such results file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{path}: not a JSON results file; pass the output of python -m plugins.lic.evaluate") from None
-    if not isinstance(res, dict) or "name" not in res or "results" not in res or "bpp" not in res["results"]:
-        raise UsageError(f"{path}: not in CompressAI's results format (name, results.bpp, results.psnr-rgb)")
+        raise UsageError(
+            f"{path}: not a JSON results file; pass the output of python -m plugins.lic.evaluate"
+        ) from None
+    if (
+        not isinstance(res, dict)
+        or "name" not in res
+        or "results" not in res
+        or "bpp" not in res["results"]
+    ):
+        raise UsageError(
+            f"{path}: not in CompressAI's results format (name, results.bpp, results.psnr-rgb)"
+        )
     return res
 
 
-def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rgb") -> dict[str, Any]:
+def bd_metrics(
+    anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rgb"
+) -> dict[str, Any]:
     """BD-rate (%) and BD-quality of ``test`` against ``anchor`` (pchip, with cubic as a check).
 
     NaN with a ``reason`` when it cannot be computed: fewer than two points (four for cubic),
@@ -50,9 +61,13 @@ def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr
     if min(len(ra), len(rt)) < 2:
         reasons.append("fewer than two points")
     elif max(min(da), min(dt)) >= min(max(da), max(dt)):
-        reasons.append(f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})")
+        reasons.append(
+            f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})"
+        )
     elif unsorted := [n for n, d in (("anchor", da), ("test", dt)) if not _rises(d)]:
-        reasons.append(f"the {' and the '.join(unsorted)} curve is not monotonic ({metric} falls where the rate rises)")
+        reasons.append(
+            f"the {' and the '.join(unsorted)} curve is not monotonic ({metric} falls where the rate rises)"
+        )
     blocked = bool(reasons)
     for method in ("pchip", "cubic"):
         for key, fn in (("bd_rate", bd.bd_rate), ("bd_quality", bd.bd_psnr)):
@@ -61,9 +76,13 @@ def bd_metrics(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        value = float(fn(ra, da, rt, dt, method=method, require_matching_points=False))
+                        value = float(
+                            fn(ra, da, rt, dt, method=method, require_matching_points=False)
+                        )
                 except (ValueError, ZeroDivisionError, AssertionError) as exc:
-                    reasons.append(f"{key} ({method}): {str(exc).rstrip('.') or type(exc).__name__}")
+                    reasons.append(
+                        f"{key} ({method}): {str(exc).rstrip('.') or type(exc).__name__}"
+                    )
             out[f"{key}_{method}"] = value
     if min(len(ra), len(rt)) < 4:
         reasons.append("cubic needs four points")
@@ -105,12 +124,19 @@ def plot_rd(results: list[dict[str, Any]], path: Path) -> None:
     for i, res in enumerate(results):
         r = res["results"]
         for ax, key in zip(axes, ("psnr-rgb", "ms-ssim-rgb")):
-            ax.plot(r["bpp"], r[key], marker=markers[i % len(markers)], label=res["name"], alpha=0.85)
+            ax.plot(
+                r["bpp"], r[key], marker=markers[i % len(markers)], label=res["name"], alpha=0.85
+            )
     axes[0].set(xlabel="bpp", ylabel="PSNR (dB)", title="rate-distortion (PSNR)")
     axes[1].set(xlabel="bpp", ylabel="MS-SSIM", title="rate-distortion (MS-SSIM)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=max(1, len(results)), frameon=False)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="lower center",
+        ncol=max(1, len(results)),
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -136,30 +162,47 @@ def plot_figure1(logs: list[Path], path: Path) -> None:
         try:
             records = [r for r in read_log(folder) if "weight/distortion" in r]
         except FileNotFoundError:
-            raise UsageError(f"--logs {folder}: no log.jsonl; pass the --out folder of a training run") from None
+            raise UsageError(
+                f"--logs {folder}: no log.jsonl; pass the --out folder of a training run"
+            ) from None
         label = Path(folder).name
         steps = [r["step"] for r in records]
         for row, name in enumerate(("distortion", "rate")):
             axes[row, 0].plot(steps, [r[f"loss/{name}"] for r in records], label=label)
-            axes[row, 1].plot(steps, smoothed([r.get(f"speed/{name}", math.nan) for r in records]), label=label)
+            axes[row, 1].plot(
+                steps, smoothed([r.get(f"speed/{name}", math.nan) for r in records]), label=label
+            )
             axes[row, 2].plot(steps, [r[f"weight/{name}"] for r in records], label=label)
     for row, name in enumerate(("distortion", "rate")):
         axes[row, 0].set(title=f"{name} loss", xlabel="step", yscale="log")
-        axes[row, 1].set(title=f"{name} improvement speed (EMA of −Δ log(L+1), moving mean)", xlabel="step")
+        axes[row, 1].set(
+            title=f"{name} improvement speed (EMA of −Δ log(L+1), moving mean)", xlabel="step"
+        )
         axes[row, 2].set(title=f"weight on {name}", xlabel="step", yscale="log")
     for ax in axes.ravel():
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=max(1, len(logs)), frameon=False)
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(),
+        loc="lower center",
+        ncol=max(1, len(logs)),
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def fmt(x: float, digits: int = 2, suffix: str = "") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}{suffix}"
+    return (
+        "n/a"
+        if x is None or (isinstance(x, float) and math.isnan(x))
+        else f"{x:+.{digits}f}{suffix}"
+    )
 
 
-def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: list[Path], command: str) -> dict[str, dict[str, Any]]:
+def write_report(
+    results: list[dict[str, Any]], anchor: str, out: Path, logs: list[Path], command: str
+) -> dict[str, dict[str, Any]]:
     names = [r["name"] for r in results]
     if anchor not in names:
         raise UsageError(f"--anchor {anchor}: no results named so; names: {', '.join(names)}")
@@ -194,27 +237,59 @@ def write_report(results: list[dict[str, Any]], anchor: str, out: Path, logs: li
             )
         )
         lines.append(row)
-    lines += ["", "## Points", "", "| run | λ | bpp | PSNR (dB) | MS-SSIM | checkpoint |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Points",
+        "",
+        "| run | λ | bpp | PSNR (dB) | MS-SSIM | checkpoint |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         res = r["results"]
         for i, b in enumerate(res["bpp"]):
             lam = res.get("lambda", [None] * len(res["bpp"]))[i]
-            lines.append(f"| {r['name']} | {lam} | {b:.4f} | {res['psnr-rgb'][i]:.2f} | {res['ms-ssim-rgb'][i]:.4f} | `{res.get('checkpoint', [''] * len(res['bpp']))[i]}` |")
+            lines.append(
+                f"| {r['name']} | {lam} | {b:.4f} | {res['psnr-rgb'][i]:.2f} | {res['ms-ssim-rgb'][i]:.4f} | `{res.get('checkpoint', [''] * len(res['bpp']))[i]}` |"
+            )
     if not all(monotonic(r) for r in results):
-        lines += ["", "A curve that is not monotonic (higher rate, higher PSNR) makes its BD-rate unreliable: train longer before quoting it."]
+        lines += [
+            "",
+            "A curve that is not monotonic (higher rate, higher PSNR) makes its BD-rate unreliable: train longer before quoting it.",
+        ]
     if logs:
-        lines += ["", "## Training (the paper's Figure 1 view)", "", "![Figure 1](figure1.png)", "", "Logs: " + ", ".join(f"`{p}`" for p in logs)]
+        lines += [
+            "",
+            "## Training (the paper's Figure 1 view)",
+            "",
+            "![Figure 1](figure1.png)",
+            "",
+            "Logs: " + ", ".join(f"`{p}`" for p in logs),
+        ]
     lines += ["", "## Reproduce", "", "```", command, "```", ""]
     (out / "report.md").write_text("\n".join(lines))
     return table
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m plugins.lic.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", type=Path, help="results JSON files of python -m plugins.lic.evaluate")
-    parser.add_argument("--anchor", required=True, help="name of the reference run (the standard loss)")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md and the plots")
-    parser.add_argument("--logs", nargs="*", type=Path, default=[], help="training --out folders for the Figure 1 view (default: none, no Figure 1)")
+    parser = ArgumentParser(
+        prog="python -m plugins.lic.report", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "results", nargs="+", type=Path, help="results JSON files of python -m plugins.lic.evaluate"
+    )
+    parser.add_argument(
+        "--anchor", required=True, help="name of the reference run (the standard loss)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("report"), help="folder for report.md and the plots"
+    )
+    parser.add_argument(
+        "--logs",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="training --out folders for the Figure 1 view (default: none, no Figure 1)",
+    )
     return parser
 
 
@@ -222,13 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         results = [load_results(p) for p in args.results]
-        table = write_report(results, args.anchor, args.out, args.logs, "python -m plugins.lic.report " + " ".join(argv or sys.argv[1:]))
+        table = write_report(
+            results,
+            args.anchor,
+            args.out,
+            args.logs,
+            "python -m plugins.lic.report " + " ".join(argv or sys.argv[1:]),
+        )
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, m in table.items():
         note = f" — {m['reason']}" if m["reason"] else ""
-        print(f"{name}: BD-rate {fmt(m['bd_rate_pchip'], 2, ' %')} (pchip), {fmt(m['bd_rate_cubic'], 2, ' %')} (cubic); BD-PSNR {fmt(m['bd_quality_pchip'], 3, ' dB')}{note}")
+        print(
+            f"{name}: BD-rate {fmt(m['bd_rate_pchip'], 2, ' %')} (pchip), {fmt(m['bd_rate_cubic'], 2, ' %')} (cubic); BD-PSNR {fmt(m['bd_quality_pchip'], 3, ' dB')}{note}"
+        )
     print(f"report: {args.out / 'report.md'}")
     return 0
 

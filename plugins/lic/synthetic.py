@@ -32,7 +32,9 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return sum(k[i] * tmp[:, i : i + img.shape[1], :] for i in range(len(k)))
 
 
-def dead_leaves(height: int, width: int, seed: int | tuple[int, ...], *, shapes: int = 1000) -> np.ndarray:
+def dead_leaves(
+    height: int, width: int, seed: int | tuple[int, ...], *, shapes: int = 1000
+) -> np.ndarray:
     """An RGB float32 image in [0, 1] of shape (height, width, 3), the same for the same seed.
 
     ``shapes`` leaves are painted back to front over a smooth background (later ones occlude
@@ -46,7 +48,10 @@ def dead_leaves(height: int, width: int, seed: int | tuple[int, ...], *, shapes:
     palette = np.clip(lum + rng.normal(0, 0.12, size=(5, 3)), 0.02, 0.98)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     g = rng.normal(0, 0.3, 2) / size
-    img = (palette[0][None, None, :] * (1.0 + g[0] * (yy - height / 2) + g[1] * (xx - width / 2))[..., None]).astype(np.float32)
+    img = (
+        palette[0][None, None, :]
+        * (1.0 + g[0] * (yy - height / 2) + g[1] * (xx - width / 2))[..., None]
+    ).astype(np.float32)
     for _ in range(shapes):
         r = _radius(rng, r_min, r_max)
         cy, cx = rng.uniform(-r / 2, height + r / 2), rng.uniform(-r / 2, width + r / 2)
@@ -63,15 +68,23 @@ def dead_leaves(height: int, width: int, seed: int | tuple[int, ...], *, shapes:
             u, v = dx * np.cos(theta) + dy * np.sin(theta), -dx * np.sin(theta) + dy * np.cos(theta)
             mask = (u / r) ** 2 + (v / (r * ratio)) ** 2 <= 1.0
         else:
-            mask = (np.abs(dy) <= r * rng.uniform(0.4, 1.0)) & (np.abs(dx) <= r * rng.uniform(0.4, 1.0))
+            mask = (np.abs(dy) <= r * rng.uniform(0.4, 1.0)) & (
+                np.abs(dx) <= r * rng.uniform(0.4, 1.0)
+            )
         if not mask.any():
             continue
         base = np.clip(palette[rng.integers(5)] + rng.normal(0, 0.08, 3), 0, 1)
         gy, gx = rng.normal(0, 0.25, 2) / max(r, 1.0)
         shade = 1.0 + gy * dy + gx * dx
         if rng.random() < 0.25:  # texture: a sinusoidal grating
-            f, phase, theta = rng.uniform(0.15, 1.0), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
-            shade = shade + rng.uniform(0.03, 0.15) * np.sin(f * (dx * np.cos(theta) + dy * np.sin(theta)) + phase)
+            f, phase, theta = (
+                rng.uniform(0.15, 1.0),
+                rng.uniform(0, 2 * np.pi),
+                rng.uniform(0, np.pi),
+            )
+            shade = shade + rng.uniform(0.03, 0.15) * np.sin(
+                f * (dx * np.cos(theta) + dy * np.sin(theta)) + phase
+            )
         img[y0:y1, x0:x1][mask] = (base[None, :] * shade[mask][:, None]).astype(np.float32)
     img = _blur(img, rng.uniform(0.2, 0.7))
     img = img + rng.normal(0, rng.uniform(0.002, 0.012), img.shape)

@@ -37,54 +37,200 @@ DEFAULT_LAMBDA = 1e-2
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("-m", "--model", default=None,
-                   help=f"architecture (default: the checkpoint's, else {DEFAULT_MODEL}): {', '.join(models.available())}")
-    p.add_argument("-d", "--dataset", default="synthetic", help="synthetic (default, embedded), or an ImageFolder root with train/ and test/")
-    p.add_argument("-e", "--epochs", type=int, default=100, help="passes over the training set (see --steps)")
-    p.add_argument("-lr", "--learning-rate", type=finite, default=1e-4, help="learning rate of the model's parameters")
-    p.add_argument("--aux-learning-rate", type=finite, default=1e-3, help="learning rate of the entropy bottleneck's quantiles (Adam)")
-    p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default="adam", help="for the model's parameters (the auxiliary loss keeps Adam)")
-    p.add_argument("--momentum", type=finite, default=0.0, help="SGD momentum (--optimizer sgd; 0: plain SGD)")
-    p.add_argument("--ema", type=finite, default=0.0, metavar="DECAY",
-                   help="keep an exponential moving average of the weights (e.g. 0.999, with torch_ema's warm-up min(d, (1+t)/(10+t))): "
-                        "tested, evaluated and saved as state_dict; 0: off")
-    p.add_argument("--lambda", dest="lmbda", type=finite, default=None,
-                   help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})")
-    p.add_argument("--metric", choices=["mse", "ms-ssim"], default=None, help="distortion (default: the checkpoint's, else mse)")
-    p.add_argument("--batch-size", type=int, default=16, help="training crops per step (per process)")
+    p.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help=f"architecture (default: the checkpoint's, else {DEFAULT_MODEL}): {', '.join(models.available())}",
+    )
+    p.add_argument(
+        "-d",
+        "--dataset",
+        default="synthetic",
+        help="synthetic (default, embedded), or an ImageFolder root with train/ and test/",
+    )
+    p.add_argument(
+        "-e", "--epochs", type=int, default=100, help="passes over the training set (see --steps)"
+    )
+    p.add_argument(
+        "-lr",
+        "--learning-rate",
+        type=finite,
+        default=1e-4,
+        help="learning rate of the model's parameters",
+    )
+    p.add_argument(
+        "--aux-learning-rate",
+        type=finite,
+        default=1e-3,
+        help="learning rate of the entropy bottleneck's quantiles (Adam)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=optim.OPTIMIZERS,
+        default="adam",
+        help="for the model's parameters (the auxiliary loss keeps Adam)",
+    )
+    p.add_argument(
+        "--momentum", type=finite, default=0.0, help="SGD momentum (--optimizer sgd; 0: plain SGD)"
+    )
+    p.add_argument(
+        "--ema",
+        type=finite,
+        default=0.0,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (e.g. 0.999, with torch_ema's warm-up min(d, (1+t)/(10+t))): "
+        "tested, evaluated and saved as state_dict; 0: off",
+    )
+    p.add_argument(
+        "--lambda",
+        dest="lmbda",
+        type=finite,
+        default=None,
+        help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})",
+    )
+    p.add_argument(
+        "--metric",
+        choices=["mse", "ms-ssim"],
+        default=None,
+        help="distortion (default: the checkpoint's, else mse)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="training crops per step (per process)"
+    )
     p.add_argument("--test-batch-size", type=int, default=64, help="test crops per batch")
-    p.add_argument("--patch-size", type=int, nargs="+", default=(256, 256), metavar=("H", "W"),
-                   help="training crop: H W, or one value for a square")
-    p.add_argument("--quality", type=int, default=None, help="CompressAI quality whose N, M are the defaults (default: 1)")
-    p.add_argument("--N", type=int, default=None, help="channels of the transforms (default: the checkpoint's, else --quality's)")
-    p.add_argument("--M", type=int, default=None, help="channels of the latent (default: the checkpoint's, else --quality's)")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs="+",
+        default=(256, 256),
+        metavar=("H", "W"),
+        help="training crop: H W, or one value for a square",
+    )
+    p.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        help="CompressAI quality whose N, M are the defaults (default: 1)",
+    )
+    p.add_argument(
+        "--N",
+        type=int,
+        default=None,
+        help="channels of the transforms (default: the checkpoint's, else --quality's)",
+    )
+    p.add_argument(
+        "--M",
+        type=int,
+        default=None,
+        help="channels of the latent (default: the checkpoint's, else --quality's)",
+    )
     p.add_argument("--cuda", action="store_true", help="train on the GPU")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast of the forward pass")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and batches (faster convolutions on CPUs)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint; "
-                        "default: none, start from scratch)")
-    p.add_argument("--pretrained", default=None, metavar="NAME", help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults (default: none)")
-    p.add_argument("--finetune", action="store_true", help="load only the model weights from --checkpoint/--pretrained (start of Solution 2)")
-    p.add_argument("--keep-optimizer", action="store_true",
-                   help="with --finetune: carry the checkpoint's optimiser state over (Adam's moments; the same --optimizer), at the new -lr")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the crops and the quantisation noise")
-    p.add_argument("--clip_max_norm", type=finite, default=1.0, help="gradient clipping max norm (0 disables)")
-    p.add_argument("-n", "--num-workers", type=int, default=0, help="data-loading processes (0: in the training process)")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format for the model and batches (faster convolutions on CPUs)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint; "
+        "default: none, start from scratch)",
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME",
+        help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults (default: none)",
+    )
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="load only the model weights from --checkpoint/--pretrained (start of Solution 2)",
+    )
+    p.add_argument(
+        "--keep-optimizer",
+        action="store_true",
+        help="with --finetune: carry the checkpoint's optimiser state over (Adam's moments; the same --optimizer), at the new -lr",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the initial weights, the crops and the quantisation noise",
+    )
+    p.add_argument(
+        "--clip_max_norm", type=finite, default=1.0, help="gradient clipping max norm (0 disables)"
+    )
+    p.add_argument(
+        "-n",
+        "--num-workers",
+        type=int,
+        default=0,
+        help="data-loading processes (0: in the training process)",
+    )
     p.add_argument("--balancer", default="fixed", help=f"one of {', '.join(moo_opt.available())}")
-    p.add_argument("--balancer-opt", action="append", default=[], metavar="KEY=VALUE", help="balancer option, repeatable")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps (default: none, --epochs decides)")
-    p.add_argument("--crops-per-image", default="auto", metavar="K|auto",
-                   help=f"random crops of each training image per epoch (auto: 1 for {data.AUTO_EPOCH_CROPS}+ images, else enough for an epoch of {data.AUTO_EPOCH_CROPS} crops)")
-    p.add_argument("--test-every", type=int, default=None, metavar="STEPS", help="test every STEPS steps (default: at the end of each epoch) and at the end")
-    p.add_argument("--save-every", type=int, default=None, metavar="STEPS",
-                   help="write checkpoint.pth.tar every STEPS steps (default: at each test) and at the end; checkpoint_best.pth.tar at each test that improves")
-    p.add_argument("--lr-milestones", type=int, nargs="+", default=None, metavar="STEP",
-                   help="multiply the learning rate by --lr-gamma at these steps (default: CompressAI's ReduceLROnPlateau on the test loss)")
-    p.add_argument("--lr-gamma", type=finite, default=0.1, help="factor of each --lr-milestones step")
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs")
-    p.add_argument("--log-every", type=int, default=10, help="steps between log lines (each reads values back from the device)")
-    p.add_argument("--max-skips", type=int, default=10, help="stop after this many consecutive steps with a NaN/Inf loss or gradient")
+    p.add_argument(
+        "--balancer-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="balancer option, repeatable",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="stop after this many optimiser steps (default: none, --epochs decides)",
+    )
+    p.add_argument(
+        "--crops-per-image",
+        default="auto",
+        metavar="K|auto",
+        help=f"random crops of each training image per epoch (auto: 1 for {data.AUTO_EPOCH_CROPS}+ images, else enough for an epoch of {data.AUTO_EPOCH_CROPS} crops)",
+    )
+    p.add_argument(
+        "--test-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="test every STEPS steps (default: at the end of each epoch) and at the end",
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="write checkpoint.pth.tar every STEPS steps (default: at each test) and at the end; checkpoint_best.pth.tar at each test that improves",
+    )
+    p.add_argument(
+        "--lr-milestones",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="STEP",
+        help="multiply the learning rate by --lr-gamma at these steps (default: CompressAI's ReduceLROnPlateau on the test loss)",
+    )
+    p.add_argument(
+        "--lr-gamma", type=finite, default=0.1, help="factor of each --lr-milestones step"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs"
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        help="steps between log lines (each reads values back from the device)",
+    )
+    p.add_argument(
+        "--max-skips",
+        type=int,
+        default=10,
+        help="stop after this many consecutive steps with a NaN/Inf loss or gradient",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -92,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- validation
 def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
     if name in moo_opt.registry.broken():
-        raise UsageError(f"--balancer {name}: {moo_opt.registry.broken()[name]}; reinstall or fix that package")
+        raise UsageError(
+            f"--balancer {name}: {moo_opt.registry.broken()[name]}; reinstall or fix that package"
+        )
     if name not in moo_opt.available():
         raise UsageError(f"--balancer {name}: unknown; available: {', '.join(moo_opt.available())}")
     valid = moo_opt.options(name)
@@ -100,9 +248,13 @@ def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"--balancer-opt {pair!r}: expected KEY=VALUE, e.g. --balancer-opt gamma=0.003")
+            raise UsageError(
+                f"--balancer-opt {pair!r}: expected KEY=VALUE, e.g. --balancer-opt gamma=0.003"
+            )
         if key not in valid:
-            raise UsageError(f"--balancer-opt {key}: unknown option of {name}; valid: {', '.join(valid)}")
+            raise UsageError(
+                f"--balancer-opt {key}: unknown option of {name}; valid: {', '.join(valid)}"
+            )
         lowered = raw.strip().lower()
         if lowered in ("true", "false"):
             value: Any = lowered == "true"
@@ -113,7 +265,9 @@ def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 value = raw  # a string option, e.g. mode=next_batch
-        if lowered.lstrip("+-") in ("nan", "inf", "infinity") or (isinstance(value, float) and not math.isfinite(value)):
+        if lowered.lstrip("+-") in ("nan", "inf", "infinity") or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
             raise UsageError(f"--balancer-opt {key}={raw}: must be a finite number")
         out[key] = value
     return out
@@ -133,8 +287,11 @@ def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
         opts.update(added)
         if added:
             shown = ", ".join(f"{k}={v}" for k, v in added.items())
-            print(f"note: --balancer qp --finetune uses {shown} by default (see docs/tutorials/finetune.rst); "
-                  f"override with --balancer-opt", file=sys.stderr)
+            print(
+                f"note: --balancer qp --finetune uses {shown} by default (see docs/tutorials/finetune.rst); "
+                f"override with --balancer-opt",
+                file=sys.stderr,
+            )
     try:
         return moo_opt.create(args.balancer, len(OBJECTIVES), **opts)
     except (ValueError, TypeError) as exc:
@@ -157,13 +314,25 @@ def apply_checkpoint_defaults(args: argparse.Namespace) -> dict[str, Any] | None
         ckpt = checkpoint.load(args.checkpoint)
         kind = checkpoint.kind(ckpt)
         if kind != "moo-opt" and not args.finetune:
-            what = "a bare state_dict" if kind == "state-dict" else "a CompressAI train.py checkpoint"
-            raise UsageError(f"--checkpoint {args.checkpoint}: {what} has no training state of plugins.lic.train to resume; start from its weights with --finetune")
+            what = (
+                "a bare state_dict" if kind == "state-dict" else "a CompressAI train.py checkpoint"
+            )
+            raise UsageError(
+                f"--checkpoint {args.checkpoint}: {what} has no training state of plugins.lic.train to resume; start from its weights with --finetune"
+            )
         if args.pretrained is None:
             saved_args = ckpt.get("args", {}) if kind == "moo-opt" else {}
         lam = saved_args.get("lmbda")
-        if args.finetune and args.lmbda is not None and lam is not None and not math.isclose(args.lmbda, float(lam)):
-            print(f"note: fine-tuning at --lambda {args.lmbda:g}; the checkpoint was trained at {float(lam):g}", file=sys.stderr)
+        if (
+            args.finetune
+            and args.lmbda is not None
+            and lam is not None
+            and not math.isclose(args.lmbda, float(lam))
+        ):
+            print(
+                f"note: fine-tuning at --lambda {args.lmbda:g}; the checkpoint was trained at {float(lam):g}",
+                file=sys.stderr,
+            )
         if args.lmbda is None and lam is not None:
             args.lmbda = float(lam)
         if args.metric is None and saved_args.get("metric") is not None:
@@ -179,13 +348,22 @@ def model_spec(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> models.
     """The architecture: the checkpoint's (its description, or read off its tensors), else the flags."""
     if ckpt is None:
         return models.spec_for(args.model or DEFAULT_MODEL, args.quality, args.N, args.M)
-    return models.resolve(ckpt["state_dict"], ckpt.get("model"), args.model, args.N, args.M, f"--checkpoint {args.checkpoint}")
+    return models.resolve(
+        ckpt["state_dict"],
+        ckpt.get("model"),
+        args.model,
+        args.N,
+        args.M,
+        f"--checkpoint {args.checkpoint}",
+    )
 
 
 def validate(args: argparse.Namespace) -> None:
     args.patch_size = patch_size(list(args.patch_size))
     if not (args.lmbda > 0 and math.isfinite(args.lmbda)):
-        raise UsageError(f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)")
+        raise UsageError(
+            f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)"
+        )
     for flag, value in (
         ("--batch-size", args.batch_size),
         ("--test-batch-size", args.test_batch_size),
@@ -201,12 +379,20 @@ def validate(args: argparse.Namespace) -> None:
         try:
             args.crops_per_image = int(args.crops_per_image)
         except ValueError:
-            raise UsageError(f"--crops-per-image {args.crops_per_image}: expected a positive integer or auto") from None
+            raise UsageError(
+                f"--crops-per-image {args.crops_per_image}: expected a positive integer or auto"
+            ) from None
         if args.crops_per_image <= 0:
-            raise UsageError(f"--crops-per-image {args.crops_per_image}: must be positive (or auto)")
+            raise UsageError(
+                f"--crops-per-image {args.crops_per_image}: must be positive (or auto)"
+            )
     if args.lr_milestones is not None:
-        if any(m <= 0 for m in args.lr_milestones) or list(args.lr_milestones) != sorted(set(args.lr_milestones)):
-            raise UsageError(f"--lr-milestones {' '.join(map(str, args.lr_milestones))}: must be increasing positive step numbers")
+        if any(m <= 0 for m in args.lr_milestones) or list(args.lr_milestones) != sorted(
+            set(args.lr_milestones)
+        ):
+            raise UsageError(
+                f"--lr-milestones {' '.join(map(str, args.lr_milestones))}: must be increasing positive step numbers"
+            )
         if not (0 < args.lr_gamma and math.isfinite(args.lr_gamma)):
             raise UsageError(f"--lr-gamma {args.lr_gamma}: must be > 0")
     if args.steps is not None and args.steps <= 0:
@@ -214,18 +400,27 @@ def validate(args: argparse.Namespace) -> None:
     if min(args.patch_size) <= 0:
         raise UsageError(f"--patch-size {args.patch_size}: must be positive")
     if args.metric == "ms-ssim" and min(args.patch_size) <= 160:
-        raise UsageError(f"--metric ms-ssim needs patches larger than 160 pixels (five scales); got --patch-size {args.patch_size[0]} {args.patch_size[1]}")
-    for flag, rate in (("-lr/--learning-rate", args.learning_rate), ("--aux-learning-rate", args.aux_learning_rate)):
+        raise UsageError(
+            f"--metric ms-ssim needs patches larger than 160 pixels (five scales); got --patch-size {args.patch_size[0]} {args.patch_size[1]}"
+        )
+    for flag, rate in (
+        ("-lr/--learning-rate", args.learning_rate),
+        ("--aux-learning-rate", args.aux_learning_rate),
+    ):
         if rate <= 0:
             raise UsageError(f"{flag} {rate:g}: must be > 0 (e.g. 1e-4)")
     if not (0.0 <= args.momentum < 1.0):
         raise UsageError(f"--momentum {args.momentum}: must lie in [0, 1)")
     if args.momentum and args.optimizer != "sgd":
-        raise UsageError(f"--momentum is SGD's; pass --optimizer sgd (or drop --momentum with --optimizer {args.optimizer})")
+        raise UsageError(
+            f"--momentum is SGD's; pass --optimizer sgd (or drop --momentum with --optimizer {args.optimizer})"
+        )
     if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
         raise UsageError(f"--ema {args.ema}: a decay in (0, 1), e.g. 0.999, or 0 for none")
     if args.keep_optimizer and not args.finetune:
-        raise UsageError("--keep-optimizer goes with --finetune (a resumed run always keeps its optimiser state)")
+        raise UsageError(
+            "--keep-optimizer goes with --finetune (a resumed run always keeps its optimiser state)"
+        )
     if args.num_workers < 0:
         raise UsageError(f"-n/--num-workers {args.num_workers}: must be >= 0")
     if args.cuda and not torch.cuda.is_available():
@@ -238,17 +433,25 @@ def prepare_out(out: Path, resuming: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create it ({exc.strerror}); pass a writable folder") from None
+        raise UsageError(
+            f"--out {out}: cannot create it ({exc.strerror}); pass a writable folder"
+        ) from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out}: not writable; pass a writable folder")
     if not resuming and (out / checkpoint.LAST).exists():
-        raise UsageError(f"--out {out}: already holds a run; resume it with --checkpoint {out / checkpoint.LAST} or choose another --out")
+        raise UsageError(
+            f"--out {out}: already holds a run; resume it with --checkpoint {out / checkpoint.LAST} or choose another --out"
+        )
     checkpoint.remove_stale_temporaries(out)  # left by a run killed while saving
 
 
 # --------------------------------------------------------------------------- state
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -312,7 +515,9 @@ class StepMeter:
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         if args.finetune and args.checkpoint is None and args.pretrained is None:
-            raise UsageError("--finetune needs --checkpoint or --pretrained (the pre-trained model to start from)")
+            raise UsageError(
+                "--finetune needs --checkpoint or --pretrained (the pre-trained model to start from)"
+            )
         ckpt = apply_checkpoint_defaults(args)
         validate(args)
         self.args = args
@@ -327,37 +532,57 @@ class Trainer:
         patch = tuple(args.patch_size)
         pictures = data.resolve(args.dataset, "train", args.seed)
         self.train_set = data.PatchDataset(pictures, patch, args.seed)  # type: ignore[arg-type]
-        crops = data.auto_crops_per_image(self.train_set.images) if args.crops_per_image == "auto" else args.crops_per_image
+        crops = (
+            data.auto_crops_per_image(self.train_set.images)
+            if args.crops_per_image == "auto"
+            else args.crops_per_image
+        )
         self.train_set.crops_per_image = crops
-        self.test_batches = data.test_batches(data.resolve(args.dataset, "test", args.seed), patch, args.test_batch_size)  # type: ignore[arg-type]
+        self.test_batches = data.test_batches(
+            data.resolve(args.dataset, "test", args.seed), patch, args.test_batch_size
+        )  # type: ignore[arg-type]
         if len(self.train_set) < args.batch_size * self.world:
-            what = f"--batch-size {args.batch_size}" + (f" × {self.world} processes" if self.world > 1 else "")
+            what = f"--batch-size {args.batch_size}" + (
+                f" × {self.world} processes" if self.world > 1 else ""
+            )
             raise UsageError(
                 f"{what}: more than the {len(self.train_set)} crops of an epoch ({self.train_set.images} usable training images × {crops}); "
                 f"raise --crops-per-image or lower --batch-size"
             )
-        self.sampler = data.EpochSampler(len(self.train_set), args.batch_size, args.seed, self.rank, self.world)
+        self.sampler = data.EpochSampler(
+            len(self.train_set), args.batch_size, args.seed, self.rank, self.world
+        )
         self.net = models.build(self.spec)
         factor = int(getattr(self.net, "downsampling_factor", 1))
         if any(side % factor for side in patch):
             k = max(factor, patch[0] // factor * factor)
-            raise UsageError(f"--patch-size {patch[0]} {patch[1]}: {self.spec.name} downsamples by {factor}; use multiples of {factor}, e.g. --patch-size {k} {k}")
+            raise UsageError(
+                f"--patch-size {patch[0]} {patch[1]}: {self.spec.name} downsamples by {factor}; use multiples of {factor}, e.g. --patch-size {k} {k}"
+            )
         self.net = self.net.to(self.device)
         if args.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
-        self.optimizer = optim.build(args.optimizer, self.main_params, args.learning_rate, args.momentum)
+        self.optimizer = optim.build(
+            args.optimizer, self.main_params, args.learning_rate, args.momentum
+        )
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
         try:
-            self.balancer.bind_optimizer(self.optimizer)  # QPBalancer(metric="adam") reads Adam's preconditioner
+            self.balancer.bind_optimizer(
+                self.optimizer
+            )  # QPBalancer(metric="adam") reads Adam's preconditioner
         except ValueError as exc:
-            raise UsageError(f"--balancer-opt: {exc}; use --optimizer adam or cautious-adam") from None
+            raise UsageError(
+                f"--balancer-opt: {exc}; use --optimizer adam or cautious-adam"
+            ) from None
         self.ema = optim.WeightEMA(self.net, args.ema) if args.ema else None
         self.scheduler: Any
         if args.lr_milestones is None:  # CompressAI's: on the test loss, at each test
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
         else:  # stepped after every optimiser step, so that its count is the step number
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, args.lr_milestones, args.lr_gamma)
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, args.lr_milestones, args.lr_gamma
+            )
         self.step, self.epoch, self.best = 0, 0, math.inf
         self.last_test_loss: float | None = None
         self.skipped_steps = self.consecutive_skips = 0
@@ -378,18 +603,27 @@ class Trainer:
         try:
             self.net.load_state_dict(weights)
         except RuntimeError:
-            raise UsageError(f"--checkpoint {path}: its weights do not fit {self.spec.name} (N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M") from None
+            raise UsageError(
+                f"--checkpoint {path}: its weights do not fit {self.spec.name} (N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M"
+            ) from None
         if self.args.finetune and not self.args.keep_optimizer:
             return
         saved_optimizer = ckpt.get("optimizer_kind", "adam")
         if "optimizer" not in ckpt or checkpoint.kind(ckpt) != "moo-opt":
-            raise UsageError(f"--checkpoint {path}: holds no optimiser state of plugins.lic.train; drop --keep-optimizer")
+            raise UsageError(
+                f"--checkpoint {path}: holds no optimiser state of plugins.lic.train; drop --keep-optimizer"
+            )
         if saved_optimizer != self.args.optimizer:
-            raise UsageError(f"--checkpoint {path}: its optimiser is {saved_optimizer}; pass --optimizer {saved_optimizer}")
+            raise UsageError(
+                f"--checkpoint {path}: its optimiser is {saved_optimizer}; pass --optimizer {saved_optimizer}"
+            )
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         if self.args.finetune:  # the moments carry over; the learning rates are this run's
-            for opt, lr in ((self.optimizer, self.args.learning_rate), (self.aux_optimizer, self.args.aux_learning_rate)):
+            for opt, lr in (
+                (self.optimizer, self.args.learning_rate),
+                (self.aux_optimizer, self.args.aux_learning_rate),
+            ):
                 for group in opt.param_groups:
                     group["lr"] = lr
                     if "initial_lr" in group:
@@ -402,12 +636,20 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         saved_kind = ckpt.get("lr_scheduler_kind", "ReduceLROnPlateau")
         if saved_kind != type(self.scheduler).__name__:
-            flag = "without --lr-milestones" if saved_kind == "ReduceLROnPlateau" else "with its --lr-milestones"
-            raise UsageError(f"--checkpoint {path}: was trained with the {saved_kind} learning-rate schedule; resume {flag}")
+            flag = (
+                "without --lr-milestones"
+                if saved_kind == "ReduceLROnPlateau"
+                else "with its --lr-milestones"
+            )
+            raise UsageError(
+                f"--checkpoint {path}: was trained with the {saved_kind} learning-rate schedule; resume {flag}"
+            )
         self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         if "balancer" in ckpt:
             if ckpt["balancer"].get("balancer") != self.balancer.name:
-                raise UsageError(f"--checkpoint {path}: was trained with --balancer {ckpt['balancer'].get('balancer')}; resume with it, or use --finetune")
+                raise UsageError(
+                    f"--checkpoint {path}: was trained with --balancer {ckpt['balancer'].get('balancer')}; resume with it, or use --finetune"
+                )
             self.balancer.load_state_dict(ckpt["balancer"])
         self.step, self.epoch = int(ckpt.get("step", 0)), int(ckpt.get("epoch", 0))
         self.best = float(ckpt.get("best_loss", math.inf))
@@ -448,7 +690,14 @@ class Trainer:
                 self.ema.update()
 
         max_norm = self.args.clip_max_norm if self.args.clip_max_norm > 0 else None
-        info = moo_opt.balanced_step(self.balancer, self.optimizer, losses, self.main_params, max_norm=max_norm, after_step=after_step)
+        info = moo_opt.balanced_step(
+            self.balancer,
+            self.optimizer,
+            losses,
+            self.main_params,
+            max_norm=max_norm,
+            after_step=after_step,
+        )
         aux = auxiliary[0] if auxiliary else self.net.aux_loss().detach()
         self._count(info.skipped)
         return info, first[0], aux, info.skipped
@@ -461,7 +710,11 @@ class Trainer:
         self.consecutive_skips += 1
         if self.consecutive_skips >= self.args.max_skips:
             last = self.args.out / checkpoint.LAST
-            where = f"the last good checkpoint is {last} (resume with --checkpoint {last})" if last.exists() else "no checkpoint was written yet"
+            where = (
+                f"the last good checkpoint is {last} (resume with --checkpoint {last})"
+                if last.exists()
+                else "no checkpoint was written yet"
+            )
             raise TrainingStopped(
                 f"stopped at step {self.step + 1}: {self.consecutive_skips} consecutive steps had a NaN or Inf loss or gradient; "
                 f"{where}; lower -lr/--learning-rate or check the data"
@@ -498,7 +751,9 @@ class Trainer:
         """Write ``checkpoint.pth.tar`` (``last``) and/or ``checkpoint_best.pth.tar`` (``best``)
         with the whole training state at this step; ``loss`` is the latest test loss."""
         extra: dict[str, Any] = {}
-        if self.ema is not None:  # the model is the EMA's; the raw weights and the average resume the run
+        if (
+            self.ema is not None
+        ):  # the model is the EMA's; the raw weights and the average resume the run
             with self.ema.applied():
                 model = {k: v.clone() for k, v in self.net.state_dict().items()}
             extra = {"raw_state_dict": self.net.state_dict(), "ema": self.ema.state_dict()}
@@ -534,7 +789,10 @@ class Trainer:
         log = RunLog(self.args.out) if main_process else None
         bar = self._progress_bar() if main_process else None
         if self.train_set.skipped and main_process:
-            print(f"note: {self.train_set.skipped} training images smaller than --patch-size were skipped", file=sys.stderr)
+            print(
+                f"note: {self.train_set.skipped} training images smaller than --patch-size were skipped",
+                file=sys.stderr,
+            )
         meter = StepMeter()
         result: dict[str, float] = {}
         while self.step < self.total:
@@ -550,7 +808,13 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total, initial=self.step, desc=f"{self.spec.name} {self.balancer.name}", unit="step", dynamic_ncols=True)
+        return tqdm(
+            total=self.total,
+            initial=self.step,
+            desc=f"{self.spec.name} {self.balancer.name}",
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     def _loader(self) -> DataLoader:
         """The training batches of the current epoch, from the step the run is at."""
@@ -568,7 +832,9 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.args.seed + self.epoch),
         )
 
-    def train_epoch(self, meter: StepMeter, log: RunLog | None, bar: Any) -> dict[str, float] | None:
+    def train_epoch(
+        self, meter: StepMeter, log: RunLog | None, bar: Any
+    ) -> dict[str, float] | None:
         """The rest of the current epoch (or of the budget): a step per batch, logged every
         ``--log-every`` steps; the test and the checkpoints when due. Returns the last test, if any."""
         result = None
@@ -577,11 +843,18 @@ class Trainer:
             info, rd, aux, skipped = self.train_step(x.to(self.device))
             self.step += 1
             meter.add(time.perf_counter() - t0, info.losses, skipped)
-            if (self.step % self.args.log_every == 0 or self.step == self.total) and log is not None:
+            if (
+                self.step % self.args.log_every == 0 or self.step == self.total
+            ) and log is not None:
                 record = self._record(info, rd, aux, meter.speed, meter.take_time())
                 log.write(record)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}", w_d=f"{record['weight/distortion']:.3f}")
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.3f}",
+                        bpp=f"{record['bpp']:.3f}",
+                        psnr=f"{record['psnr']:.2f}",
+                        w_d=f"{record['weight/distortion']:.3f}",
+                    )
             elif self.step % self.args.log_every == 0 or self.step == self.total:
                 meter.take_time()
             if bar is not None:
@@ -598,8 +871,14 @@ class Trainer:
         or when the test improved. Returns the test, if one ran."""
         args = self.args
         end = self.step >= self.total
-        due_test = end or (self.step % self.steps_per_epoch == 0 if args.test_every is None else self.step % args.test_every == 0)
-        due_save = end or (due_test if args.save_every is None else self.step % args.save_every == 0)
+        due_test = end or (
+            self.step % self.steps_per_epoch == 0
+            if args.test_every is None
+            else self.step % args.test_every == 0
+        )
+        due_save = end or (
+            due_test if args.save_every is None else self.step % args.save_every == 0
+        )
         result, improved = None, False
         if due_test:
             result = self.test()
@@ -609,13 +888,33 @@ class Trainer:
             if self.plateau:
                 self.scheduler.step(result["loss"])
             if log is not None:
-                log.write({"step": self.step, "epoch": self.epoch, "test/loss": result["loss"], "test/bpp": result["rate"], "test/psnr": result["psnr"], "test/distortion": result["distortion"]})
+                log.write(
+                    {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "test/loss": result["loss"],
+                        "test/bpp": result["rate"],
+                        "test/psnr": result["psnr"],
+                        "test/distortion": result["distortion"],
+                    }
+                )
         if self.rank == 0 and (due_save or improved):
             self.save(last=due_save, best=improved)
         return result
 
-    def _record(self, info: moo_opt.BalanceInfo, rd: Any, aux: torch.Tensor, speed: torch.Tensor | None, step_time: float) -> dict[str, Any]:
-        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+    def _record(
+        self,
+        info: moo_opt.BalanceInfo,
+        rd: Any,
+        aux: torch.Tensor,
+        speed: torch.Tensor | None,
+        step_time: float,
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         values = info.as_dict(names=OBJECTIVES)
         mse = float(rd.mse.detach())
         record.update(
@@ -629,7 +928,9 @@ class Trainer:
             }
         )
         record.update(values)
-        record.update({"skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips})
+        record.update(
+            {"skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips}
+        )
         if speed is not None:
             record.update({f"speed/{name}": v for name, v in zip(OBJECTIVES, speed.tolist())})
         return record

@@ -50,7 +50,10 @@ def test_qp_two_objectives_closed_form_by_hand() -> None:
     p = toy_problem()
     losses = p.losses()
     values = torch.stack([l.detach() for l in losses])
-    g = [torch.cat([t.reshape(-1) for t in torch.autograd.grad(l, p.shared(), retain_graph=True)]) for l in losses]
+    g = [
+        torch.cat([t.reshape(-1) for t in torch.autograd.grad(l, p.shared(), retain_graph=True)])
+        for l in losses
+    ]
     c = 1.0
     g1, g2 = g[0] / (values[0] + c), g[1] / (values[1] + c)
     z1 = (g2 @ g2 - g1 @ g2) / ((g1 - g2) @ (g1 - g2))
@@ -119,9 +122,17 @@ def test_mgda_weights_by_hand(normalization: str) -> None:
     p = toy_problem()
     losses = p.losses()
     values = torch.stack([l.detach() for l in losses])
-    g = [torch.cat([t.reshape(-1) for t in torch.autograd.grad(l, p.shared(), retain_graph=True)]) for l in losses]
+    g = [
+        torch.cat([t.reshape(-1) for t in torch.autograd.grad(l, p.shared(), retain_graph=True)])
+        for l in losses
+    ]
     norms = torch.stack([x.norm() for x in g])
-    n = {"none": torch.ones(2, dtype=torch.float64), "l2": norms, "loss": values, "loss+": values * norms}[normalization]
+    n = {
+        "none": torch.ones(2, dtype=torch.float64),
+        "l2": norms,
+        "loss": values,
+        "loss+": values * norms,
+    }[normalization]
     h1, h2 = g[0] / n[0], g[1] / n[1]
     a1 = ((h2 @ h2 - h1 @ h2) / ((h1 - h2) @ (h1 - h2))).clamp(0, 1)
     expected = torch.stack([a1, 1 - a1]) / n
@@ -151,7 +162,9 @@ def test_logit_gradient_by_hand() -> None:
 def test_two_objective_logit_gradients_are_opposite_without_gamma() -> None:
     b = CoarseToFineBalancer(2, gamma=0.0)
     b.logits = torch.tensor([0.7, -0.2], dtype=torch.float64)
-    g = b.logit_gradient(torch.tensor([2.0, 1.0], dtype=torch.float64), torch.tensor([1.5, 0.9], dtype=torch.float64))
+    g = b.logit_gradient(
+        torch.tensor([2.0, 1.0], dtype=torch.float64), torch.tensor([1.5, 0.9], dtype=torch.float64)
+    )
     assert float(g[0]) == pytest.approx(-float(g[1]), rel=1e-14)
 
 
@@ -160,7 +173,9 @@ def test_equal_improvements_leave_only_the_gamma_decay() -> None:
     b.logits = torch.tensor([0.5, -0.2, 0.1], dtype=torch.float64)
     before = torch.tensor([3.0, 1.0, 0.2], dtype=torch.float64)
     after = (before + 1) * math.exp(-0.05) - 1  # every log(L + 1) drops by 0.05
-    torch.testing.assert_close(b.logit_gradient(before, after), 0.001 * b.logits, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        b.logit_gradient(before, after), 0.001 * b.logits, rtol=1e-12, atol=1e-15
+    )
 
 
 def test_adam_step_matches_torch_optim_adam_with_weight_decay() -> None:
@@ -273,7 +288,11 @@ def test_skip_leaves_parameters_grads_and_state_untouched(name: str) -> None:
     opt = torch.optim.Adam(p.all_parameters(), lr=1e-2)
     for _ in range(3):
         balanced_step(b, opt, p.losses, p.shared())
-    state, params, opt_state = b.state_dict(), p.snapshot(), {k: v for k, v in opt.state_dict().items()}
+    state, params, opt_state = (
+        b.state_dict(),
+        p.snapshot(),
+        {k: v for k, v in opt.state_dict().items()},
+    )
     for q in p.all_parameters():
         q.grad = torch.full_like(q, 0.25)
     losses = p.losses()
@@ -315,7 +334,9 @@ def test_invalid_options_name_the_option() -> None:
 def test_registry_names_and_errors() -> None:
     assert set(available()) >= {"fixed", "coarse-to-fine", "qp", "mgda"}
     assert isinstance(create("qp", 3, offsets=0.5), QPBalancer)
-    with pytest.raises(ValueError, match=f"unknown balancer 'pcgrad-typo'; available: {', '.join(available())}$"):
+    with pytest.raises(
+        ValueError, match=f"unknown balancer 'pcgrad-typo'; available: {', '.join(available())}$"
+    ):
         create("pcgrad-typo")
     with pytest.raises(ValueError, match=r"unknown option\(s\) lr .*valid: offsets, beta"):
         create("coarse-to-fine", 2, lr=0.1)

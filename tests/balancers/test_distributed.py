@@ -23,7 +23,9 @@ def run(name: str, rank: int, world: int) -> tuple[list[torch.Tensor], list[torc
     p.targets = [t[rank * share : (rank + 1) * share] for t in p.targets]
     balancer = create(name, 2)
     opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
-    weights = [balanced_step(balancer, opt, p.losses, p.shared()).weights.clone() for _ in range(STEPS)]
+    weights = [
+        balanced_step(balancer, opt, p.losses, p.shared()).weights.clone() for _ in range(STEPS)
+    ]
     return weights, p.snapshot()
 
 
@@ -45,7 +47,9 @@ def two_process_results(tmp_path_factory) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_two_processes_equal_one_process_on_the_whole_batch(two_process_results: list[dict], name: str) -> None:
+def test_two_processes_equal_one_process_on_the_whole_batch(
+    two_process_results: list[dict], name: str
+) -> None:
     single_weights, single_params = run(name, rank=0, world=1)
     for rank_results in two_process_results:
         weights, params = rank_results[name]

@@ -16,7 +16,9 @@ def test_gramian_with_a_metric_is_gt_p_g() -> None:
     metric = [torch.rand_like(q) for q in grads.params]
     g = grads.matrix()
     flat = torch.cat([m.reshape(-1) for m in metric])
-    torch.testing.assert_close(grads.gramian(metric), g.T @ (flat[:, None] * g), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        grads.gramian(metric), g.T @ (flat[:, None] * g), rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(ValueError, match="one tensor per parameter"):
         grads.gramian(metric[:1])
 
@@ -24,7 +26,9 @@ def test_gramian_with_a_metric_is_gt_p_g() -> None:
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adam_metric_is_adams_preconditioner(amsgrad: bool) -> None:
     p = toy_problem()
-    opt = torch.optim.Adam(p.all_parameters(), lr=1e-3, betas=(0.8, 0.95), eps=1e-6, amsgrad=amsgrad)
+    opt = torch.optim.Adam(
+        p.all_parameters(), lr=1e-3, betas=(0.8, 0.95), eps=1e-6, amsgrad=amsgrad
+    )
     assert adam_metric(opt, p.shared()) is None  # no second moment before the first step
     for _ in range(3):
         opt.zero_grad()

@@ -15,7 +15,9 @@ class PrivateScale(Balancer):
 
     name = "test-private-scale"
 
-    def __init__(self, num_objectives: int, *, scale: float = 2.0, nonfinite: str = "raise") -> None:
+    def __init__(
+        self, num_objectives: int, *, scale: float = 2.0, nonfinite: str = "raise"
+    ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
         self._factor = torch.tensor(float(scale))
 
@@ -61,7 +63,13 @@ def test_a_state_of_the_earlier_format_loads() -> None:
               "nonfinite": "skip"}, "state": {"calls": 3, "last_z": torch.tensor([0.4, 0.6], dtype=torch.float64)}, "skips": 1}  # fmt: skip
     b = QPBalancer(2)
     b.load_state_dict(old_qp)
-    assert b.trust_radius == 0.1 and b.nonfinite == "skip" and b.calls == 3 and b.skips == 1 and b.state_dict()["options"] == old_qp["options"]
+    assert (
+        b.trust_radius == 0.1
+        and b.nonfinite == "skip"
+        and b.calls == 3
+        and b.skips == 1
+        and b.state_dict()["options"] == old_qp["options"]
+    )
     old_famo = {"balancer": "famo", "options": {"num_objectives": 2, "offsets": (1e-8, 1e-8), "beta": 0.025, "gamma": 0.01, "renormalize": True,
                 "mode": "same_batch", "update_every": 1, "betas": (0.9, 0.999), "eps": 1e-8, "nonfinite": "raise"}, "state": {}, "skips": 0}  # fmt: skip
     f = FAMOBalancer(2)

@@ -26,7 +26,9 @@ problems = st.builds(
 
 def make(spec: dict):
     n = spec["num_objectives"]
-    return toy_problem(seed=spec["seed"], num_objectives=n, width=spec["width"], scales=spec["scales"][:n])
+    return toy_problem(
+        seed=spec["seed"], num_objectives=n, width=spec["width"], scales=spec["scales"][:n]
+    )
 
 
 @settings(max_examples=50)
@@ -39,7 +41,9 @@ def test_applied_direction_is_g_times_returned_weights(name: str, spec: dict) ->
     info = create(name, n).backward(p.losses(), p.shared())
     applied = torch.cat([q.grad.reshape(-1) for q in p.shared()])
     expected = g @ info.weights.to(g.dtype)
-    torch.testing.assert_close(applied, expected, rtol=1e-9, atol=1e-12 * float(g.abs().max()) + 1e-300)
+    torch.testing.assert_close(
+        applied, expected, rtol=1e-9, atol=1e-12 * float(g.abs().max()) + 1e-300
+    )
 
 
 def _save_load(obj: dict) -> dict:
@@ -52,7 +56,9 @@ def _save_load(obj: dict) -> dict:
 @settings(max_examples=25)
 @pytest.mark.parametrize("name", NAMES)
 @given(spec=problems, k=st.integers(1, 6), m=st.integers(1, 6))
-def test_state_round_trip_gives_bit_identical_weights(name: str, spec: dict, k: int, m: int) -> None:
+def test_state_round_trip_gives_bit_identical_weights(
+    name: str, spec: dict, k: int, m: int
+) -> None:
     n = spec["num_objectives"]
     options = {"beta": 0.05, "gamma": 0.002} if name == "coarse-to-fine" else {}
     p = make(spec)
@@ -60,8 +66,16 @@ def test_state_round_trip_gives_bit_identical_weights(name: str, spec: dict, k: 
     opt = torch.optim.Adam(p.all_parameters(), lr=1e-2)
     for _ in range(k):
         balanced_step(b, opt, p.losses, p.shared(), max_norm=1.0)
-    saved = _save_load({"model": [t.clone() for t in p.snapshot()], "opt": opt.state_dict(), "balancer": b.state_dict()})
-    uninterrupted = [balanced_step(b, opt, p.losses, p.shared(), max_norm=1.0).weights for _ in range(m)]
+    saved = _save_load(
+        {
+            "model": [t.clone() for t in p.snapshot()],
+            "opt": opt.state_dict(),
+            "balancer": b.state_dict(),
+        }
+    )
+    uninterrupted = [
+        balanced_step(b, opt, p.losses, p.shared(), max_norm=1.0).weights for _ in range(m)
+    ]
 
     q = make(spec)
     with torch.no_grad():
@@ -72,7 +86,9 @@ def test_state_round_trip_gives_bit_identical_weights(name: str, spec: dict, k: 
     b2 = create(name, n)  # default options: the state dict restores the saved ones
     b2.load_state_dict(saved["balancer"])
     assert b2.state_dict()["options"] == b.state_dict()["options"]
-    resumed = [balanced_step(b2, opt2, q.losses, q.shared(), max_norm=1.0).weights for _ in range(m)]
+    resumed = [
+        balanced_step(b2, opt2, q.losses, q.shared(), max_norm=1.0).weights for _ in range(m)
+    ]
     for a, c in zip(uninterrupted, resumed):
         assert torch.equal(a, c), (a, c)
 

@@ -24,7 +24,9 @@ def test_reach_and_the_shared_gramian() -> None:
     torch.testing.assert_close(grads.gramian(shared_only=True), expected, rtol=1e-12, atol=0)
     full = grads.gramian()
     head = [sum((g * g).sum() for g in grads.grads[i][n_trunk:] if g is not None) for i in range(2)]
-    torch.testing.assert_close(full, expected + torch.diag(torch.stack(head)), rtol=1e-12, atol=0)  # the heads add only to the diagonal
+    torch.testing.assert_close(
+        full, expected + torch.diag(torch.stack(head)), rtol=1e-12, atol=0
+    )  # the heads add only to the diagonal
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -36,7 +38,9 @@ def test_qp_balances_the_trunk_and_gives_each_head_its_own_gradient(seed: int) -
     info = QPBalancer(2, shared_only=True).backward(losses, prob.all_parameters())
     values = torch.stack([loss.detach() for loss in losses])
     scale = values + 1.0
-    result = solve_equality_qp(reference.gramian(shared_only=True) / (scale[:, None] * scale[None, :]))
+    result = solve_equality_qp(
+        reference.gramian(shared_only=True) / (scale[:, None] * scale[None, :])
+    )
     coeff = result.weights / scale
     torch.testing.assert_close(info.weights, coeff / coeff.sum(), rtol=1e-10, atol=0)
     grads = prob.grads()
@@ -48,7 +52,10 @@ def test_qp_balances_the_trunk_and_gives_each_head_its_own_gradient(seed: int) -
         torch.testing.assert_close(grads[k], reference.grads[i][k], rtol=0, atol=0)
     # the balance condition holds on the trunk: equal first-order decrease of both log-losses
     d = torch.cat([grads[k].reshape(-1) for k in range(trunk_n)])
-    speed = [torch.cat([g.reshape(-1) for g in reference.grads[i][:trunk_n]]) @ d / scale[i] for i in range(2)]
+    speed = [
+        torch.cat([g.reshape(-1) for g in reference.grads[i][:trunk_n]]) @ d / scale[i]
+        for i in range(2)
+    ]
     torch.testing.assert_close(speed[0], speed[1], rtol=1e-8, atol=1e-14)
 
 

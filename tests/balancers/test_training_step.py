@@ -30,7 +30,9 @@ def test_a_non_finite_gradient_skips_the_step_and_restores_the_state(name: str) 
     before = [p.detach().clone() for p in params]
     state = balancer.state_dict()
     hooked = []
-    info = balanced_step(balancer, opt, losses, params, max_norm=1.0, after_step=lambda: hooked.append(1))
+    info = balanced_step(
+        balancer, opt, losses, params, max_norm=1.0, after_step=lambda: hooked.append(1)
+    )
     assert info.skipped and not hooked and opt.state == {} and all(p.grad is None for p in params)
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     assert repr(balancer.state_dict()) == repr(state)
@@ -38,10 +40,14 @@ def test_a_non_finite_gradient_skips_the_step_and_restores_the_state(name: str) 
 
 def test_a_non_finite_gradient_raises_under_raise_and_passes_unchecked() -> None:
     _, params, losses = problem(poisoned=True)
-    with pytest.raises(NonFiniteLossError, match="gradient norm is nan although the losses are finite"):
+    with pytest.raises(
+        NonFiniteLossError, match="gradient norm is nan although the losses are finite"
+    ):
         balanced_step(create("fixed", 2), torch.optim.SGD(params, lr=0.1), losses, params)
     _, params, losses = problem(poisoned=True)
-    balanced_step(create("fixed", 2, nonfinite="unchecked"), torch.optim.SGD(params, lr=0.1), losses, params)
+    balanced_step(
+        create("fixed", 2, nonfinite="unchecked"), torch.optim.SGD(params, lr=0.1), losses, params
+    )
     assert torch.isnan(params[0]).all()  # "unchecked" reads nothing back: the caller's choice
 
 
@@ -56,5 +62,11 @@ def test_after_step_runs_between_the_step_and_the_amortised_update() -> None:
         return original(new_losses)
 
     balancer.update = update  # type: ignore[method-assign]
-    balanced_step(balancer, torch.optim.SGD(params, lr=0.1), losses, params, after_step=lambda: order.append("after_step"))
+    balanced_step(
+        balancer,
+        torch.optim.SGD(params, lr=0.1),
+        losses,
+        params,
+        after_step=lambda: order.append("after_step"),
+    )
     assert order == ["after_step", "update"]

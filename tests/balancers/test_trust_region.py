@@ -23,7 +23,9 @@ def test_the_coefficients_stay_in_the_region_on_the_segment(seed: int, radius: f
     assert float((c - std).abs().max()) <= radius + 1e-12
     t = float(info.extras["trust_scale"])
     assert 0.0 <= t <= 1.0
-    torch.testing.assert_close(c, std + t * (c_free.to(c.dtype) - std), rtol=1e-12, atol=1e-12)  # on the segment
+    torch.testing.assert_close(
+        c, std + t * (c_free.to(c.dtype) - std), rtol=1e-12, atol=1e-12
+    )  # on the segment
     if float((c_free - std).abs().max()) <= radius:
         assert t == 1.0  # inside: the QP's own coefficients
         torch.testing.assert_close(c, c_free.to(c.dtype), rtol=0, atol=0)
@@ -61,7 +63,10 @@ def _grads(prob) -> list[list[torch.Tensor]]:  # type: ignore[no-untyped-def]
 
     params = prob.all_parameters()
     grads = objective_gradients(prob.losses(), params).grads
-    return [[torch.zeros_like(p) if g is None else g for g, p in zip(row, params, strict=True)] for row in grads]
+    return [
+        [torch.zeros_like(p) if g is None else g for g, p in zip(row, params, strict=True)]
+        for row in grads
+    ]
 
 
 def test_gradient_ema_weights_are_the_qp_of_the_averaged_gradients() -> None:
@@ -78,7 +83,14 @@ def test_gradient_ema_weights_are_the_qp_of_the_averaged_gradients() -> None:
         ref = toy_problem(seed=10 + step, scales=[1.0, 20.0])
         g = _grads(ref)
         values = torch.stack([loss.detach() for loss in ref.losses()])
-        avg = [[(1 - beta) * t for t in row] for row in g] if avg is None else [[beta * a + (1 - beta) * t for a, t in zip(ra, rg, strict=True)] for ra, rg in zip(avg, g, strict=True)]
+        avg = (
+            [[(1 - beta) * t for t in row] for row in g]
+            if avg is None
+            else [
+                [beta * a + (1 - beta) * t for a, t in zip(ra, rg, strict=True)]
+                for ra, rg in zip(avg, g, strict=True)
+            ]
+        )
         avg_loss = beta * avg_loss + (1 - beta) * values
         info = bal.backward(prob.losses(), prob.all_parameters())
     assert avg is not None
@@ -91,7 +103,9 @@ def test_gradient_ema_weights_are_the_qp_of_the_averaged_gradients() -> None:
     torch.testing.assert_close(info.weights, coeff / coeff.sum(), rtol=1e-9, atol=1e-12)
     grads = prob.grads()  # the step itself: this batch's gradients with those weights
     for k, gk in enumerate(grads):
-        torch.testing.assert_close(gk, sum(info.weights[i] * g[i][k] for i in range(2)), rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(
+            gk, sum(info.weights[i] * g[i][k] for i in range(2)), rtol=1e-10, atol=1e-14
+        )
     assert bal.tracked_steps == 3
 
 

@@ -18,7 +18,9 @@ FUNCTIONS = {
     "nash-mtl": lambda q, losses: weightings.nash_mtl_weights(q),
     "cagrad": lambda q, losses: weightings.cagrad_weights(q),
     "aligned-mtl": lambda q, losses: weightings.aligned_mtl_weights(q),
-    "pcgrad": lambda q, losses: weightings.pcgrad_weights(q, generator=torch.Generator().manual_seed(0)),
+    "pcgrad": lambda q, losses: weightings.pcgrad_weights(
+        q, generator=torch.Generator().manual_seed(0)
+    ),
 }
 
 
@@ -45,20 +47,34 @@ def _gramian(*columns: list[float]) -> torch.Tensor:
 
 def test_each_method_keeps_its_promise_on_a_gramian_alone() -> None:
     q = _gramian([1.0, 0.0], [-0.5, 2.0], [0.2, 0.3])
-    w, r = weightings.mgda_weights(q)  # the min-norm point of the hull: on the simplex, no direction shorter
-    assert abs(float(w.sum()) - 1.0) < 1e-12 and bool((w >= 0).all()) and r.status.name in ("OPTIMAL", "DEGENERATE")
+    w, r = weightings.mgda_weights(
+        q
+    )  # the min-norm point of the hull: on the simplex, no direction shorter
+    assert (
+        abs(float(w.sum()) - 1.0) < 1e-12
+        and bool((w >= 0).all())
+        and r.status.name in ("OPTIMAL", "DEGENERATE")
+    )
     w, _ = weightings.imtl_g_weights(q)  # equal projections on the unit gradients
     proj = (q @ w) / q.diagonal().sqrt()
     torch.testing.assert_close(proj, proj.mean().expand(3), rtol=1e-10, atol=1e-12)
     w, _ = weightings.upgrad_weights(q)  # no objective is made worse: g_j · d >= 0
     assert bool((q @ w >= -1e-12).all())
     w, r = weightings.nash_mtl_weights(q[:2, :2])  # α_i (Qα)_i = 1
-    torch.testing.assert_close(w * (q[:2, :2] @ w), torch.ones(2, dtype=torch.float64), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(
+        w * (q[:2, :2] @ w), torch.ones(2, dtype=torch.float64), rtol=1e-8, atol=1e-8
+    )
     w, _ = weightings.pcgrad_weights(_gramian([1.0, 0.0], [0.5, 1.0]))  # no conflict: the plain sum
     assert w.tolist() == [1.0, 1.0]
     extras: dict[str, torch.Tensor] = {}
-    w, r = weightings.qp_weights(q, torch.tensor([3.0, 0.5, 1.0], dtype=torch.float64), trust_radius=0.1, extras=extras)
-    assert abs(float(w.sum()) - 1.0) < 1e-12 and float((w - 1 / 3).abs().max()) <= 0.1 + 1e-12 and set(extras) == {"z", "renormalized_by_abs", "trust_scale"}
+    w, r = weightings.qp_weights(
+        q, torch.tensor([3.0, 0.5, 1.0], dtype=torch.float64), trust_radius=0.1, extras=extras
+    )
+    assert (
+        abs(float(w.sum()) - 1.0) < 1e-12
+        and float((w - 1 / 3).abs().max()) <= 0.1 + 1e-12
+        and set(extras) == {"z", "renormalized_by_abs", "trust_scale"}
+    )
     torch.testing.assert_close(extras["z"].sum(), torch.tensor(1.0, dtype=torch.float64))
 
 

@@ -22,7 +22,9 @@ def test_imtl_g_two_orthogonal_gradients_by_hand() -> None:
     # g1 = (3, 0), g2 = (0, 1): d = (3α1, α2) projects 3α1 on u1 and α2 on u2; equal with α1+α2 = 1
     theta, losses = _linear_losses([3.0, 0.0], [0.0, 1.0])
     info = IMTLGBalancer(2).backward(losses, [theta])
-    torch.testing.assert_close(info.weights, torch.tensor([0.25, 0.75], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        info.weights, torch.tensor([0.25, 0.75], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     torch.testing.assert_close(theta.grad, torch.tensor([0.75, 0.75], dtype=torch.float64))
     assert info.solve.status is SolveStatus.OPTIMAL
 
@@ -31,7 +33,9 @@ def test_imtl_g_three_gradients_by_hand() -> None:
     # g1 = (1,0,0), g2 = (0,2,0), g3 = (0,0,4): equal projections 1·α1 = 2α2 = 4α3 → α ∝ (4, 2, 1)
     theta, losses = _linear_losses([1.0, 0, 0], [0, 2.0, 0], [0, 0, 4.0])
     info = IMTLGBalancer(3).backward(losses, [theta])
-    torch.testing.assert_close(info.weights, torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64) / 7, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        info.weights, torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64) / 7, rtol=1e-12, atol=0
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -45,7 +49,9 @@ def test_imtl_g_projections_on_unit_gradients_are_equal(seed: int, n: int) -> No
     proj = (g / g.norm(dim=0)).T @ d
     assert float(info.weights.sum()) == pytest.approx(1.0, abs=1e-12)
     if info.solve.status is SolveStatus.OPTIMAL:
-        torch.testing.assert_close(proj, proj.mean().expand(n), rtol=1e-8, atol=1e-12 * float(d.norm()))
+        torch.testing.assert_close(
+            proj, proj.mean().expand(n), rtol=1e-8, atol=1e-12 * float(d.norm())
+        )
 
 
 def test_dwa_weights_follow_the_loss_ratios_of_the_last_two_periods() -> None:
@@ -77,7 +83,9 @@ def test_rlw_draws_softmax_normal_weights_from_its_own_seeded_generator() -> Non
     draws = [b.backward(p.losses(), p.shared()).weights for _ in range(4)]
     gen = torch.Generator().manual_seed(7)
     for w in draws:
-        torch.testing.assert_close(w, torch.softmax(torch.randn(3, generator=gen, dtype=torch.float64), 0), rtol=0, atol=0)
+        torch.testing.assert_close(
+            w, torch.softmax(torch.randn(3, generator=gen, dtype=torch.float64), 0), rtol=0, atol=0
+        )
         assert float(w.sum()) == pytest.approx(1.0, abs=1e-12) and bool((w > 0).all())
     assert not torch.equal(draws[0], draws[1])
     assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG is never drawn from
@@ -123,7 +131,9 @@ def test_uncertainty_weighting_learns_like_torch_adam_on_its_objective() -> None
         s_opt.step()
         torch.testing.assert_close(b.log_variance, s.detach(), rtol=1e-10, atol=1e-14)
     # the larger loss (scale 100) gets the larger variance, i.e. the smaller weight
-    assert float(b.log_variance[1]) > float(b.log_variance[0]) and float(info.weights[1]) < float(info.weights[0])
+    assert float(b.log_variance[1]) > float(b.log_variance[0]) and float(info.weights[1]) < float(
+        info.weights[0]
+    )
     with pytest.raises(ValueError, match="lr"):
         UncertaintyWeighting(2, lr=0.0)
 
@@ -139,7 +149,9 @@ def test_pcgrad_two_conflicting_gradients_by_hand() -> None:
     assert float(info.extras["projections"]) == 2.0
     # no conflict: the plain sum
     theta, losses = _linear_losses([1.0, 0.0], [1.0, 1.0])
-    assert torch.equal(PCGradBalancer(2).backward(losses, [theta]).weights, torch.ones(2, dtype=torch.float64))
+    assert torch.equal(
+        PCGradBalancer(2).backward(losses, [theta]).weights, torch.ones(2, dtype=torch.float64)
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -152,8 +164,13 @@ def test_pcgrad_removes_the_conflicting_component_for_two_objectives(seed: int) 
     g = b.gradients(p.losses(), p.shared()).matrix()
     q = g.T @ g
     w, _ = b.surgery(q)
-    projected = [g[:, 0] - min(0.0, float(q[0, 1])) / float(q[1, 1]) * g[:, 1], g[:, 1] - min(0.0, float(q[0, 1])) / float(q[0, 0]) * g[:, 0]]
-    torch.testing.assert_close(g @ w, projected[0] + projected[1], rtol=1e-10, atol=1e-12 * float(g.abs().max()))
+    projected = [
+        g[:, 0] - min(0.0, float(q[0, 1])) / float(q[1, 1]) * g[:, 1],
+        g[:, 1] - min(0.0, float(q[0, 1])) / float(q[0, 0]) * g[:, 0],
+    ]
+    torch.testing.assert_close(
+        g @ w, projected[0] + projected[1], rtol=1e-10, atol=1e-12 * float(g.abs().max())
+    )
     if float(q[0, 1]) < 0:  # each projected gradient is orthogonal to the other original one
         assert abs(float(projected[0] @ g[:, 1])) <= 1e-9 * float(g.norm()) ** 2
         assert abs(float(projected[1] @ g[:, 0])) <= 1e-9 * float(g.norm()) ** 2
@@ -166,12 +183,18 @@ def test_aligned_mtl_two_orthogonal_gradients_by_hand() -> None:
 
     theta, losses = _linear_losses([2.0, 0.0], [0.0, 1.0])
     info = AlignedMTLBalancer(2).backward(losses, [theta])
-    torch.testing.assert_close(info.weights, torch.tensor([0.25, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
-    torch.testing.assert_close(theta.grad, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        info.weights, torch.tensor([0.25, 0.5], dtype=torch.float64), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        theta.grad, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     assert info.solve.status is SolveStatus.OPTIMAL
     theta, losses = _linear_losses([2.0, 0.0], [0.0, 1.0])
     median = AlignedMTLBalancer(2, scale="rmse", task_weights=[1.0, 1.0]).backward(losses, [theta])
-    torch.testing.assert_close(median.weights, (2.5**0.5) * torch.tensor([0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        median.weights, (2.5**0.5) * torch.tensor([0.5, 1.0], dtype=torch.float64)
+    )
     with pytest.raises(ValueError, match="task_weights"):
         AlignedMTLBalancer(2, task_weights=[1.0])
     with pytest.raises(ValueError, match="scale"):
@@ -179,8 +202,14 @@ def test_aligned_mtl_two_orthogonal_gradients_by_hand() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**16), n=st.integers(2, 5), scale=st.sampled_from(["min", "median", "rmse"]))
-def test_aligned_mtl_aligns_into_orthogonal_equal_norm_components(seed: int, n: int, scale: str) -> None:
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(2, 5),
+    scale=st.sampled_from(["min", "median", "rmse"]),
+)
+def test_aligned_mtl_aligns_into_orthogonal_equal_norm_components(
+    seed: int, n: int, scale: str
+) -> None:
     """Ĝ = G B has ĜᵀĜ = σ²I (condition number 1); the weights are TorchJD's AlignedMTLWeighting's."""
     from torchjd.aggregation import AlignedMTLWeighting
 
@@ -195,15 +224,24 @@ def test_aligned_mtl_aligns_into_orthogonal_equal_norm_components(seed: int, n: 
     aligned = g @ result.weights
     gram = aligned.T @ aligned
     sigma2 = float(gram.diagonal().mean())
-    torch.testing.assert_close(gram, sigma2 * torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12 * result.condition * sigma2)
+    torch.testing.assert_close(
+        gram,
+        sigma2 * torch.eye(n, dtype=torch.float64),
+        rtol=0,
+        atol=1e-12 * result.condition * sigma2,
+    )
     assert result.kkt_residual <= 1e-12 * result.condition and result.status is SolveStatus.OPTIMAL
     lam = torch.linalg.eigvalsh(q)
     expected = {"min": lam.min(), "median": lam.median(), "rmse": lam.mean()}[scale]
-    if scale != "median" or n % 2 == 1:  # torch's median of an even count is the lower middle, numpy's the mean
+    if (
+        scale != "median" or n % 2 == 1
+    ):  # torch's median of an even count is the lower middle, numpy's the mean
         assert sigma2 == pytest.approx(float(expected), rel=1e-8)
     info = b.backward(p.losses(), p.shared())
     if scale != "median":
-        torch.testing.assert_close(info.weights, AlignedMTLWeighting(scale_mode=scale)(q), rtol=1e-7, atol=1e-12)
+        torch.testing.assert_close(
+            info.weights, AlignedMTLWeighting(scale_mode=scale)(q), rtol=1e-7, atol=1e-12
+        )
 
 
 def test_gradnorm_matches_its_update_rule_written_with_autograd_and_torch_adam() -> None:
@@ -221,7 +259,19 @@ def test_gradnorm_matches_its_update_rule_written_with_autograd_and_torch_adam()
         losses = p.losses()
         values = torch.stack([loss.detach() for loss in losses])
         initial = values if initial is None else initial
-        norms = torch.stack([torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(w[i] * losses[i], p.shared(), create_graph=True)]).norm() for i in range(3)])
+        norms = torch.stack(
+            [
+                torch.cat(
+                    [
+                        gr.reshape(-1)
+                        for gr in torch.autograd.grad(
+                            w[i] * losses[i], p.shared(), create_graph=True
+                        )
+                    ]
+                ).norm()
+                for i in range(3)
+            ]
+        )
         ratio = values / initial
         target = (norms.mean() * (ratio / ratio.mean()) ** 1.5).detach()
         expected_weights = w.detach().clone()
@@ -247,8 +297,12 @@ def test_nash_mtl_two_orthogonal_gradients_by_hand() -> None:
 
     theta, losses = _linear_losses([3.0, 0.0], [0.0, 1.0])
     info = NashMTLBalancer(2).backward(losses, [theta])
-    torch.testing.assert_close(info.weights, torch.tensor([1 / 3, 1.0], dtype=torch.float64), rtol=1e-12, atol=0)
-    torch.testing.assert_close(theta.grad, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        info.weights, torch.tensor([1 / 3, 1.0], dtype=torch.float64), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        theta.grad, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     assert info.solve.status is SolveStatus.OPTIMAL
     # the paper's code solves on Q/‖Q‖_F: the same direction, scaled by ‖Q‖_F^½ = (81 + 1)^¼
     theta, losses = _linear_losses([3.0, 0.0], [0.0, 1.0])
@@ -257,7 +311,9 @@ def test_nash_mtl_two_orthogonal_gradients_by_hand() -> None:
     # a zero gradient can not be improved: no bargaining solution, weight 0 and the status says so
     theta, losses = _linear_losses([3.0, 0.0], [0.0, 0.0])
     blocked = NashMTLBalancer(2).backward(losses, [theta])
-    torch.testing.assert_close(blocked.weights, torch.tensor([1 / 3, 0.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        blocked.weights, torch.tensor([1 / 3, 0.0], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     assert blocked.solve.status is SolveStatus.INFEASIBLE
     with pytest.raises(ValueError, match="normalization"):
         NashMTLBalancer(2, normalization="l2")
@@ -288,14 +344,22 @@ def test_upgrad_two_conflicting_gradients_by_hand() -> None:
 
     theta, losses = _linear_losses([1.0, 0.0], [-1.0, 1.0])
     info = UPGradBalancer(2).backward(losses, [theta])
-    torch.testing.assert_close(info.weights, torch.tensor([1.0, 0.75], dtype=torch.float64), rtol=1e-12, atol=0)
-    torch.testing.assert_close(theta.grad, torch.tensor([0.25, 0.75], dtype=torch.float64), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(info.solve.weights, torch.tensor([[0.5, 0.25], [0.5, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(
+        info.weights, torch.tensor([1.0, 0.75], dtype=torch.float64), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        theta.grad, torch.tensor([0.25, 0.75], dtype=torch.float64), rtol=1e-12, atol=1e-15
+    )
+    torch.testing.assert_close(
+        info.solve.weights, torch.tensor([[0.5, 0.25], [0.5, 0.5]], dtype=torch.float64)
+    )
     assert info.solve.status is SolveStatus.OPTIMAL
     # no conflict: nothing to project, the preferences themselves
     theta, losses = _linear_losses([1.0, 0.0], [1.0, 1.0])
     plain = UPGradBalancer(2, task_weights=[1.0, 2.0]).backward(losses, [theta])
-    torch.testing.assert_close(plain.weights, torch.tensor([1.0, 2.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        plain.weights, torch.tensor([1.0, 2.0], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     for bad in ([1.0, -1.0], 1.0, ["a", "b"]):
         with pytest.raises(ValueError, match="task_weights"):
             UPGradBalancer(2, task_weights=bad)
@@ -303,7 +367,9 @@ def test_upgrad_two_conflicting_gradients_by_hand() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 5))
-def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(seed: int, n: int) -> None:
+def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(
+    seed: int, n: int
+) -> None:
     from moo_opt import UPGradBalancer
 
     p = toy_problem(seed=seed, num_objectives=n, width=8)
@@ -314,7 +380,9 @@ def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(s
     inner = g.T @ d
     assert bool((inner >= -1e-10 * g.norm(dim=0) * d.norm()).all()), inner
     assert info.solve.kkt_residual <= 1e-9
-    assert bool((info.weights >= 1.0 / n - 1e-12).all())  # every projection keeps at least its own share
+    assert bool(
+        (info.weights >= 1.0 / n - 1e-12).all()
+    )  # every projection keeps at least its own share
 
 
 def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
@@ -324,12 +392,20 @@ def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
 
     theta, losses = _linear_losses([1.0, 0.0], [0.0, 1.0])
     info = CAGradBalancer(2, c=0.5).backward(losses, [theta])
-    torch.testing.assert_close(info.weights, torch.tensor([0.6, 0.6], dtype=torch.float64), rtol=1e-12, atol=0)
-    torch.testing.assert_close(info.extras["inner"], torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        info.weights, torch.tensor([0.6, 0.6], dtype=torch.float64), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        info.extras["inner"], torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     assert info.solve.status is SolveStatus.OPTIMAL
     theta, losses = _linear_losses([1.0, 0.0], [0.0, 1.0])
-    mean = CAGradBalancer(2, c=0.0, rescale="none").backward(losses, [theta])  # c = 0: the average gradient
-    torch.testing.assert_close(mean.weights, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0)
+    mean = CAGradBalancer(2, c=0.0, rescale="none").backward(
+        losses, [theta]
+    )  # c = 0: the average gradient
+    torch.testing.assert_close(
+        mean.weights, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     for bad in ({"c": -1.0}, {"rescale": "2"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             CAGradBalancer(2, **bad)
@@ -337,7 +413,9 @@ def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 5), c=st.floats(0.1, 0.9))
-def test_cagrad_direction_maximises_the_worst_improvement_in_its_ball(seed: int, n: int, c: float) -> None:
+def test_cagrad_direction_maximises_the_worst_improvement_in_its_ball(
+    seed: int, n: int, c: float
+) -> None:
     """(1+c²)·d lies on the sphere |x − g0| = c|g0| and its worst improvement min gᵢ·x is no lower
     than that of any other point of the ball (checked against random points of it)."""
     from moo_opt import CAGradBalancer
@@ -353,6 +431,8 @@ def test_cagrad_direction_maximises_the_worst_improvement_in_its_ball(seed: int,
     worst = float((g.T @ x).min())
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(g.shape[0], 200, generator=gen, dtype=torch.float64)
-    others = g0[:, None] + radius * u / u.norm(dim=0) * torch.rand(200, generator=gen, dtype=torch.float64)
+    others = g0[:, None] + radius * u / u.norm(dim=0) * torch.rand(
+        200, generator=gen, dtype=torch.float64
+    )
     assert float((g.T @ others).min(dim=0).values.max()) <= worst + 1e-9 * float(g.norm()) ** 2
     assert info.solve.kkt_residual <= 1e-9

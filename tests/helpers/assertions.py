@@ -33,7 +33,11 @@ WELL_CONDITIONED = 1e6
 
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+    return (
+        x.detach().cpu().double().numpy()
+        if isinstance(x, Tensor)
+        else np.asarray(x, dtype=np.float64)
+    )
 
 
 def scale_of(q: np.ndarray) -> float:
@@ -68,22 +72,32 @@ def assert_certified(result: SolveResult) -> None:
     assert result.kkt_residual <= tol, f"{result.status}: KKT {result.kkt}"
 
 
-def reference_solution(solve_reference: Callable[..., SolveResult], q: np.ndarray) -> SolveResult | None:
+def reference_solution(
+    solve_reference: Callable[..., SolveResult], q: np.ndarray
+) -> SolveResult | None:
     """The cvxpy answer, or None when the conic solver cannot solve the instance (it fails on some
     near-singular inputs at the tight default tolerances; retried once at Clarabel's defaults)."""
     for options in (None, {}):
         try:
-            return solve_reference(q, solver="CLARABEL" if options is not None else None, options=options)
+            return solve_reference(
+                q, solver="CLARABEL" if options is not None else None, options=options
+            )
         except SolverError:
             continue
     return None
 
 
 def reference_is_trustworthy(reference: SolveResult | None) -> bool:
-    return reference is not None and reference.status is SolveStatus.OPTIMAL and reference.kkt_residual <= 1e-7
+    return (
+        reference is not None
+        and reference.status is SolveStatus.OPTIMAL
+        and reference.kkt_residual <= 1e-7
+    )
 
 
-def assert_objective_matches(result: SolveResult, reference: SolveResult, q: np.ndarray, *, two_sided: bool) -> None:
+def assert_objective_matches(
+    result: SolveResult, reference: SolveResult, q: np.ndarray, *, two_sided: bool
+) -> None:
     """Ours is never worse than the reference (beyond 1e-8 of the Gramian's scale); where the problem
     is well conditioned and the reference certifies itself, the two agree to 1e-8 relative."""
     f, f_ref = result.objective, reference.objective
@@ -91,7 +105,9 @@ def assert_objective_matches(result: SolveResult, reference: SolveResult, q: np.
     assert f <= f_ref + slack, f"worse than the reference: {f!r} > {f_ref!r} (slack {slack:.3g})"
     if two_sided and reference_is_trustworthy(reference):
         atol = objective_slack(q, result, reference, rtol=OBJ_ATOL)
-        assert abs(f - f_ref) <= OBJ_RTOL * abs(f_ref) + atol, f"objective {f!r} != reference {f_ref!r}"
+        assert abs(f - f_ref) <= OBJ_RTOL * abs(f_ref) + atol, (
+            f"objective {f!r} != reference {f_ref!r}"
+        )
 
 
 def polished(q: np.ndarray, reference: SolveResult, support_tol: float = 1e-6) -> np.ndarray | None:
@@ -105,7 +121,11 @@ def polished(q: np.ndarray, reference: SolveResult, support_tol: float = 1e-6) -
     """
     w_ref = _np(reference.weights)
     n = q.shape[0]
-    support = np.ones(n, dtype=bool) if reference.problem == "equality" else w_ref > support_tol * np.abs(w_ref).max()
+    support = (
+        np.ones(n, dtype=bool)
+        if reference.problem == "equality"
+        else w_ref > support_tol * np.abs(w_ref).max()
+    )
     idx = np.flatnonzero(support)
     s = np.sqrt(np.maximum(np.diag(q)[idx], 1e-300))
     k = len(idx)
@@ -124,7 +144,9 @@ def polished(q: np.ndarray, reference: SolveResult, support_tol: float = 1e-6) -
 def assert_weights_close(a: Tensor | np.ndarray, b: Tensor | np.ndarray, tol: float) -> None:
     wa, wb = _np(a), _np(b)
     gap = float(np.abs(wa - wb).max())
-    assert gap <= tol * max(1.0, float(np.abs(wb).max())), f"weights differ by {gap:.3g}: {wa} vs {wb}"
+    assert gap <= tol * max(1.0, float(np.abs(wb).max())), (
+        f"weights differ by {gap:.3g}: {wa} vs {wb}"
+    )
 
 
 def assert_balanced(result: SolveResult, g: np.ndarray, tol: float = 1e-8) -> None:

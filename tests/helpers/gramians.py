@@ -50,7 +50,11 @@ def jacobians(
     if rank_deficient and draw(st.booleans()):
         rank = draw(st.integers(1, rank))
         notes.append(f"rank<={rank}")
-    g = rng.standard_normal((p, rank)) @ rng.standard_normal((rank, n)) if rank < min(p, n) else rng.standard_normal((p, n))
+    g = (
+        rng.standard_normal((p, rank)) @ rng.standard_normal((rank, n))
+        if rank < min(p, n)
+        else rng.standard_normal((p, n))
+    )
     if duplicates and n > 1 and draw(st.booleans()):
         k = draw(st.integers(1, n - 1))
         for _ in range(k):
@@ -68,7 +72,9 @@ def jacobians(
     return GramCase(g, ", ".join(notes))
 
 
-def well_posed(min_n: int = 1, max_n: int = 16, max_log10_scale: float = 2.0) -> st.SearchStrategy[GramCase]:
+def well_posed(
+    min_n: int = 1, max_n: int = 16, max_log10_scale: float = 2.0
+) -> st.SearchStrategy[GramCase]:
     """Full-column-rank G (P ≥ N) with moderate scales: the optimum is unique and well conditioned."""
     return _full_rank(min_n, max_n, max_log10_scale)
 

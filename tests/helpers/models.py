@@ -20,7 +20,10 @@ class ToyProblem:
 
     def losses(self) -> list[Tensor]:
         h = self.trunk(self.x)
-        return [s * ((head(h) - t) ** 2).mean() for head, t, s in zip(self.heads, self.targets, self.scales)]
+        return [
+            s * ((head(h) - t) ** 2).mean()
+            for head, t, s in zip(self.heads, self.targets, self.scales)
+        ]
 
     def shared(self) -> list[Tensor]:
         return list(self.trunk.parameters())
@@ -35,7 +38,14 @@ class ToyProblem:
         return [None if p.grad is None else p.grad.detach().clone() for p in self.all_parameters()]
 
 
-def toy_problem(seed: int = 0, num_objectives: int = 2, width: int = 8, batch: int = 16, scales: list[float] | None = None, dtype: torch.dtype = torch.float64) -> ToyProblem:
+def toy_problem(
+    seed: int = 0,
+    num_objectives: int = 2,
+    width: int = 8,
+    batch: int = 16,
+    scales: list[float] | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> ToyProblem:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     trunk = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, width)).to(dtype)

@@ -76,7 +76,9 @@ def test_image_folder_converts_modes_and_skips_small_images(tmp_path: Path) -> N
     ds.set_epoch(1)
     assert not np.array_equal(first.numpy(), ds[1].numpy())  # crops change with the epoch
     ds.set_epoch(0)
-    assert np.array_equal(first.numpy(), ds[1].numpy())  # and are a function of (seed, epoch, index)
+    assert np.array_equal(
+        first.numpy(), ds[1].numpy()
+    )  # and are a function of (seed, epoch, index)
 
 
 def test_folder_errors_name_the_file(tmp_path: Path) -> None:
@@ -94,7 +96,10 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="broken.jpg: not a readable image"):
         data.folder_pictures(tmp_path / "bad")
     # a truncated JPEG: its header reads, its pixels do not
-    _write(tmp_path / "trunc" / "full.jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _write(
+        tmp_path / "trunc" / "full.jpg",
+        np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
+    )
     whole = (tmp_path / "trunc" / "full.jpg").read_bytes()
     (tmp_path / "trunc" / "full.jpg").write_bytes(whole[: len(whole) // 2])
     pictures = data.folder_pictures(tmp_path / "trunc")
@@ -130,4 +135,6 @@ def test_epoch_sampler_shards_global_batches_over_processes() -> None:
         shards.append(list(s))
         assert len(s) == len(shards[-1]) == 12
     for b in range(6):  # global batch b of the two processes = batch b of one process
-        assert shards[0][2 * b : 2 * b + 2] + shards[1][2 * b : 2 * b + 2] == order[4 * b : 4 * b + 4]
+        assert (
+            shards[0][2 * b : 2 * b + 2] + shards[1][2 * b : 2 * b + 2] == order[4 * b : 4 * b + 4]
+        )

@@ -41,7 +41,9 @@ def test_bpp_is_eight_times_bytes_over_pixels(checkpoints: list[Path], images: P
     from compressai.ops import compute_padding
 
     net, _ = evaluate.load_model(checkpoints[0], torch.device("cpu"))
-    x = torch.from_numpy(np.asarray(Image.open(images / "0.png"), dtype=np.float32).transpose(2, 0, 1) / 255)[None]
+    x = torch.from_numpy(
+        np.asarray(Image.open(images / "0.png"), dtype=np.float32).transpose(2, 0, 1) / 255
+    )[None]
     pad, _ = compute_padding(70, 90, min_div=64)
     enc = net.compress(torch.nn.functional.pad(x, pad))
     nbytes = sum(len(s) for strings in enc["strings"] for s in strings)
@@ -53,12 +55,23 @@ def test_bpp_is_eight_times_bytes_over_pixels(checkpoints: list[Path], images: P
     assert math.isnan(est["encoding_time"]) and est["bpp"] > 0
 
 
-def test_results_json_in_compressai_format_round_trips_into_the_report(checkpoints: list[Path], images: Path, tmp_path: Path, capsys) -> None:
+def test_results_json_in_compressai_format_round_trips_into_the_report(
+    checkpoints: list[Path], images: Path, tmp_path: Path, capsys
+) -> None:
     out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
-    assert evaluate.main([*map(str, checkpoints), "-d", str(images), "--out", str(out_a), "--name", "standard"]) == 0
+    assert (
+        evaluate.main(
+            [*map(str, checkpoints), "-d", str(images), "--out", str(out_a), "--name", "standard"]
+        )
+        == 0
+    )
     assert "decoded images match the forward pass" in capsys.readouterr().err
     res = json.loads(out_a.read_text())
-    assert res["name"] == "standard" and res["bpp_kind"] == "entropy-coded bitstream" and res["decode_matches_forward"]
+    assert (
+        res["name"] == "standard"
+        and res["bpp_kind"] == "entropy-coded bitstream"
+        and res["decode_matches_forward"]
+    )
     r = res["results"]
     assert len(r["bpp"]) == 3 and r["bpp"] == sorted(r["bpp"])
     assert {"psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", "lambda"} <= r.keys()
@@ -71,12 +84,31 @@ def test_results_json_in_compressai_format_round_trips_into_the_report(checkpoin
     other["results"]["bpp"] = [b * 0.9 for b in other["results"]["bpp"]]
     out_b.write_text(json.dumps(other))
     rep = tmp_path / "report"
-    assert report.main([str(out_a), str(out_b), "--anchor", "standard", "--out", str(rep), "--logs", str(checkpoints[0].parent)]) == 0
+    assert (
+        report.main(
+            [
+                str(out_a),
+                str(out_b),
+                "--anchor",
+                "standard",
+                "--out",
+                str(rep),
+                "--logs",
+                str(checkpoints[0].parent),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "cheaper: BD-rate -10.00 % (pchip), n/a (cubic)" in printed and "cubic needs four points" in printed
+    assert (
+        "cheaper: BD-rate -10.00 % (pchip), n/a (cubic)" in printed
+        and "cubic needs four points" in printed
+    )
     text = (rep / "report.md").read_text()
     assert "rd.png" in text and "figure1.png" in text and "| cheaper | 3 |" in text
-    assert (rep / "rd.png").stat().st_size > 10_000 and (rep / "figure1.png").stat().st_size > 10_000
+    assert (rep / "rd.png").stat().st_size > 10_000 and (
+        rep / "figure1.png"
+    ).stat().st_size > 10_000
 
 
 def test_bd_rate_known_answer() -> None:
@@ -94,10 +126,19 @@ def test_bd_rate_known_answer() -> None:
     m = report.bd_metrics(anchor, apart)
     assert math.isnan(m["bd_rate_pchip"]) and "do not overlap" in m["reason"]
     # a curve whose quality falls where its rate rises gets no BD-rate (cubic alone would return a number), in any order
-    bent = {"name": "t", "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [29.5, 26.0, 33.5, 30.0]}}
+    bent = {
+        "name": "t",
+        "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [29.5, 26.0, 33.5, 30.0]},
+    }
     m = report.bd_metrics(anchor, bent)
-    assert all(math.isnan(m[k]) for k in ("bd_rate_pchip", "bd_rate_cubic", "bd_quality_pchip")) and "test curve is not monotonic" in m["reason"]
-    shuffled = {"name": "t", "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [31.5, 26.0, 33.5, 29.0]}}
+    assert (
+        all(math.isnan(m[k]) for k in ("bd_rate_pchip", "bd_rate_cubic", "bd_quality_pchip"))
+        and "test curve is not monotonic" in m["reason"]
+    )
+    shuffled = {
+        "name": "t",
+        "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [31.5, 26.0, 33.5, 29.0]},
+    }
     assert report.bd_metrics(anchor, shuffled)["bd_rate_pchip"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -109,7 +150,10 @@ def test_bad_inputs_exit_2(checkpoints: list[Path], tmp_path: Path, capsys) -> N
     cases = [
         ([str(tmp_path / "missing.pth.tar")], "no such file"),
         ([str(tmp_path / "corrupt.pth.tar")], "not a readable checkpoint"),
-        ([str(foreign)], "the weights do not fit any CompressAI image architecture; pass the architecture they were trained with (-m, --N, --M)"),
+        (
+            [str(foreign)],
+            "the weights do not fit any CompressAI image architecture; pass the architecture they were trained with (-m, --N, --M)",
+        ),
         ([str(checkpoints[0]), "-d", str(tmp_path / "noimages")], "no images found"),
     ]
     for argv, message in cases:
@@ -128,4 +172,7 @@ def test_figure1_speeds_are_smoothed_by_a_centred_moving_mean() -> None:
     values = [float(i % 2) for i in range(30)]  # 0, 1, 0, 1, …: its trend is flat at 0.5
     out = smoothed(values, parts=10)  # window of three
     assert all(abs(v - 0.5) <= 1 / 6 + 1e-12 for v in out[1:-1])
-    assert smoothed([math.nan, 2.0, 4.0], parts=1)[:2] == [2.0, 3.0]  # NaNs are left out of the mean
+    assert smoothed([math.nan, 2.0, 4.0], parts=1)[:2] == [
+        2.0,
+        3.0,
+    ]  # NaNs are left out of the mean

@@ -45,19 +45,31 @@ def inject(monkeypatch, bad_calls: set[int], kind: str) -> list[int]:
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_a_fault_costs_one_step(tmp_path: Path, monkeypatch, balancer: str, kind: str) -> None:
     inject(monkeypatch, {3, 5}, kind)
-    assert train_module.main([*TINY, "--balancer", balancer, "--steps", "8", "--out", str(tmp_path)]) == 0
+    assert (
+        train_module.main([*TINY, "--balancer", balancer, "--steps", "8", "--out", str(tmp_path)])
+        == 0
+    )
     records = [r for r in read(tmp_path) if "skipped_steps" in r]
     assert records[-1]["skipped_steps"] == 2 and records[-1]["step"] == 8
     ckpt = torch.load(tmp_path / checkpoint.LAST, weights_only=False)
-    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
     if balancer == "coarse-to-fine":
-        assert ckpt["balancer"]["state"]["step"] == 6  # the logits learned from the 6 good steps only
+        assert (
+            ckpt["balancer"]["state"]["step"] == 6
+        )  # the logits learned from the 6 good steps only
 
 
 def test_skipped_step_leaves_the_model_and_optimiser_untouched(tmp_path: Path, monkeypatch) -> None:
     """Two runs that differ only by a fault at step 3 of the second: after the fault, its model
     equals the first run's model after 2 steps (nothing was changed by the skipped step)."""
-    assert train_module.main([*TINY, "--balancer", "coarse-to-fine", "--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        train_module.main(
+            [*TINY, "--balancer", "coarse-to-fine", "--steps", "2", "--out", str(tmp_path / "a")]
+        )
+        == 0
+    )
     inject(monkeypatch, {3}, "gradient")
     trainer_states = []
     real_step = train_module.Trainer.train_step
@@ -65,13 +77,22 @@ def test_skipped_step_leaves_the_model_and_optimiser_untouched(tmp_path: Path, m
     def spy(self, x):
         result = real_step(self, x)
         state = {k: v.clone() for k, v in self.net.state_dict().items()}
-        state["adam_exp_avg"] = torch.cat([s["exp_avg"].reshape(-1) for s in self.optimizer.state.values()])
-        state["aux_exp_avg"] = torch.cat([s["exp_avg"].reshape(-1) for s in self.aux_optimizer.state.values()])
+        state["adam_exp_avg"] = torch.cat(
+            [s["exp_avg"].reshape(-1) for s in self.optimizer.state.values()]
+        )
+        state["aux_exp_avg"] = torch.cat(
+            [s["exp_avg"].reshape(-1) for s in self.aux_optimizer.state.values()]
+        )
         trainer_states.append(state)
         return result
 
     monkeypatch.setattr(train_module.Trainer, "train_step", spy)
-    assert train_module.main([*TINY, "--balancer", "coarse-to-fine", "--steps", "3", "--out", str(tmp_path / "b")]) == 0
+    assert (
+        train_module.main(
+            [*TINY, "--balancer", "coarse-to-fine", "--steps", "3", "--out", str(tmp_path / "b")]
+        )
+        == 0
+    )
     reference = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)["state_dict"]
     for k, v in trainer_states[2].items():
         assert torch.equal(v, trainer_states[1][k]), k
@@ -84,14 +105,32 @@ def _folder(root: Path) -> Path:
     for split in ("train", "test"):
         (root / split).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / split / f"{i}.png"
+            )
     return root
 
 
-def test_k_consecutive_faults_stop_the_run_and_name_the_last_good_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_k_consecutive_faults_stop_the_run_and_name_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     root = _folder(tmp_path / "imgs")
     inject(monkeypatch, set(range(5, 100)), "loss")
-    code = train_module.main([*TINY, "-d", str(root), "--steps", "50", "--test-every", "2", "--max-skips", "3", "--out", str(tmp_path / "run")])
+    code = train_module.main(
+        [
+            *TINY,
+            "-d",
+            str(root),
+            "--steps",
+            "50",
+            "--test-every",
+            "2",
+            "--max-skips",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err
     assert "stopped at step 7: 3 consecutive steps had a NaN or Inf loss or gradient" in err
@@ -100,7 +139,9 @@ def test_k_consecutive_faults_stop_the_run_and_name_the_last_good_checkpoint(tmp
     assert ckpt["step"] == 6 and math.isfinite(ckpt["loss"])
 
 
-def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(
+    tmp_path: Path,
+) -> None:
     """A process killed while writing checkpoints: the file is always a whole, earlier checkpoint."""
     import random
     import signal
@@ -124,7 +165,9 @@ def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(tmp
     rng = random.Random(0)
     last_step = 0
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         proc.stdout.readline()  # at least one save completed
         time.sleep(rng.uniform(0.0, 0.3))
@@ -141,7 +184,9 @@ def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(tmp
 
 @pytest.mark.parametrize("balancer", ["coarse-to-fine", "qp", "mgda"])
 @pytest.mark.parametrize("case", ["constant-rate", "identical"])
-def test_degenerate_balancing_inputs_give_finite_weights_and_a_logged_status(tmp_path: Path, monkeypatch, balancer: str, case: str) -> None:
+def test_degenerate_balancing_inputs_give_finite_weights_and_a_logged_status(
+    tmp_path: Path, monkeypatch, balancer: str, case: str
+) -> None:
     """A rate with zero gradient (a constant loss) or two identical objectives in a real run."""
     real = train_module.rd_losses
 
@@ -152,7 +197,10 @@ def test_degenerate_balancing_inputs_give_finite_weights_and_a_logged_status(tmp
         return RDLosses(rd.distortion, rd.distortion * 1.0, rd.mse)
 
     monkeypatch.setattr(train_module, "rd_losses", degenerate)
-    assert train_module.main([*TINY, "--balancer", balancer, "--steps", "4", "--out", str(tmp_path)]) == 0
+    assert (
+        train_module.main([*TINY, "--balancer", balancer, "--steps", "4", "--out", str(tmp_path)])
+        == 0
+    )
     records = [r for r in read(tmp_path) if "weight/distortion" in r]
     for r in records:
         assert math.isfinite(r["weight/distortion"]) and math.isfinite(r["weight/rate"]), r

@@ -46,5 +46,12 @@ def test_qp_shared_only_trains_from_the_cli(tmp_path) -> None:
             "--balancer", "qp", "--balancer-opt", "shared_only=true", "--steps", "4", "--log-every", "2", "--out", str(tmp_path)]  # fmt: skip
     assert train_main(argv) == 0
     records = [r for r in read(tmp_path) if "weight/distortion" in r]
-    assert [r["step"] for r in records] == [2, 4] and all(r["solver/status"] == "optimal" for r in records)
-    assert torch.load(tmp_path / "checkpoint.pth.tar", weights_only=False)["balancer"]["options"]["shared_only"] is True
+    assert [r["step"] for r in records] == [2, 4] and all(
+        r["solver/status"] == "optimal" for r in records
+    )
+    assert (
+        torch.load(tmp_path / "checkpoint.pth.tar", weights_only=False)["balancer"]["options"][
+            "shared_only"
+        ]
+        is True
+    )

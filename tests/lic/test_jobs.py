@@ -16,13 +16,31 @@ TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "
 
 
 def test_resume_argv_starts_from_the_runs_own_checkpoint(tmp_path: Path) -> None:
-    argv = ["--pretrained", "m", "--finetune", "--keep-optimizer", "--steps", "4", "--out", str(tmp_path)]
+    argv = [
+        "--pretrained",
+        "m",
+        "--finetune",
+        "--keep-optimizer",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
     assert resume_argv(argv) is None  # nothing saved yet: the run starts afresh
     (tmp_path / checkpoint.LAST).write_bytes(b"")
-    assert resume_argv(argv) == ["--steps", "4", "--out", str(tmp_path), "--checkpoint", str(tmp_path / checkpoint.LAST)]
+    assert resume_argv(argv) == [
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        str(tmp_path / checkpoint.LAST),
+    ]
 
 
-def test_a_finetune_stopped_part_way_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+def test_a_finetune_stopped_part_way_resumes_and_matches_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
     """Solution 2 fine-tuned for 6 steps in one job, or stopped after 4 and the same job run again: the
     second call resumes (its fine-tuning defaults and step come from the checkpoint) and ends bit-identical;
     a third call is skipped by its ``.done``."""
@@ -30,7 +48,18 @@ def test_a_finetune_stopped_part_way_resumes_and_matches_an_uninterrupted_one(tm
     start = str(tmp_path / "pre" / checkpoint.LAST)
 
     def job(name: str, steps: int) -> tuple[str, list[str], Path]:
-        argv = [*TINY, "--balancer", "qp", "--finetune", "--checkpoint", start, "--steps", str(steps), "--out", str(tmp_path / name)]
+        argv = [
+            *TINY,
+            "--balancer",
+            "qp",
+            "--finetune",
+            "--checkpoint",
+            start,
+            "--steps",
+            str(steps),
+            "--out",
+            str(tmp_path / name),
+        ]
         return "train", argv, tmp_path / name / "run.log"
 
     assert run_job(job("a", 6))[1] == 0
@@ -40,8 +69,13 @@ def test_a_finetune_stopped_part_way_resumes_and_matches_an_uninterrupted_one(tm
     assert code == 0 and "resuming:" in (tmp_path / "b" / "run.log").read_text()
     a, b = (torch.load(tmp_path / n / checkpoint.LAST, weights_only=False) for n in ("a", "b"))
     assert b["step"] == 6 and b["balancer"]["options"] == a["balancer"]["options"]
-    assert a["balancer"]["options"]["trust_radius"] == 0.1  # the fine-tuning default survived the resume
+    assert (
+        a["balancer"]["options"]["trust_radius"] == 0.1
+    )  # the fine-tuning default survived the resume
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    assert json.loads((tmp_path / "b" / "run.done").read_text().split("\n")[1]) == ["train", *job("b", 6)[1]]
+    assert json.loads((tmp_path / "b" / "run.done").read_text().split("\n")[1]) == [
+        "train",
+        *job("b", 6)[1],
+    ]
     assert run_job(job("b", 6))[2] == 0.0  # done: not run again

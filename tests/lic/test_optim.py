@@ -20,7 +20,14 @@ def train(out: Path, *extra: str) -> int:
     return main([*TINY, "--out", str(out), *extra])
 
 
-def cautious_by_hand(theta: np.ndarray, grads: list[np.ndarray], lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> np.ndarray:
+def cautious_by_hand(
+    theta: np.ndarray,
+    grads: list[np.ndarray],
+    lr: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> np.ndarray:
     m, v = np.zeros_like(theta), np.zeros_like(theta)
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g
@@ -34,14 +41,24 @@ def cautious_by_hand(theta: np.ndarray, grads: list[np.ndarray], lr: float, b1: 
 def test_cautious_adam_matches_a_hand_computation() -> None:
     """Three steps with gradients whose signs flip in some coordinates: the masked, rescaled update."""
     theta0 = np.array([0.5, -1.0, 2.0, 0.0], dtype=np.float64)
-    grads = [np.array([1.0, -2.0, 0.5, 3.0]), np.array([-1.0, -1.0, 0.5, -0.1]), np.array([-2.0, 1.0, -0.5, 1.0])]
+    grads = [
+        np.array([1.0, -2.0, 0.5, 3.0]),
+        np.array([-1.0, -1.0, 0.5, -0.1]),
+        np.array([-2.0, 1.0, -0.5, 1.0]),
+    ]
     p = torch.nn.Parameter(torch.tensor(theta0))
     opt = optim.CautiousAdam([p], lr=0.1)
     for g in grads:
         p.grad = torch.tensor(g)
         opt.step()
-    np.testing.assert_allclose(p.detach().numpy(), cautious_by_hand(theta0, grads, 0.1), rtol=1e-12, atol=1e-14)
-    assert isinstance(opt, torch.optim.Adam) and set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+    np.testing.assert_allclose(
+        p.detach().numpy(), cautious_by_hand(theta0, grads, 0.1), rtol=1e-12, atol=1e-14
+    )
+    assert isinstance(opt, torch.optim.Adam) and set(opt.state[p]) == {
+        "step",
+        "exp_avg",
+        "exp_avg_sq",
+    }
 
 
 def test_cautious_adam_is_adam_where_every_sign_agrees() -> None:
@@ -51,7 +68,9 @@ def test_cautious_adam_is_adam_where_every_sign_agrees() -> None:
     oa, ob = torch.optim.Adam(a.parameters(), lr=0.01), optim.CautiousAdam(b.parameters(), lr=0.01)
     x = torch.randn(8, 4, dtype=torch.float64)
     for net, opt in ((a, oa), (b, ob)):
-        net(x).pow(2).sum().backward()  # one step from zero moments: m has the gradient's sign everywhere
+        net(x).pow(
+            2
+        ).sum().backward()  # one step from zero moments: m has the gradient's sign everywhere
         opt.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
@@ -91,8 +110,15 @@ def test_weight_ema_by_hand_and_round_trip() -> None:
     assert net.weight.tolist() == [[3.0, 0.0]]
     other = optim.WeightEMA(net, 0.9)
     other.load_state_dict(ema.state_dict())
-    assert other.decay == 0.5 and other.updates == 1 and not other.warmup and torch.equal(other.shadow[0], ema.shadow[0])
-    old = {k: v for k, v in ema.state_dict().items() if k != "warmup"}  # written before the warm-up existed: the fixed decay
+    assert (
+        other.decay == 0.5
+        and other.updates == 1
+        and not other.warmup
+        and torch.equal(other.shadow[0], ema.shadow[0])
+    )
+    old = {
+        k: v for k, v in ema.state_dict().items() if k != "warmup"
+    }  # written before the warm-up existed: the fixed decay
     other.load_state_dict(old)
     assert not other.warmup and other.current_decay() == 0.5
     with pytest.raises(ValueError, match="decay must lie in"):
@@ -115,19 +141,38 @@ def test_weight_ema_warmup_by_hand() -> None:
         expected = d * expected + (1 - d) * t
         history.append(expected)
     assert ema.shadow[0].item() == pytest.approx(expected, rel=1e-12)
-    assert [d for d in (min(0.999, (1 + t) / (10 + t)) for t in (1, 8990, 8991))] == [2 / 11, 8991 / 9000, 0.999]
+    assert [d for d in (min(0.999, (1 + t) / (10 + t)) for t in (1, 8990, 8991))] == [
+        2 / 11,
+        8991 / 9000,
+        0.999,
+    ]
     fixed = optim.WeightEMA(net, 0.999, warmup=False)
     assert fixed.current_decay() == 0.999
     # the warm-up's average tracks the iterates (it lags by about t/10 early on), a fixed decay keeps the start's zero
     assert history[99] > 80 and 0.999**100 > 0.9
 
 
-@pytest.mark.parametrize("flags", [["--optimizer", "sgd", "--momentum", "0.9", "-lr", "1e-2"], ["--optimizer", "cautious-adam"]])
-def test_trains_and_resumes_exactly_with_each_optimiser_and_an_ema(tmp_path: Path, flags: list[str]) -> None:
+@pytest.mark.parametrize(
+    "flags",
+    [["--optimizer", "sgd", "--momentum", "0.9", "-lr", "1e-2"], ["--optimizer", "cautious-adam"]],
+)
+def test_trains_and_resumes_exactly_with_each_optimiser_and_an_ema(
+    tmp_path: Path, flags: list[str]
+) -> None:
     common = [*flags, "--ema", "0.9", "--balancer", "qp"]
     assert train(tmp_path / "a", *common, "--steps", "12") == 0
     assert train(tmp_path / "b", *common, "--steps", "6") == 0
-    assert train(tmp_path / "b", *common, "--steps", "12", "--checkpoint", str(tmp_path / "b" / checkpoint.LAST)) == 0
+    assert (
+        train(
+            tmp_path / "b",
+            *common,
+            "--steps",
+            "12",
+            "--checkpoint",
+            str(tmp_path / "b" / checkpoint.LAST),
+        )
+        == 0
+    )
     a = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)
     b = torch.load(tmp_path / "b" / checkpoint.LAST, weights_only=False)
     assert a["optimizer_kind"] == flags[1] and a["ema"]["updates"] == 12
@@ -150,15 +195,41 @@ def _named(ckpt: dict) -> list[tuple[str, torch.Tensor]]:
 def test_finetune_from_an_ema_checkpoint_starts_from_the_average(tmp_path: Path) -> None:
     assert train(tmp_path / "pre", "--ema", "0.5", "--steps", "4") == 0
     pre = torch.load(tmp_path / "pre" / checkpoint.LAST, weights_only=False)
-    assert train(tmp_path / "ft", "--finetune", "--checkpoint", str(tmp_path / "pre" / checkpoint.LAST), "-lr", "1e-30", "--steps", "1", "--clip_max_norm", "0") == 0
+    assert (
+        train(
+            tmp_path / "ft",
+            "--finetune",
+            "--checkpoint",
+            str(tmp_path / "pre" / checkpoint.LAST),
+            "-lr",
+            "1e-30",
+            "--steps",
+            "1",
+            "--clip_max_norm",
+            "0",
+        )
+        == 0
+    )
     ft = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)
-    torch.testing.assert_close(ft["state_dict"]["g_s.0.weight"], pre["state_dict"]["g_s.0.weight"], rtol=0, atol=1e-20)
+    torch.testing.assert_close(
+        ft["state_dict"]["g_s.0.weight"], pre["state_dict"]["g_s.0.weight"], rtol=0, atol=1e-20
+    )
 
 
 def test_keep_optimizer_carries_the_moments_at_the_new_learning_rate(tmp_path: Path) -> None:
     assert train(tmp_path / "pre", "--steps", "5") == 0
     pre = torch.load(tmp_path / "pre" / checkpoint.LAST, weights_only=False)
-    args = ["--finetune", "--checkpoint", str(tmp_path / "pre" / checkpoint.LAST), "-lr", "5e-5", "--steps", "2", "--balancer", "qp"]
+    args = [
+        "--finetune",
+        "--checkpoint",
+        str(tmp_path / "pre" / checkpoint.LAST),
+        "-lr",
+        "5e-5",
+        "--steps",
+        "2",
+        "--balancer",
+        "qp",
+    ]
     assert train(tmp_path / "kept", *args, "--keep-optimizer") == 0
     assert train(tmp_path / "fresh", *args) == 0
     kept = torch.load(tmp_path / "kept" / checkpoint.LAST, weights_only=False)["optimizer"]
@@ -173,13 +244,18 @@ BAD = [
     (["--optimizer", "sgd", "--momentum", "1"], "--momentum 1.0: must lie in [0, 1)"),
     (["--ema", "1.5"], "--ema 1.5: a decay in (0, 1)"),
     (["--keep-optimizer"], "--keep-optimizer goes with --finetune"),
-    (["--optimizer", "sgd", "--balancer", "qp", "--balancer-opt", "metric=adam"], "metric='adam' needs a torch.optim.Adam or AdamW optimiser, got SGD; use --optimizer adam or cautious-adam"),
+    (
+        ["--optimizer", "sgd", "--balancer", "qp", "--balancer-opt", "metric=adam"],
+        "metric='adam' needs a torch.optim.Adam or AdamW optimiser, got SGD; use --optimizer adam or cautious-adam",
+    ),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
 ]
 
 
 @pytest.mark.parametrize("extra, message", BAD, ids=[m for _, m in BAD])
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
     assert train(tmp_path / "out", "--steps", "2", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
@@ -190,11 +266,38 @@ def test_resume_and_keep_optimizer_refuse_what_does_not_match(tmp_path: Path, ca
     last = str(tmp_path / "pre" / checkpoint.LAST)
     assert train(tmp_path / "pre", "--steps", "4", "--checkpoint", last) == 2
     assert "resume it with --ema 0.9, as it was trained" in capsys.readouterr().err
-    assert train(tmp_path / "ft", "--finetune", "--keep-optimizer", "--optimizer", "sgd", "--checkpoint", last, "--steps", "1") == 2
+    assert (
+        train(
+            tmp_path / "ft",
+            "--finetune",
+            "--keep-optimizer",
+            "--optimizer",
+            "sgd",
+            "--checkpoint",
+            last,
+            "--steps",
+            "1",
+        )
+        == 2
+    )
     assert "its optimiser is adam; pass --optimizer adam" in capsys.readouterr().err
     torch.save(torch.load(last, weights_only=False)["state_dict"], tmp_path / "raw.pth")
-    assert train(tmp_path / "ft2", "--finetune", "--keep-optimizer", "--checkpoint", str(tmp_path / "raw.pth"), "--steps", "1") == 2
-    assert "holds no optimiser state of plugins.lic.train; drop --keep-optimizer" in capsys.readouterr().err
+    assert (
+        train(
+            tmp_path / "ft2",
+            "--finetune",
+            "--keep-optimizer",
+            "--checkpoint",
+            str(tmp_path / "raw.pth"),
+            "--steps",
+            "1",
+        )
+        == 2
+    )
+    assert (
+        "holds no optimiser state of plugins.lic.train; drop --keep-optimizer"
+        in capsys.readouterr().err
+    )
 
 
 def test_qp_finetune_takes_the_recommended_options_unless_given(tmp_path: Path, capsys) -> None:
@@ -206,17 +309,52 @@ def test_qp_finetune_takes_the_recommended_options_unless_given(tmp_path: Path, 
     assert train(tmp_path / "pre", "--steps", "2") == 0
     pre = str(tmp_path / "pre" / checkpoint.LAST)
     capsys.readouterr()
-    assert train(tmp_path / "ft", "--finetune", "--checkpoint", pre, "--balancer", "qp", "--steps", "2") == 0
+    assert (
+        train(
+            tmp_path / "ft", "--finetune", "--checkpoint", pre, "--balancer", "qp", "--steps", "2"
+        )
+        == 0
+    )
     assert "note: --balancer qp --finetune uses" in capsys.readouterr().err
     opts = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
     assert {k: opts[k] for k in FINETUNE_QP_DEFAULTS} == FINETUNE_QP_DEFAULTS
-    assert train(tmp_path / "ft", "--checkpoint", str(tmp_path / "ft" / checkpoint.LAST), "--balancer", "qp", "--steps", "3") == 0  # resume
-    resumed = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    assert (
+        train(
+            tmp_path / "ft",
+            "--checkpoint",
+            str(tmp_path / "ft" / checkpoint.LAST),
+            "--balancer",
+            "qp",
+            "--steps",
+            "3",
+        )
+        == 0
+    )  # resume
+    resumed = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"][
+        "options"
+    ]
     assert {k: resumed[k] for k in FINETUNE_QP_DEFAULTS} == FINETUNE_QP_DEFAULTS
     given = [x for k in FINETUNE_QP_DEFAULTS for x in ("--balancer-opt", f"{k}=none")]
-    assert train(tmp_path / "paper", "--finetune", "--checkpoint", pre, "--balancer", "qp", "--steps", "1", *given) == 0
-    paper = torch.load(tmp_path / "paper" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    assert (
+        train(
+            tmp_path / "paper",
+            "--finetune",
+            "--checkpoint",
+            pre,
+            "--balancer",
+            "qp",
+            "--steps",
+            "1",
+            *given,
+        )
+        == 0
+    )
+    paper = torch.load(tmp_path / "paper" / checkpoint.LAST, weights_only=False)["balancer"][
+        "options"
+    ]
     assert all(paper[k] is None for k in FINETUNE_QP_DEFAULTS)
     assert train(tmp_path / "scratch", "--balancer", "qp", "--steps", "1") == 0
-    scratch = torch.load(tmp_path / "scratch" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
+    scratch = torch.load(tmp_path / "scratch" / checkpoint.LAST, weights_only=False)["balancer"][
+        "options"
+    ]
     assert scratch["trust_radius"] is None

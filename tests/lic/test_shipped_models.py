@@ -21,10 +21,15 @@ def test_the_shipped_models_keep_their_promises() -> None:
     records = json.loads(pretrained.MANIFEST.read_text())
     assert {0.0018, 0.0035, 0.0067, 0.013} <= {r["lambda"] for r in records}
     sizes = [(pretrained.FOLDER / r["file"]).stat().st_size for r in records]
-    assert max(sizes) < 16 * 2**20 and sum(p.stat().st_size for p in pretrained.FOLDER.iterdir()) < 64 * 2**20
+    assert (
+        max(sizes) < 16 * 2**20
+        and sum(p.stat().st_size for p in pretrained.FOLDER.iterdir()) < 64 * 2**20
+    )
     for r in records:
         assert r["model"] == "mbt2018-mean" and r["metric"] == "mse" and r["steps"] >= 10_000
-        assert r["data"].startswith("24 photographs from Debian packages") and r["command"].startswith("python -m plugins.lic.train")
+        assert r["data"].startswith("24 photographs from Debian packages") and r[
+            "command"
+        ].startswith("python -m plugins.lic.train")
         path = pretrained.FOLDER / r["file"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == r["sha256"]
         ckpt = torch.load(path, weights_only=False)

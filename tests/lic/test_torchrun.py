@@ -20,7 +20,16 @@ TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "
 @pytest.mark.parametrize("balancer", ["coarse-to-fine", "qp"])
 def test_two_processes_train_and_one_resumes(tmp_path: Path, balancer: str) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "plugins.lic.train"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "plugins.lic.train",
+    ]
     proc = subprocess.run([*cmd, *TINY, "--batch-size", "2", "--steps", "4", "--balancer", balancer, "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -35,7 +35,15 @@ def test_twenty_steps_with_each_balancer(tmp_path: Path, balancer: str, capsys) 
     records = [r for r in read(tmp_path) if "weight/distortion" in r]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     for r in records:
-        for key in ("loss/distortion", "loss/rate", "weight/distortion", "weight/rate", "psnr", "bpp", "step_time"):
+        for key in (
+            "loss/distortion",
+            "loss/rate",
+            "weight/distortion",
+            "weight/rate",
+            "psnr",
+            "bpp",
+            "step_time",
+        ):
             assert math.isfinite(r[key]), (key, r)
     if balancer in ("coarse-to-fine", "qp"):
         assert all(r["weight/distortion"] + r["weight/rate"] == pytest.approx(1.0) for r in records)
@@ -53,7 +61,18 @@ def test_checkpoint_is_compressai_format_and_loads_into_the_plain_class(tmp_path
 
     assert train(tmp_path, "--steps", "3") == 0
     ckpt = torch.load(tmp_path / checkpoint.LAST, weights_only=False)
-    for key in ("state_dict", "optimizer", "aux_optimizer", "lr_scheduler", "epoch", "balancer", "step", "rng", "args", "model"):
+    for key in (
+        "state_dict",
+        "optimizer",
+        "aux_optimizer",
+        "lr_scheduler",
+        "epoch",
+        "balancer",
+        "step",
+        "rng",
+        "args",
+        "model",
+    ):
         assert key in ckpt
     FactorizedPrior(N=8, M=12).load_state_dict(ckpt["state_dict"])
 
@@ -63,15 +82,34 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path, balan
     """12 steps in one go, or 6, stop, resume, 6 more: bit-identical parameters and balancer state."""
     assert train(tmp_path / "a", "--balancer", balancer, "--steps", "12") == 0
     assert train(tmp_path / "b", "--balancer", balancer, "--steps", "6") == 0
-    assert train(tmp_path / "b", "--balancer", balancer, "--steps", "12", "--checkpoint", str(tmp_path / "b" / checkpoint.LAST)) == 0
+    assert (
+        train(
+            tmp_path / "b",
+            "--balancer",
+            balancer,
+            "--steps",
+            "12",
+            "--checkpoint",
+            str(tmp_path / "b" / checkpoint.LAST),
+        )
+        == 0
+    )
     a = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)
     b = torch.load(tmp_path / "b" / checkpoint.LAST, weights_only=False)
     assert b["step"] == 12
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     for k, v in a["balancer"]["state"].items():
-        assert torch.equal(v, b["balancer"]["state"][k]) if isinstance(v, torch.Tensor) else v == b["balancer"]["state"][k], k
-    logged = lambda run: [(r["step"], r["loss/distortion"], r["weight/distortion"]) for r in read(run) if "weight/distortion" in r]  # noqa: E731
+        assert (
+            torch.equal(v, b["balancer"]["state"][k])
+            if isinstance(v, torch.Tensor)
+            else v == b["balancer"]["state"][k]
+        ), k
+    logged = lambda run: [
+        (r["step"], r["loss/distortion"], r["weight/distortion"])
+        for r in read(run)
+        if "weight/distortion" in r
+    ]  # noqa: E731
     assert logged(tmp_path / "a")[-1] == logged(tmp_path / "b")[-1]
     steps = [r["step"] for r in read(tmp_path / "b") if "weight/distortion" in r]
     assert steps == [5, 6, 10, 12]
@@ -79,7 +117,19 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path, balan
 
 def test_finetune_loads_weights_only_and_starts_at_step_zero(tmp_path: Path) -> None:
     assert train(tmp_path / "pre", "--steps", "4") == 0
-    assert train(tmp_path / "ft", "--balancer", "qp", "--steps", "2", "--finetune", "--checkpoint", str(tmp_path / "pre" / checkpoint.LAST)) == 0
+    assert (
+        train(
+            tmp_path / "ft",
+            "--balancer",
+            "qp",
+            "--steps",
+            "2",
+            "--finetune",
+            "--checkpoint",
+            str(tmp_path / "pre" / checkpoint.LAST),
+        )
+        == 0
+    )
     ft = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)
     assert ft["step"] == 2 and ft["balancer"]["balancer"] == "qp"
 
@@ -89,7 +139,9 @@ def _image_folder(root: Path, size: int = 48, count: int = 3) -> Path:
     for split in ("train", "test"):
         (root / split).mkdir(parents=True)
         for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                root / split / f"{i}.png"
+            )
     return root
 
 
@@ -104,11 +156,20 @@ BAD = [
     (["-d", "imagenet"], "-d imagenet: neither a registered dataset"),
     (["--lambda", "0"], "--lambda 0.0: must be > 0"),
     (["--lambda", "-0.01"], "must be > 0"),
-    (["--balancer", "coarse-to-fine", "--balancer-opt", "lr=0.1"], "--balancer-opt lr: unknown option of coarse-to-fine"),
-    (["--balancer", "coarse-to-fine", "--balancer-opt", "beta=-1"], "--balancer-opt: beta must be > 0"),
+    (
+        ["--balancer", "coarse-to-fine", "--balancer-opt", "lr=0.1"],
+        "--balancer-opt lr: unknown option of coarse-to-fine",
+    ),
+    (
+        ["--balancer", "coarse-to-fine", "--balancer-opt", "beta=-1"],
+        "--balancer-opt: beta must be > 0",
+    ),
     (["--balancer", "qp", "--balancer-opt", "offsets"], "expected KEY=VALUE"),
     (["--patch-size", "512", "512"], "larger than every image"),
-    (["--patch-size", "40", "40"], "--patch-size 40 40: bmshj2018-factorized downsamples by 16; use multiples of 16, e.g. --patch-size 32 32"),
+    (
+        ["--patch-size", "40", "40"],
+        "--patch-size 40 40: bmshj2018-factorized downsamples by 16; use multiples of 16, e.g. --patch-size 32 32",
+    ),
     (["--steps", "0"], "--steps 0: must be positive"),
     (["--finetune"], "--finetune needs --checkpoint"),
     (["--batch-size", "x"], "invalid int value"),
@@ -116,14 +177,25 @@ BAD = [
     (["-lr", "nan"], "argument -lr/--learning-rate: must be a finite number, got 'nan'"),
     (["--lambda", "inf"], "argument --lambda: must be a finite number"),
     (["-lr", "0"], "-lr/--learning-rate 0: must be > 0"),
-    (["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=nan"], "--balancer-opt gamma=nan: must be a finite number"),
-    (["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=1e999"], "--balancer-opt gamma=1e999: must be a finite number"),
-    (["--patch-size", "32", "32", "32"], "--patch-size 32 32 32: one value (a square) or two (H W)"),
+    (
+        ["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=nan"],
+        "--balancer-opt gamma=nan: must be a finite number",
+    ),
+    (
+        ["--balancer", "coarse-to-fine", "--balancer-opt", "gamma=1e999"],
+        "--balancer-opt gamma=1e999: must be a finite number",
+    ),
+    (
+        ["--patch-size", "32", "32", "32"],
+        "--patch-size 32 32 32: one value (a square) or two (H W)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("extra, message", BAD, ids=[m for _, m in BAD])
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
     assert train(tmp_path / "out", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
@@ -140,7 +212,9 @@ def test_bad_folders_and_files(tmp_path: Path, capsys) -> None:
     cases.append((["-d", str(tmp_path / "missing")], "neither a registered dataset"))
     (tmp_path / "afile").write_text("x")
     cases.append((["--out", str(tmp_path / "afile")], "is a file"))
-    cases.append((["--out", "/proc/moo-opt-cannot-write-here"], "cannot create it"))  # unwritable even for root
+    cases.append(
+        (["--out", "/proc/moo-opt-cannot-write-here"], "cannot create it")
+    )  # unwritable even for root
     corrupt = tmp_path / "corrupt.pth.tar"
     corrupt.write_bytes(b"not a checkpoint")
     cases.append((["--checkpoint", str(corrupt)], "not a readable checkpoint"))
@@ -151,7 +225,9 @@ def test_bad_folders_and_files(tmp_path: Path, capsys) -> None:
         assert err.startswith("error: ") and "\n" not in err and message in err, (extra, err)
 
 
-def test_existing_run_is_not_overwritten_and_other_models_are_refused(tmp_path: Path, capsys) -> None:
+def test_existing_run_is_not_overwritten_and_other_models_are_refused(
+    tmp_path: Path, capsys
+) -> None:
     assert train(tmp_path, "--steps", "2") == 0
     before = (tmp_path / checkpoint.LAST).read_bytes()
     assert train(tmp_path, "--steps", "2") == 2
@@ -163,7 +239,9 @@ def test_existing_run_is_not_overwritten_and_other_models_are_refused(tmp_path: 
     assert (tmp_path / checkpoint.LAST).read_bytes() == before
 
 
-def test_atomic_save_keeps_the_previous_file_when_the_disk_is_full(tmp_path: Path, monkeypatch) -> None:
+def test_atomic_save_keeps_the_previous_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch
+) -> None:
     path = tmp_path / "ckpt.pth.tar"
     checkpoint.save_atomic({"state_dict": {"w": torch.ones(3)}}, path)
 
@@ -180,7 +258,12 @@ def test_atomic_save_keeps_the_previous_file_when_the_disk_is_full(tmp_path: Pat
 
 
 def test_module_entry_point_exit_code(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "plugins.lic.train", "--lambda", "-1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugins.lic.train", "--lambda", "-1", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --lambda")
 
@@ -196,7 +279,9 @@ def test_channels_last_trains_and_saves_a_plain_checkpoint(tmp_path: Path) -> No
 
 
 # --------------------------------------------------------------------------- small photo sets
-def test_a_small_folder_gets_several_crops_per_image_and_tests_and_saves_on_its_intervals(tmp_path: Path, monkeypatch) -> None:
+def test_a_small_folder_gets_several_crops_per_image_and_tests_and_saves_on_its_intervals(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Six images, batch 8 (more than the images): an epoch is auto-sized (86 crops of each), so
     the run tests and writes checkpoints only at --test-every/--save-every, not after every step."""
     root = _image_folder(tmp_path / "imgs", count=6)
@@ -208,20 +293,41 @@ def test_a_small_folder_gets_several_crops_per_image_and_tests_and_saves_on_its_
         real_save(obj, path)
 
     monkeypatch.setattr(checkpoint, "save_atomic", counting)
-    assert train(tmp_path / "out", "-d", str(root), "--batch-size", "8", "--steps", "20", "--test-every", "5", "--save-every", "10") == 0
+    assert (
+        train(
+            tmp_path / "out",
+            "-d",
+            str(root),
+            "--batch-size",
+            "8",
+            "--steps",
+            "20",
+            "--test-every",
+            "5",
+            "--save-every",
+            "10",
+        )
+        == 0
+    )
     tests = [r["step"] for r in read(tmp_path / "out") if "test/loss" in r]
     assert tests == [5, 10, 15, 20]
     assert [s for s, name in writes if name == checkpoint.LAST] == [10, 20]
     assert {s for s, name in writes if name == checkpoint.BEST} <= {5, 10, 15, 20}
     ckpt = torch.load(tmp_path / "out" / checkpoint.LAST, weights_only=False)
-    assert ckpt["epoch"] == 0 and ckpt["loss"] == pytest.approx([r["test/loss"] for r in read(tmp_path / "out") if "test/loss" in r][-1])
+    assert ckpt["epoch"] == 0 and ckpt["loss"] == pytest.approx(
+        [r["test/loss"] for r in read(tmp_path / "out") if "test/loss" in r][-1]
+    )
 
 
 def test_crops_per_image_sets_the_epoch(tmp_path: Path) -> None:
     from plugins.lic import data
 
     root = _image_folder(tmp_path / "imgs", count=6)
-    assert data.auto_crops_per_image(6) == 86 and data.auto_crops_per_image(512) == 1 and data.auto_crops_per_image(10_000) == 1
+    assert (
+        data.auto_crops_per_image(6) == 86
+        and data.auto_crops_per_image(512) == 1
+        and data.auto_crops_per_image(10_000) == 1
+    )
     ds = data.PatchDataset(data.resolve(str(root), "train"), (32, 32), seed=0, crops_per_image=3)
     assert len(ds) == 18
     crops = [ds[i] for i in range(len(ds))]
@@ -229,7 +335,20 @@ def test_crops_per_image_sets_the_epoch(tmp_path: Path) -> None:
     ds.set_epoch(0)
     assert torch.equal(ds[7], crops[7])  # a function of (seed, epoch, index)
     # --crops-per-image 2: 12 crops, batch 4 -> 3 steps per epoch, tested at the end of each
-    assert train(tmp_path / "out", "-d", str(root), "--crops-per-image", "2", "--batch-size", "4", "--steps", "6") == 0
+    assert (
+        train(
+            tmp_path / "out",
+            "-d",
+            str(root),
+            "--crops-per-image",
+            "2",
+            "--batch-size",
+            "4",
+            "--steps",
+            "6",
+        )
+        == 0
+    )
     assert [r["step"] for r in read(tmp_path / "out") if "test/loss" in r] == [3, 6]
 
 
@@ -237,34 +356,74 @@ def test_resume_in_the_middle_of_an_epoch_of_a_small_folder_is_bit_exact(tmp_pat
     """20 steps in one go against 10, stop, resume, 10 more, with a step learning-rate schedule whose
     first milestone lies before and second after the interruption."""
     root = _image_folder(tmp_path / "imgs", count=6)
-    common = ["-d", str(root), "--batch-size", "4", "--test-every", "5", "--save-every", "10", "--lr-milestones", "7", "15", "--lr-gamma", "0.5"]
+    common = [
+        "-d",
+        str(root),
+        "--batch-size",
+        "4",
+        "--test-every",
+        "5",
+        "--save-every",
+        "10",
+        "--lr-milestones",
+        "7",
+        "15",
+        "--lr-gamma",
+        "0.5",
+    ]
     assert train(tmp_path / "a", *common, "--steps", "20") == 0
     assert train(tmp_path / "b", *common, "--steps", "10") == 0
-    assert train(tmp_path / "b", *common, "--steps", "20", "--checkpoint", str(tmp_path / "b" / checkpoint.LAST)) == 0
+    assert (
+        train(
+            tmp_path / "b",
+            *common,
+            "--steps",
+            "20",
+            "--checkpoint",
+            str(tmp_path / "b" / checkpoint.LAST),
+        )
+        == 0
+    )
     a = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)
     b = torch.load(tmp_path / "b" / checkpoint.LAST, weights_only=False)
     assert a["step"] == b["step"] == 20 and a["epoch"] == 0
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.25)
+    assert (
+        a["optimizer"]["param_groups"][0]["lr"]
+        == b["optimizer"]["param_groups"][0]["lr"]
+        == pytest.approx(1e-3 * 0.25)
+    )
     assert a["loss"] == b["loss"]
     lrs = {r["step"]: r["lr"] for r in read(tmp_path / "b") if "lr" in r}
-    assert lrs[5] == pytest.approx(1e-3) and lrs[10] == pytest.approx(5e-4) and lrs[20] == pytest.approx(2.5e-4)
+    assert (
+        lrs[5] == pytest.approx(1e-3)
+        and lrs[10] == pytest.approx(5e-4)
+        and lrs[20] == pytest.approx(2.5e-4)
+    )
 
 
 SMALL_FOLDER_BAD = [
     (["--crops-per-image", "0"], "--crops-per-image 0: must be positive"),
     (["--crops-per-image", "many"], "--crops-per-image many: expected a positive integer or auto"),
-    (["--crops-per-image", "1", "--batch-size", "8"], "--batch-size 8: more than the 6 crops of an epoch (6 usable training images × 1); raise --crops-per-image"),
+    (
+        ["--crops-per-image", "1", "--batch-size", "8"],
+        "--batch-size 8: more than the 6 crops of an epoch (6 usable training images × 1); raise --crops-per-image",
+    ),
     (["--test-every", "0"], "--test-every 0: must be positive"),
     (["--save-every", "-5"], "--save-every -5: must be positive"),
-    (["--lr-milestones", "10", "5"], "--lr-milestones 10 5: must be increasing positive step numbers"),
+    (
+        ["--lr-milestones", "10", "5"],
+        "--lr-milestones 10 5: must be increasing positive step numbers",
+    ),
     (["--lr-milestones", "5", "--lr-gamma", "0"], "--lr-gamma 0.0: must be > 0"),
 ]
 
 
 @pytest.mark.parametrize("extra, message", SMALL_FOLDER_BAD, ids=[m for _, m in SMALL_FOLDER_BAD])
-def test_small_folder_options_bad_input(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+def test_small_folder_options_bad_input(
+    tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
     root = _image_folder(tmp_path / "imgs", count=6)
     assert train(tmp_path / "out", "-d", str(root), "--steps", "2", *extra) == 2
     err = capsys.readouterr().err.strip()
@@ -273,15 +432,32 @@ def test_small_folder_options_bad_input(tmp_path: Path, capsys, extra: list[str]
 
 def test_resuming_with_another_learning_rate_schedule_is_refused(tmp_path: Path, capsys) -> None:
     assert train(tmp_path, "--steps", "2") == 0
-    assert train(tmp_path, "--steps", "4", "--lr-milestones", "3", "--checkpoint", str(tmp_path / checkpoint.LAST)) == 2
-    assert "was trained with the ReduceLROnPlateau learning-rate schedule; resume without --lr-milestones" in capsys.readouterr().err
+    assert (
+        train(
+            tmp_path,
+            "--steps",
+            "4",
+            "--lr-milestones",
+            "3",
+            "--checkpoint",
+            str(tmp_path / checkpoint.LAST),
+        )
+        == 2
+    )
+    assert (
+        "was trained with the ReduceLROnPlateau learning-rate schedule; resume without --lr-milestones"
+        in capsys.readouterr().err
+    )
 
 
 def test_one_patch_size_is_a_square(tmp_path: Path) -> None:
     args = [*TINY, "--out", str(tmp_path), "--steps", "1"]
     args[args.index("--patch-size") : args.index("--patch-size") + 3] = ["--patch-size", "32"]
     assert main(args) == 0
-    assert torch.load(tmp_path / checkpoint.LAST, weights_only=False)["args"]["patch_size"] in ((32, 32), [32, 32])
+    assert torch.load(tmp_path / checkpoint.LAST, weights_only=False)["args"]["patch_size"] in (
+        (32, 32),
+        [32, 32],
+    )
 
 
 def test_every_flag_of_every_cli_says_its_default() -> None:
@@ -296,7 +472,16 @@ def test_every_flag_of_every_cli_says_its_default() -> None:
     for name, parser in parsers.items():
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if not action.option_strings or action.required or action.nargs == 0 or action.help == argparse.SUPPRESS:
+            if (
+                not action.option_strings
+                or action.required
+                or action.nargs == 0
+                or action.help == argparse.SUPPRESS
+            ):
                 continue
             text = formatter._expand_help(action)
-            assert "default" in text and "default: None" not in text, (name, action.option_strings, text)
+            assert "default" in text and "default: None" not in text, (
+                name,
+                action.option_strings,
+                text,
+            )

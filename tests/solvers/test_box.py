@@ -21,7 +21,11 @@ CERTIFIED = (SolveStatus.OPTIMAL, SolveStatus.DEGENERATE)
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    return (
+        x.detach().cpu().double().numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, dtype=np.float64)
+    )
 
 
 def _size(g: np.ndarray, *vectors: np.ndarray) -> float:
@@ -154,7 +158,10 @@ def test_two_gradients_by_hand() -> None:
     assert result.objective == pytest.approx(0.0625, rel=1e-15)
 
 
-@pytest.mark.parametrize(("q11", "u", "expected"), [(4.0, 0.3, 0.3), (4.0, -0.3, 0.0), (4.0, 0.0, 0.0), (1e-300, -2.0, 0.0)])
+@pytest.mark.parametrize(
+    ("q11", "u", "expected"),
+    [(4.0, 0.3, 0.3), (4.0, -0.3, 0.0), (4.0, 0.0, 0.0), (1e-300, -2.0, 0.0)],
+)
 def test_one_objective(q11: float, u: float, expected: float) -> None:
     result = solve_box_qp(np.array([[q11]]), np.array([u]))
     assert result.status is SolveStatus.OPTIMAL
@@ -210,7 +217,9 @@ def test_upgrad_by_hand() -> None:
     assert result.status is SolveStatus.OPTIMAL
     assert result.iterations == 2
     assert_dual_cone(q, rows.sum(0), np.full(2, 0.5), tol=0.0)
-    assert result.objective == pytest.approx(0.5 * (0.125 + 0.25), rel=1e-15)  # ½(|(¼,¼)|² + |(0,½)|²)
+    assert result.objective == pytest.approx(
+        0.5 * (0.125 + 0.25), rel=1e-15
+    )  # ½(|(¼,¼)|² + |(0,½)|²)
     assert result.as_dict()["iterations"] == 2
 
 
@@ -224,7 +233,11 @@ def test_bounds_from_tensors_and_float32() -> None:
 def test_no_projections() -> None:
     result = project_to_dual_cone(np.eye(3), np.zeros((0, 3)))
     assert result.weights.shape == (0, 3)
-    assert result.status is SolveStatus.OPTIMAL and result.iterations == 0 and result.kkt_residual == 0.0
+    assert (
+        result.status is SolveStatus.OPTIMAL
+        and result.iterations == 0
+        and result.kkt_residual == 0.0
+    )
 
 
 def test_iteration_cap_is_reported() -> None:
@@ -253,7 +266,9 @@ def test_certified_on_any_input(case: GramCase, data: st.DataObject) -> None:
     assert_box_solution(result, q, u)
 
 
-@pytest.mark.parametrize("strategy", [well_posed(max_n=12), jacobians(max_n=12)], ids=["well-posed", "any"])
+@pytest.mark.parametrize(
+    "strategy", [well_posed(max_n=12), jacobians(max_n=12)], ids=["well-posed", "any"]
+)
 def test_matches_cvxpy(strategy: st.SearchStrategy[GramCase]) -> None:
     @given(case=strategy, data=st.data())
     def check(case: GramCase, data: st.DataObject) -> None:
@@ -284,7 +299,9 @@ def assert_same_projection(base, other: np.ndarray, g: np.ndarray, u: np.ndarray
     assert gap <= 1e-8 * size, f"|G(v − v')| = {gap:.3g} (T = {size:.3g}): {v} vs {other}"
     if base.status is SolveStatus.OPTIMAL and base.condition <= 1e6:
         scaled_gap = float((np.linalg.norm(g, axis=0) * np.abs(other - v)).max())
-        assert scaled_gap <= 1e-8 * size, f"weights differ by {scaled_gap:.3g} (T = {size:.3g}): {v} vs {other}"
+        assert scaled_gap <= 1e-8 * size, (
+            f"weights differ by {scaled_gap:.3g} (T = {size:.3g}): {v} vs {other}"
+        )
 
 
 @given(case=jacobians(max_n=12), data=st.data(), log_c=st.floats(-8, 8))
@@ -326,10 +343,17 @@ def test_upgrad_weights_conflict_with_no_gradient(case: GramCase) -> None:
         assert np.array_equal(rows[k], _np(single.weights))
         assert_box_solution(single, q, lowers[k])
     assert result.iterations == sum(s.iterations for s in singles)
-    order = [SolveStatus.OPTIMAL, SolveStatus.DEGENERATE, SolveStatus.INACCURATE, SolveStatus.MAX_ITER]
+    order = [
+        SolveStatus.OPTIMAL,
+        SolveStatus.DEGENERATE,
+        SolveStatus.INACCURATE,
+        SolveStatus.MAX_ITER,
+    ]
     assert result.status is max((s.status for s in singles), key=order.index)
     rounding = 1e-14 * sum(_size(case.g, r, lo) ** 2 for r, lo in zip(rows, lowers))
-    assert result.objective == pytest.approx(sum(s.objective for s in singles), rel=1e-12, abs=rounding + 1e-300)
+    assert result.objective == pytest.approx(
+        sum(s.objective for s in singles), rel=1e-12, abs=rounding + 1e-300
+    )
     assert_dual_cone(q, rows.sum(0), lowers.sum(0))
 
 
@@ -349,7 +373,9 @@ def test_nearly_dependent_gradients(kind: str, seed: int) -> None:
     for lowers in (np.eye(n) / n, rng.standard_normal((2, n))):
         result = project_to_dual_cone(q, lowers)
         assert result.status in CERTIFIED
-        assert result.kkt_residual <= (KKT_TOL if result.status is SolveStatus.OPTIMAL else 1e-6), result.kkt
+        assert result.kkt_residual <= (KKT_TOL if result.status is SolveStatus.OPTIMAL else 1e-6), (
+            result.kkt
+        )
         rows = _np(result.weights)
         assert (rows >= lowers).all()
         for row, u in zip(rows, lowers):

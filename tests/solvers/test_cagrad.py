@@ -85,7 +85,9 @@ def test_orthogonal_equal_gradients(c: float) -> None:
     assert result.problem == "cagrad"
     np.testing.assert_allclose(_np(result), [0.5, 0.5], atol=1e-15)
     assert result.kkt_residual <= 1e-15
-    np.testing.assert_allclose(cagrad_direction_weights(np.eye(2), _np(result), c), [(1 + c) / 2] * 2, rtol=1e-15)
+    np.testing.assert_allclose(
+        cagrad_direction_weights(np.eye(2), _np(result), c), [(1 + c) / 2] * 2, rtol=1e-15
+    )
 
 
 def test_two_gradients_by_hand() -> None:
@@ -107,7 +109,9 @@ def test_two_gradients_by_hand() -> None:
     assert vertex.status is SolveStatus.OPTIMAL
     np.testing.assert_array_equal(_np(vertex), [1.0, 0.0])
     r = 0.5 * math.sqrt(1.25)  # d = g0 + r·g1/‖g1‖: weights m + r·e1
-    np.testing.assert_allclose(cagrad_direction_weights(q, _np(vertex), 0.5), [0.5 + r, 0.5], rtol=1e-15)
+    np.testing.assert_allclose(
+        cagrad_direction_weights(q, _np(vertex), 0.5), [0.5 + r, 0.5], rtol=1e-15
+    )
 
 
 def test_c_zero_is_the_mean_gradient() -> None:
@@ -130,7 +134,9 @@ def test_single_gradient(c: float) -> None:
     assert result.status is SolveStatus.OPTIMAL
     np.testing.assert_array_equal(_np(result), [1.0])
     assert result.kkt_residual == 0.0
-    np.testing.assert_allclose(cagrad_direction_weights(np.array([[9.0]]), _np(result), c), [1.0 + c])
+    np.testing.assert_allclose(
+        cagrad_direction_weights(np.array([[9.0]]), _np(result), c), [1.0 + c]
+    )
 
 
 @pytest.mark.parametrize("c", [0.3, 2.0])
@@ -230,7 +236,8 @@ def test_rejects_bad_gramian(q: np.ndarray, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"tol": 0.0}, "tol"), ({"max_iter": 0}, "max_iter"), ({"rcond": -1.0}, "rcond")]
+    ("kwargs", "message"),
+    [({"tol": 0.0}, "tol"), ({"max_iter": 0}, "max_iter"), ({"rcond": -1.0}, "rcond")],
 )
 def test_rejects_bad_options(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -245,7 +252,9 @@ def test_well_posed_is_optimal_and_matches_cvxpy(case: GramCase, c: float) -> No
     q = case.q
     result = solve_cagrad(q, c)
     w = _np(result)
-    assert result.status is SolveStatus.OPTIMAL or (c == 0.0 and result.status is SolveStatus.DEGENERATE)
+    assert result.status is SolveStatus.OPTIMAL or (
+        c == 0.0 and result.status is SolveStatus.DEGENERATE
+    )
     assert_certified(result)
     ours = objective(q, c, w)
     ref = reference_cvxpy(q, c)
@@ -276,11 +285,15 @@ def test_scale_invariance(case: GramCase, c: float, log_scale: float) -> None:
     base, scaled = solve_cagrad(q, c), solve_cagrad(k * q, c)
     if base.status is SolveStatus.OPTIMAL and scaled.status is SolveStatus.OPTIMAL:
         np.testing.assert_allclose(_np(scaled), _np(base), atol=1e-7)
-    assert abs(objective(k * q, c, _np(scaled)) - k * objective(q, c, _np(base))) <= k * slack(q, c, 1e-9)
+    assert abs(objective(k * q, c, _np(scaled)) - k * objective(q, c, _np(base))) <= k * slack(
+        q, c, 1e-9
+    )
 
 
 @given(case=jacobians(max_n=12), c=radii, log_scale=st.floats(-8, 8))
-def test_scale_invariance_of_the_optimum_on_any_input(case: GramCase, c: float, log_scale: float) -> None:
+def test_scale_invariance_of_the_optimum_on_any_input(
+    case: GramCase, c: float, log_scale: float
+) -> None:
     q = case.q
     k = 10.0**log_scale
     base, scaled = solve_cagrad(q, c), solve_cagrad(k * q, c)
@@ -292,8 +305,14 @@ def test_permutation_equivariance(case: GramCase, c: float, data: st.DataObject)
     q = case.q
     perm = np.asarray(data.draw(st.permutations(range(case.n))))
     base, permuted = solve_cagrad(q, c), solve_cagrad(q[np.ix_(perm, perm)], c)
-    assert abs(objective(q, c, _np(base)) - objective(q[np.ix_(perm, perm)], c, _np(permuted))) <= slack(q, c)
-    if base.status is SolveStatus.OPTIMAL and permuted.status is SolveStatus.OPTIMAL and base.condition <= 1e6:
+    assert abs(
+        objective(q, c, _np(base)) - objective(q[np.ix_(perm, perm)], c, _np(permuted))
+    ) <= slack(q, c)
+    if (
+        base.status is SolveStatus.OPTIMAL
+        and permuted.status is SolveStatus.OPTIMAL
+        and base.condition <= 1e6
+    ):
         np.testing.assert_allclose(_np(permuted), _np(base)[perm], atol=1e-7)
 
 
@@ -327,7 +346,9 @@ def test_direction_maximises_the_worst_improvement(case: GramCase, c: float, see
 
 
 @given(case=jacobians(max_n=12), c=radii, seed=st.integers(0, 2**32 - 1))
-def test_direction_maximises_the_worst_improvement_on_any_input(case: GramCase, c: float, seed: int) -> None:
+def test_direction_maximises_the_worst_improvement_on_any_input(
+    case: GramCase, c: float, seed: int
+) -> None:
     _ball_property(case, c, seed, 1e-6)
 
 
@@ -387,4 +408,7 @@ def test_matches_torchjd(n: int, c: float) -> None:
         ours = cagrad_direction_weights(q, _np(result), c)
         np.testing.assert_allclose(ours, theirs, atol=3e-4 * float(np.abs(ours).max()))
         their_w = (theirs - 1.0 / n) / (theirs.sum() - 1.0)  # theirs = m + λw with Σw = 1
-        assert objective(q, c, _np(result)) <= objective(q, c, np.maximum(their_w, 0.0) / np.maximum(their_w, 0.0).sum()) + 1e-12
+        assert (
+            objective(q, c, _np(result))
+            <= objective(q, c, np.maximum(their_w, 0.0) / np.maximum(their_w, 0.0).sum()) + 1e-12
+        )

@@ -14,7 +14,9 @@ from moo_opt.solvers._closed_form import closed_form_device
 from moo_opt.solvers.result import STATUS_CODES
 from tests.helpers.assertions import assert_balanced, assert_certified
 
-BOTH = pytest.mark.parametrize("solve", [solve_equality_qp, solve_simplex_qp], ids=["equality", "simplex"])
+BOTH = pytest.mark.parametrize(
+    "solve", [solve_equality_qp, solve_simplex_qp], ids=["equality", "simplex"]
+)
 
 
 def gram(*columns: list[float]) -> np.ndarray:
@@ -235,7 +237,12 @@ def test_deferred_validation_on_device_gives_uniform_weights_and_invalid_status(
     w, code = closed_form_device(q, 1e-14, simplex=False, base=SolveStatus.OPTIMAL)
     assert STATUS_CODES[int(code)] is SolveStatus.INVALID_INPUT
     assert torch.equal(w, torch.tensor([0.5, 0.5], dtype=torch.float64))
-    w, code = closed_form_device(torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64), 1e-14, False, SolveStatus.OPTIMAL)
+    w, code = closed_form_device(
+        torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64),
+        1e-14,
+        False,
+        SolveStatus.OPTIMAL,
+    )
     assert STATUS_CODES[int(code)] is SolveStatus.INVALID_INPUT
 
 

@@ -67,7 +67,9 @@ def test_duplicate_gradients(copies: int) -> None:
     # no y ≥ 0 has Qy = 0: nothing is blocked (N > 2 takes Newton on a singular matrix).
     g = [3.0, -4.0]  # |g| = 5
     r = solve_nash(gram(*[g] * copies))
-    np.testing.assert_allclose(weights(r), np.full(copies, 1.0 / (math.sqrt(copies) * 5.0)), rtol=1e-12)
+    np.testing.assert_allclose(
+        weights(r), np.full(copies, 1.0 / (math.sqrt(copies) * 5.0)), rtol=1e-12
+    )
     assert r.status is SolveStatus.OPTIMAL
     assert_nash(r, gram(*[g] * copies))
 
@@ -134,13 +136,17 @@ def test_scaling_q_scales_weights_by_inverse_sqrt(c: float) -> None:
     for n in (2, 5):
         g = rng.standard_normal((10, n))
         q = g.T @ g
-        np.testing.assert_allclose(weights(solve_nash(c * q)), weights(solve_nash(q)) / math.sqrt(c), rtol=1e-11)
+        np.testing.assert_allclose(
+            weights(solve_nash(c * q)), weights(solve_nash(q)) / math.sqrt(c), rtol=1e-11
+        )
 
 
 def test_max_iter_is_reported() -> None:
     rng = np.random.default_rng(1)
     g = rng.standard_normal((20, 6)) * np.logspace(-3, 3, 6)
-    g[:, 1] = -g[:, 0] / np.linalg.norm(g[:, 0]) + 1e-3 * rng.standard_normal(20)  # nearly opposite: large weights
+    g[:, 1] = -g[:, 0] / np.linalg.norm(g[:, 0]) + 1e-3 * rng.standard_normal(
+        20
+    )  # nearly opposite: large weights
     q = g.T @ g
     full = solve_nash(q)
     assert full.status is SolveStatus.OPTIMAL and full.iterations > 2
@@ -295,13 +301,17 @@ def test_validate_false_gives_the_same_weights() -> None:
     for n in (1, 2, 5):
         g = rng.standard_normal((8, n))
         q = g.T @ g
-        np.testing.assert_array_equal(weights(solve_nash(q, validate=False)), weights(solve_nash(q)))
+        np.testing.assert_array_equal(
+            weights(solve_nash(q, validate=False)), weights(solve_nash(q))
+        )
 
 
 def test_nash_blocked_for_two_objectives() -> None:
     np.testing.assert_array_equal(nash_blocked(gram([1.0, 2.0], [-2.0, -4.0]), 1e-14), [True, True])
     np.testing.assert_array_equal(nash_blocked(gram([1.0, 2.0], [0.0, 0.0]), 1e-14), [False, True])
-    np.testing.assert_array_equal(nash_blocked(gram([1.0, 2.0], [-2.0, 4.0]), 1e-14), [False, False])
+    np.testing.assert_array_equal(
+        nash_blocked(gram([1.0, 2.0], [-2.0, 4.0]), 1e-14), [False, False]
+    )
 
 
 # ---------------------------------------------------------------- invalid input
@@ -348,7 +358,9 @@ def nash_cvxpy(q: np.ndarray) -> np.ndarray | None:
     cp = pytest.importorskip("cvxpy")
     scale = float(np.diag(q).max())
     a = cp.Variable(q.shape[0])
-    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(a, cp.psd_wrap(q / scale)) - cp.sum(cp.log(a))))
+    prob = cp.Problem(
+        cp.Minimize(0.5 * cp.quad_form(a, cp.psd_wrap(q / scale)) - cp.sum(cp.log(a)))
+    )
     try:
         prob.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
     except cp.error.SolverError:

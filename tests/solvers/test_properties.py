@@ -93,7 +93,10 @@ def test_permutation_equivariance(problem: str, case: GramCase, data: st.DataObj
     q = case.q
     perm = np.asarray(data.draw(st.permutations(range(case.n))))
     base, permuted = solve(q), solve(q[np.ix_(perm, perm)])
-    assert abs(base.objective - permuted.objective) <= objective_slack(q, base, permuted, rtol=1e-9) + 1e-300
+    assert (
+        abs(base.objective - permuted.objective)
+        <= objective_slack(q, base, permuted, rtol=1e-9) + 1e-300
+    )
     if _unique(base, problem) and permuted.status is SolveStatus.OPTIMAL:
         assert_weights_close(permuted.weights, base.weights[perm], 1e-7)
 
@@ -107,7 +110,10 @@ def test_scale_invariance(problem: str, case: GramCase, log_c: float) -> None:
     base, scaled = solve(q), solve(c * q)
     if _unique(base, problem) and scaled.status is SolveStatus.OPTIMAL:
         assert_weights_close(scaled.weights, base.weights, 1e-7)
-    assert abs(scaled.objective - c * base.objective) <= c * objective_slack(q, base, scaled, rtol=1e-9) + 1e-300
+    assert (
+        abs(scaled.objective - c * base.objective)
+        <= c * objective_slack(q, base, scaled, rtol=1e-9) + 1e-300
+    )
 
 
 @pytest.mark.parametrize("problem", ["equality", "simplex"])
@@ -115,13 +121,24 @@ def test_scale_invariance(problem: str, case: GramCase, log_c: float) -> None:
 def test_two_objective_closed_form_equals_general_path(problem: str, case: GramCase) -> None:
     q = case.q
     if problem == "equality":
-        closed, general = solve_equality_qp(q, method="closed-form"), solve_equality_qp(q, method="null-space")
+        closed, general = (
+            solve_equality_qp(q, method="closed-form"),
+            solve_equality_qp(q, method="null-space"),
+        )
     else:
-        closed, general = solve_simplex_qp(q, method="closed-form"), solve_simplex_qp(q, method="wolfe")
+        closed, general = (
+            solve_simplex_qp(q, method="closed-form"),
+            solve_simplex_qp(q, method="wolfe"),
+        )
     assert closed.method == "closed-form"
     assert_certified(closed)
-    assert abs(closed.objective - general.objective) <= objective_slack(q, closed, general, rtol=1e-9) + 1e-300
-    assert (closed.status is SolveStatus.DEGENERATE) == (general.status is SolveStatus.DEGENERATE) or problem == "simplex"
+    assert (
+        abs(closed.objective - general.objective)
+        <= objective_slack(q, closed, general, rtol=1e-9) + 1e-300
+    )
+    assert (closed.status is SolveStatus.DEGENERATE) == (
+        general.status is SolveStatus.DEGENERATE
+    ) or problem == "simplex"
     if _unique(closed, problem):
         assert_weights_close(closed.weights, general.weights, 1e-8)
 

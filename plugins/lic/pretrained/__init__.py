@@ -57,7 +57,19 @@ def entries(manifest: Path | None = None) -> list[Entry]:
         return []
     out = []
     for r in json.loads(manifest.read_text()):
-        out.append(Entry(r["name"], r["file"], r["model"], int(r["N"]), r.get("M"), float(r["lambda"]), r["metric"], int(r["steps"]), r))
+        out.append(
+            Entry(
+                r["name"],
+                r["file"],
+                r["model"],
+                int(r["N"]),
+                r.get("M"),
+                float(r["lambda"]),
+                r["metric"],
+                int(r["steps"]),
+                r,
+            )
+        )
     return out
 
 
@@ -73,7 +85,10 @@ def select(patterns: list[str]) -> list[Entry]:
     for pattern in patterns:
         hits = [e for e in known if fnmatch.fnmatchcase(e.name, pattern)]
         if not hits:
-            listing = ", ".join(e.name for e in known) or "none (plugins/lic/pretrained/manifest.json is missing)"
+            listing = (
+                ", ".join(e.name for e in known)
+                or "none (plugins/lic/pretrained/manifest.json is missing)"
+            )
             raise UsageError(f"--pretrained {pattern}: no such shipped model; available: {listing}")
         chosen.extend(e for e in hits if e not in chosen)
     return chosen
@@ -83,7 +98,9 @@ def get(name: str) -> Entry:
     """The entry of one name (no patterns)."""
     hits = [e for e in select([name]) if e.name == name]
     if len(hits) != 1:
-        raise UsageError(f"--pretrained {name}: give one model's full name; available: {', '.join(names())}")
+        raise UsageError(
+            f"--pretrained {name}: give one model's full name; available: {', '.join(names())}"
+        )
     return hits[0]
 
 
@@ -95,7 +112,9 @@ def load(name: str, device: str = "cpu"):
 
     entry = get(name)
     ckpt = checkpoint.load(entry.path)
-    spec = models.resolve(ckpt["state_dict"], ckpt.get("model"), entry.model, entry.N, entry.M, str(entry.path))
+    spec = models.resolve(
+        ckpt["state_dict"], ckpt.get("model"), entry.model, entry.N, entry.M, str(entry.path)
+    )
     net = models.build(spec)
     net.load_state_dict(ckpt["state_dict"])
     return net.to(torch.device(device)).eval()

@@ -15,7 +15,9 @@ def main() -> int:
     print(f"{'name':<36} {'λ':>7} {'steps':>6} {'bpp':>6} {'PSNR':>6} {'L_D':>6}")
     for e in known:
         s = e.record.get("eval", {})
-        print(f"{e.name:<36} {e.lmbda:>7g} {e.steps:>6} {s.get('bpp', float('nan')):>6.3f} {s.get('psnr', float('nan')):>6.2f} {s.get('L_D', float('nan')):>6.3f}")
+        print(
+            f"{e.name:<36} {e.lmbda:>7g} {e.steps:>6} {s.get('bpp', float('nan')):>6.3f} {s.get('psnr', float('nan')):>6.2f} {s.get('L_D', float('nan')):>6.3f}"
+        )
     print(f"(bpp and PSNR entropy-coded on the samples photographs; files in {MANIFEST.parent})")
     return 0
 

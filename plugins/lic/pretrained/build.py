@@ -68,7 +68,11 @@ def _train(job: tuple[list[str], Path]) -> tuple[str, int, float]:
     if not (out / "commit").exists():  # the code the run started with
         (out / "commit").write_text(git_commit() + "\n")
     start = time.perf_counter()
-    with (out / "run.log").open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with (
+        (out / "run.log").open("a") as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+    ):
         print(f"$ python -m plugins.lic.train {' '.join(argv)}", flush=True)
         code = train.main(argv)
     seconds = time.perf_counter() - start
@@ -81,8 +85,16 @@ def _train(job: tuple[list[str], Path]) -> tuple[str, int, float]:
 
 def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "plugins", "moo_opt"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "plugins", "moo_opt"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")
@@ -117,13 +129,19 @@ def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         spec = models.ModelSpec(**ckpt["model"])
         net = models.build(spec)
         net.load_state_dict(ckpt["state_dict"])
-        net.update(force=True)  # the entropy coders' tables travel with the weights: compress() works at once
+        net.update(
+            force=True
+        )  # the entropy coders' tables travel with the weights: compress() works at once
         ckpt["state_dict"] = net.state_dict()
         target = folder / f"{name}.pth.tar"
         checkpoint.save_atomic(ckpt, target)
         point = evaluate.evaluate([target], args.eval_dataset, False, torch.device("cpu"))[0]
         minutes = sum(float(x) for x in (run / "train_seconds").read_text().split()) / 60
-        commit = (run / "commit").read_text().strip() if (run / "commit").exists() else (args.runs / "commit").read_text().strip()
+        commit = (
+            (run / "commit").read_text().strip()
+            if (run / "commit").exists()
+            else (args.runs / "commit").read_text().strip()
+        )
         mse = point["mse"]
         records.append({
             "name": name, "file": target.name, "model": spec.name, "N": spec.N, "M": spec.M, "lambda": float(lam), "metric": "mse",
@@ -137,11 +155,16 @@ def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
                         "decode_matches_forward": point["max_decode_gap"] <= evaluate.CONSISTENCY_TOL},
             "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "bytes": target.stat().st_size,
         })  # fmt: skip
-        print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB): {point['bpp']:.3f} bpp, {point['psnr-rgb']:.2f} dB, L_D {float(lam) * 255**2 * mse:.3f}", flush=True)
+        print(
+            f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB): {point['bpp']:.3f} bpp, {point['psnr-rgb']:.2f} dB, L_D {float(lam) * 255**2 * mse:.3f}",
+            flush=True,
+        )
     return records
 
 
-def jpeg_reference(dataset: str, qualities: tuple[int, ...] = (5, 10, 15, 20, 30, 40)) -> dict[str, Any]:
+def jpeg_reference(
+    dataset: str, qualities: tuple[int, ...] = (5, 10, 15, 20, 30, 40)
+) -> dict[str, Any]:
     """Pillow's JPEG (4:2:0, default tables) on ``dataset`` at ``qualities``, as CompressAI's
     ``compressai.utils.bench jpeg`` measures it: bytes of the file, PSNR on 8-bit RGB; a
     reference curve in CompressAI's results format."""
@@ -161,7 +184,9 @@ def jpeg_reference(dataset: str, qualities: tuple[int, ...] = (5, 10, 15, 20, 30
         for a in originals:
             buf = io.BytesIO()
             Image.fromarray(a).save(buf, "JPEG", quality=q)
-            decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float64)
+            decoded = np.asarray(
+                Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float64
+            )
             rates.append(8 * buf.tell() / (a.shape[0] * a.shape[1]))
             quality.append(10 * math.log10(255**2 / float(np.mean((a - decoded) ** 2))))
         bpp.append(float(np.mean(rates)))
@@ -188,7 +213,9 @@ def summary(records: list[dict[str, Any]]) -> str:
                      f"{e['ms_ssim']:.4f} | {e['L_D']:.3f} | {e['rate']:.3f} |")  # fmt: skip
     bpp = [r["eval"]["bpp"] for r in records]
     psnr = [r["eval"]["psnr"] for r in records]
-    monotonic = all(b > a for a, b in zip(bpp, bpp[1:])) and all(b > a for a, b in zip(psnr, psnr[1:]))
+    monotonic = all(b > a for a, b in zip(bpp, bpp[1:])) and all(
+        b > a for a, b in zip(psnr, psnr[1:])
+    )
     outside = [r["name"] for r in records if max(r["eval"]["L_D"], r["eval"]["rate"]) > REGIME_MAX]
     lines += ["", f"Curve monotonic in λ (bpp and PSNR): {'yes' if monotonic else 'NO'}. "
               f"L_D and rate at most {REGIME_MAX}: {'all' if not outside else 'not ' + ', '.join(outside)}."]  # fmt: skip
@@ -196,15 +223,42 @@ def summary(records: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the ImageFolder of python -m plugins.lic.photos")
-    parser.add_argument("--runs", type=Path, default=Path("runs/pretrained"), help="the training runs' folders (resumable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=Path("data/photos"),
+        help="the ImageFolder of python -m plugins.lic.photos",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("runs/pretrained"),
+        help="the training runs' folders (resumable)",
+    )
     parser.add_argument("--lambdas", nargs="+", default=list(LAMBDAS), help="one model per λ")
     parser.add_argument("--steps", type=int, default=16000, help="training steps of each model")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
-    parser.add_argument("--eval-dataset", default="samples", help="what the shipped models are entropy-coded on (never trained on)")
-    parser.add_argument("--export-only", action="store_true", help="ship the finished runs without training the others")
-    parser.add_argument("--ship", type=Path, default=Path(__file__).resolve().parent, help="where the finished models and manifest.json go")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="runs in parallel, one torch thread each"
+    )
+    parser.add_argument(
+        "--eval-dataset",
+        default="samples",
+        help="what the shipped models are entropy-coded on (never trained on)",
+    )
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="ship the finished runs without training the others",
+    )
+    parser.add_argument(
+        "--ship",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="where the finished models and manifest.json go",
+    )
     return parser
 
 
@@ -212,16 +266,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.photos / "photos.json").exists():
-        parser.error(f"--photos {args.photos}: not made by python -m plugins.lic.photos; run it first (make photos)")
+        parser.error(
+            f"--photos {args.photos}: not made by python -m plugins.lic.photos; run it first (make photos)"
+        )
     model, n, m = MODEL
-    jobs = [(train_argv(args, lam, args.runs / run_name(model, n, m, "mse", lam)), args.runs / run_name(model, n, m, "mse", lam)) for lam in args.lambdas]
+    jobs = [
+        (
+            train_argv(args, lam, args.runs / run_name(model, n, m, "mse", lam)),
+            args.runs / run_name(model, n, m, "mse", lam),
+        )
+        for lam in args.lambdas
+    ]
     args.runs.mkdir(parents=True, exist_ok=True)
     if not (args.runs / "commit").exists():
         (args.runs / "commit").write_text(git_commit() + "\n")
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
         for out, code, seconds in pool.imap_unordered(_train, [] if args.export_only else jobs):
-            print(f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; {(time.perf_counter() - start) / 60:.1f} min elapsed)", flush=True)
+            print(
+                f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; {(time.perf_counter() - start) / 60:.1f} min elapsed)",
+                flush=True,
+            )
             if code != 0:
                 print(f"see {out}/run.log", file=sys.stderr)
                 return 1
@@ -231,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
 
         built = {r["name"] for r in records}
         manifest = args.ship / "manifest.json"
-        kept = [r for r in (json.loads(manifest.read_text()) if manifest.exists() else []) if r["name"] not in built and (args.ship / r["file"]).exists()]
-        records = sorted(kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"]))  # other λ shipped earlier stay listed
+        kept = [
+            r
+            for r in (json.loads(manifest.read_text()) if manifest.exists() else [])
+            if r["name"] not in built and (args.ship / r["file"]).exists()
+        ]
+        records = sorted(
+            kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"])
+        )  # other λ shipped earlier stay listed
         manifest.write_text(json.dumps(records, indent=2) + "\n")
         curve = [r for r in records if (r["model"], r["N"], r["M"]) == MODEL]
         keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "mse": "mse"}
@@ -240,12 +311,27 @@ def main(argv: list[str] | None = None) -> int:
                    "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()}, "lambda": [r["lambda"] for r in curve],
                                "checkpoint": [f"plugins/lic/pretrained/{r['file']}" for r in curve]}}  # fmt: skip
         (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.runs / "jpeg.json").write_text(json.dumps(jpeg_reference(args.eval_dataset), indent=2) + "\n")
-        with contextlib.redirect_stdout(sys.stderr):  # the shipped curve, with Pillow's JPEG for scale
-            report.main([str(args.runs / "shipped.json"), str(args.runs / "jpeg.json"), "--anchor", "JPEG (Pillow)", "--out", str(args.runs / "report")])
+        (args.runs / "jpeg.json").write_text(
+            json.dumps(jpeg_reference(args.eval_dataset), indent=2) + "\n"
+        )
+        with contextlib.redirect_stdout(
+            sys.stderr
+        ):  # the shipped curve, with Pillow's JPEG for scale
+            report.main(
+                [
+                    str(args.runs / "shipped.json"),
+                    str(args.runs / "jpeg.json"),
+                    "--anchor",
+                    "JPEG (Pillow)",
+                    "--out",
+                    str(args.runs / "report"),
+                ]
+            )
         table = summary(curve)
         (args.runs / "summary.md").write_text(table + "\n")
-        print(f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}")
+        print(
+            f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}"
+        )
     return 0
 
 
