@@ -1,4 +1,5 @@
-"""Fine-tuning the shipped models: Solution 2's formulations against the standard loss, same steps.
+"""Fine-tuning the shipped models: Solution 2's formulations against the standard loss, same
+steps.
 
     python benchmarks/finetune_study.py --out ft-out [--models 'mbt2018-mean-N32-M48-mse-*'] \\
         [--steps 1000] [--lr 5e-5] [--sgd-lr 1e-4] [--variants qp qp-shared ...] [--jobs 2]
@@ -33,18 +34,20 @@ from plugins.lic.jobs import run_stages  # noqa: E402  (the same pool and .done 
 
 
 def qp(*opts: str) -> list[str]:
-    """``--balancer qp`` with these options, and the paper's unconstrained QP (``trust_radius=none``)
-    unless one is given: the CLI's fine-tuning default is the configuration this study recommends."""
+    """``--balancer qp`` with these options, and the paper's unconstrained QP
+    (``trust_radius=none``) unless one is given: the CLI's fine-tuning default is the configuration
+    this study recommends."""
     if not any(o.startswith("trust_radius=") for o in opts):
         opts = (*opts, "trust_radius=none")
     return ["--balancer", "qp", *(x for o in opts for x in ("--balancer-opt", o))]
 
 
 SGD = ["--optimizer", "sgd", "--momentum", "0.9", "--clip_max_norm", "0"]  # unclipped: see below
-#: variant → (training flags, anchor); "{sgd_lr}" is replaced by --sgd-lr and "{sgd_lr2}" by twice it:
-#: Solution 2's coefficients sum to one where the standard loss's (1, 1) sum to two, so under SGD (not
-#: scale-free as Adam is) the balanced variants take twice the rate, and equal coefficients give
-#: exactly the standard step (which gradient clipping would break, hence no clipping under SGD)
+#: variant → (training flags, anchor); "{sgd_lr}" is replaced by --sgd-lr and "{sgd_lr2}" by
+#: twice it: Solution 2's coefficients sum to one where the standard loss's (1, 1) sum to two, so
+#: under SGD (not scale-free as Adam is) the balanced variants take twice the rate, and equal
+#: coefficients give exactly the standard step (which gradient clipping would break, hence no
+#: clipping under SGD)
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "standard": (["--balancer", "fixed"], "standard"),
     "standard-keep": (["--balancer", "fixed", "--keep-optimizer"], "standard-keep"),
@@ -63,8 +66,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "qp-ema0.999": (qp("gradient_ema=0.999"), "standard"),
     "qp-sgd": ([*qp(), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
     "qp-shared-sgd": ([*qp("shared_only=true"), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
-    # the control of a trust region that its boundary pins (w_D/w_R = 0.4/0.6): the standard loss at
-    # the same λ_eff = 2λ/3, so that a gain is credited to the balancing only if this does not have it
+    # the control of a trust region that its boundary pins (w_D/w_R = 0.4/0.6): the standard loss
+    # at the same λ_eff = 2λ/3, so that a gain is credited to the balancing only if this does not
+    # have it
     "standard-lam0.667": (["--balancer", "fixed", "--lambda", "{lam*2/3}"], "standard"),
 }
 LAMBDA_SCALE = re.compile(r"\{lam\*(\d+)/(\d+)\}")  # "{lam*2/3}": the model's λ times 2/3
@@ -109,9 +113,12 @@ def summarise(
     results = {v: report.load_results(out / f"{v}.json") for v in variants}
     lams = [m.lmbda for m in models]
     lines = [
-        f"R-D cost J = bpp + λ·255²·MSE on `{dataset}` against the anchor (the standard fine-tune with the same optimiser setting) "
-        "and, in brackets, against the shipped model the fine-tune started from; then bpp / PSNR, the weight on distortion "
-        "and λ_eff/λ = w_D/w_R (the standard loss at λ·w_D/w_R takes the same step direction; means over the last quarter of the run).",
+        f"R-D cost J = bpp + λ·255²·MSE on `{dataset}` against the anchor "
+        "(the standard fine-tune with the same optimiser setting) "
+        "and, in brackets, against the shipped model the fine-tune started from; "
+        "then bpp / PSNR, the weight on distortion "
+        "and λ_eff/λ = w_D/w_R (the standard loss at λ·w_D/w_R takes the same step direction; "
+        "means over the last quarter of the run).",
         "",
         "| variant | anchor | "
         + " | ".join(f"λ={lam:g}" for lam in lams)
@@ -132,7 +139,8 @@ def summarise(
             run = out / "runs" / f"{v}-{lam:g}"
             w_d, ratio = last_weight(run)
             cells.append(
-                f"{deltas[-1]:+.1f} % ({100 * (cost / s - 1):+.1f} %); {r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}; w_D {w_d:.3f}, λ_eff/λ {ratio:.3g}"
+                f"{deltas[-1]:+.1f} % ({100 * (cost / s - 1):+.1f} %); "
+                f"{r['bpp'][i]:.3f} / {r['psnr-rgb'][i]:.2f}; w_D {w_d:.3f}, λ_eff/λ {ratio:.3g}"
             )
         bd = (
             report.bd_metrics(results[anchor], results[v])
@@ -191,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         dict.fromkeys([*(VARIANTS[v][1] for v in args.variants), *args.variants])
     )  # anchors first
     out: Path = args.out
-    common = ["-d", args.photos, "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size), "--test-batch-size", "16",
-              "--log-every", "25", "--test-every", str(max(args.steps // 4, 1)), "--save-every", str(max(args.steps // 4, 1)), "--no-progress"]  # fmt: skip
+    common = ["-d", args.photos, "--patch-size", str(args.patch), str(args.patch),
+              "--batch-size", str(args.batch_size), "--test-batch-size", "16", "--log-every", "25",
+              "--test-every", str(max(args.steps // 4, 1)),
+              "--save-every", str(max(args.steps // 4, 1)), "--no-progress"]  # fmt: skip
     trains, evals = [], []
     for v in variants:
         flags = [
@@ -234,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 out / f"{v}.eval.log",
             )
         )
-    evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
+    evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset,
+                               "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip
     start = time.perf_counter()
     run_stages(args.jobs, {"fine-tunes": trains, "evaluations": evals}, start)
@@ -244,9 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(out, variants, models, shipped, args.eval_dataset)
     command = command_line("finetune_study.py", argv)
     settings = (
-        f"`{command}`: {len(models)} shipped models ({', '.join(m.name for m in models)}), {args.steps} fine-tuning steps each at "
-        f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, momentum 0.9, no clipping), batch {args.batch_size} of {args.patch}² crops of {args.photos}, seed {args.seed}; "
-        f"entropy-coded on `{args.eval_dataset}`; wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
+        f"`{command}`: {len(models)} shipped models ({', '.join(m.name for m in models)}), "
+        f"{args.steps} fine-tuning steps each at "
+        f"Adam lr {args.lr} (SGD variants: lr {args.sgd_lr}, balanced ones twice it, "
+        "momentum 0.9, no clipping), "
+        f"batch {args.batch_size} of {args.patch}² crops of {args.photos}, seed {args.seed}; "
+        f"entropy-coded on `{args.eval_dataset}`; "
+        f"wall time {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} processes."
     )
     write_summary(out, "Fine-tuning the shipped models", settings, table)
     return 0

@@ -1,10 +1,10 @@
-"""The paper's comparison in its regime: Solution 1 from scratch and Solution 2 fine-tuning against the
-standard loss, two seeds, entropy-coded on the photographs.
+"""The paper's comparison in its regime: Solution 1 from scratch and Solution 2 fine-tuning against
+the standard loss, two seeds, entropy-coded on the photographs.
 
     make reproduce            # python benchmarks/reproduce.py --out repro-out
     python benchmarks/reproduce.py --out repro-out [--seeds 0 1] [--parts scratch finetune] \\
-        [--steps 3000] [--finetune-steps 1000] [--jobs 2] [--skip VARIANT ...] [--ablation-seeds 0] \\
-        [--scratch-lambdas VARIANT=λ,λ ...]
+        [--steps 3000] [--finetune-steps 1000] [--jobs 2] [--skip VARIANT ...] \\
+        [--ablation-seeds 0] [--scratch-lambdas VARIANT=λ,λ ...]
 
 Per seed, two studies on the photographs of ``python -m plugins.lic.photos`` (the shipped models'
 training data), each in its own folder of ``--out``:
@@ -19,15 +19,16 @@ training data), each in its own folder of ``--out``:
   states it (``trust_radius=none``), Solution 2 with its fine-tuning default (trust radius 0.1), and
   the standard loss at ⅔λ (the control that tells the trust region's effect from a shifted λ).
 
-Every checkpoint is entropy-coded on ``samples``. ``summary.md`` has, per variant: the BD-rate against
-its anchor per seed (pchip, cubic as a check; n/a with the reason where a curve is not monotonic or
-the curves do not overlap), the R-D cost ``bpp + λ·255²·MSE`` per λ against the anchor's (mean and
-range over the seeds), the median time per step relative to the anchor's in the same runs, the R-D
-plots and the paper's Figure 1 re-plotted from the logs at ``--figure-lambda``. Everything is
-resumable: finished runs are kept (``.done`` files), a run stopped part-way resumes from its last
-checkpoint, and ``--parts`` runs one study at a time. To fit a budget, ``--skip`` leaves variants out,
-``--ablation-seeds`` runs the ablations on some seeds only and ``--scratch-lambdas`` replaces a scratch
-variant's λ grid; the summary reports each variant over the seeds that ran it.
+Every checkpoint is entropy-coded on ``samples``. ``summary.md`` has, per variant: the BD-rate
+against its anchor per seed (pchip, cubic as a check; n/a with the reason where a curve is not
+monotonic or the curves do not overlap), the R-D cost ``bpp + λ·255²·MSE`` per λ against the
+anchor's (mean and range over the seeds), the median time per step relative to the anchor's in the
+same runs, the R-D plots and the paper's Figure 1 re-plotted from the logs at ``--figure-lambda``.
+Everything is resumable: finished runs are kept (``.done`` files), a run stopped part-way resumes
+from its last checkpoint, and ``--parts`` runs one study at a time. To fit a budget, ``--skip``
+leaves variants out, ``--ablation-seeds`` runs the ablations on some seeds only and
+``--scratch-lambdas`` replaces a scratch variant's λ grid; the summary reports each variant over the
+seeds that ran it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plugins.lic.jobs import run_minutes  # noqa: E402
 
-#: part → (its study's variants, λ grids that differ from the study's defaults, {variant: anchor}, the variants of Figure 1)
+#: part → (its study's variants, λ grids that differ from the study's defaults, {variant: anchor},
+#: the variants of Figure 1)
 PARTS: dict[str, tuple[list[str], list[str], dict[str, str], list[str]]] = {
     "scratch": (
         ["standard", "c2f", "c2f-beta0.0025", "c2f-gamma0", "c2f-norenorm"],
@@ -106,7 +108,8 @@ def commit() -> str:
 
 def points(res: dict[str, Any], variant: str) -> dict[float, tuple[float, float]]:
     """λ of each run → (bpp, MSE), the λ read from the run's folder (``<variant>-<λ>``): the λ it is
-    judged at (a fine-tune's model's λ, even where it trained at another, e.g. ``standard-lam0.667``)."""
+    judged at (a fine-tune's model's λ, even where it trained at another, e.g.
+    ``standard-lam0.667``)."""
     r = res["results"]
     return {
         float(Path(c).parent.name.removeprefix(f"{variant}-")): (b, m)
@@ -138,7 +141,8 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
     from plugins.lic import report
 
     folders = {s: out / f"{part}-seed{s}" for s in seeds}
-    # every variant a seed ran (--skip and --ablation-seeds leave some out); a variant is reported over the seeds that ran it
+    # every variant a seed ran (--skip and --ablation-seeds leave some out); a variant is reported
+    # over the seeds that ran it
     results = {
         s: {
             v: report.load_results(folders[s] / f"{v}.json")
@@ -153,7 +157,8 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
     lines = [
         f"### {part}: BD-rate against the anchor",
         "",
-        "| variant | anchor | monotonic (seeds) | BD-rate pchip per seed | cubic per seed | mean BD-rate (range) | BD-PSNR per seed | why n/a |",
+        "| variant | anchor | monotonic (seeds) | BD-rate pchip per seed | cubic per seed "
+        "| mean BD-rate (range) | BD-PSNR per seed | why n/a |",
         "|---|---|---|---|---|---|---|---|",
     ]
     ran = {v: [s for s in seeds if v in results[s]] for v in variants}
@@ -183,7 +188,8 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
     ]
     lines += [
         "",
-        f"### {part}: R-D cost J = bpp + λ·255²·MSE against the anchor's at the same λ (mean over seeds, range; negative: better at that λ)",
+        f"### {part}: R-D cost J = bpp + λ·255²·MSE against the anchor's at the same λ "
+        "(mean over seeds, range; negative: better at that λ)",
         "",
         "| variant | anchor | λ: ΔJ | mean ΔJ over λ |",
         "|---|---|---|---|",
@@ -208,8 +214,10 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         lines.append(f"| {v} | {a} | {cells} | {overall} |")
     lines += [
         "",
-        f"### {part}: time per step (the median over the variant's runs, every seed, of each run's median logged step time; "
-        "measured under the campaign's load, several runs at a time, so a guide, not a benchmark: benchmarks/step_overhead.py is one)",
+        f"### {part}: time per step (the median over the variant's runs, every seed, "
+        "of each run's median logged step time; "
+        "measured under the campaign's load, several runs at a time, so a guide, not a benchmark: "
+        "benchmarks/step_overhead.py is one)",
         "",
         "| variant | median s/step | × anchor |",
         "|---|---|---|",
@@ -234,7 +242,8 @@ def summarise_part(out: Path, part: str, seeds: list[int], figure_lambda: float)
         report.plot_figure1(fig_runs, out / f"figure1-{part}.png")
         lines += [
             "",
-            f"Figure 1 at λ {lam:g} (seed {seeds[0]}): `figure1-{part}.png` ({', '.join(r.name for r in fig_runs)}).",
+            f"Figure 1 at λ {lam:g} (seed {seeds[0]}): `figure1-{part}.png` "
+            f"({', '.join(r.name for r in fig_runs)}).",
         ]
     curves = [{**results[s][v], "name": f"{v} s{s}"} for v in variants for s in ran[v]]
     report.plot_rd(curves, out / f"rd-{part}.png")
@@ -257,8 +266,10 @@ def study_argv(part: str, seed: int, args: argparse.Namespace) -> tuple[str, lis
         for g in [*PARTS[part][1], *(args.scratch_lambdas if part == "scratch" else [])]
     )  # the later wins
     grids = [f"{v}={lams}" for v, lams in lambdas.items() if v in variants]
-    common = ["--out", str(args.out / f"{part}-seed{seed}"), "--seed", str(seed), "--photos", args.photos, "--patch", str(args.patch),
-              "--batch-size", str(args.batch_size), "--jobs", str(args.jobs), "--eval-dataset", args.eval_dataset, "--variants", *variants]  # fmt: skip
+    common = ["--out", str(args.out / f"{part}-seed{seed}"), "--seed", str(seed),
+              "--photos", args.photos, "--patch", str(args.patch),
+              "--batch-size", str(args.batch_size), "--jobs", str(args.jobs),
+              "--eval-dataset", args.eval_dataset, "--variants", *variants]  # fmt: skip
     if part == "scratch":
         return "scratch_study", [
             *common,
@@ -327,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ablation-seeds",
         type=int,
         nargs="*",
-        help="the seeds that also run the ablations γ = 0 and no renormalisation (default: every seed)",
+        help="the seeds that also run the ablations γ = 0 and no renormalisation "
+        "(default: every seed)",
     )
     parser.add_argument(
         "--scratch-lambdas",
@@ -349,16 +361,19 @@ def main(argv: list[str] | None = None) -> int:
     for v in args.skip:
         if v not in known or v == "standard":
             parser.error(
-                f"--skip {v}: expected a variant other than the anchor, one of {', '.join(sorted(known - {'standard'}))}"
+                f"--skip {v}: expected a variant other than the anchor, "
+                f"one of {', '.join(sorted(known - {'standard'}))}"
             )
     for g in args.scratch_lambdas:
         if "=" not in g or g.split("=", 1)[0] not in PARTS["scratch"][0]:
             parser.error(
-                f"--scratch-lambdas {g!r}: expected VARIANT=λ,λ,... with VARIANT one of {', '.join(PARTS['scratch'][0])}"
+                f"--scratch-lambdas {g!r}: expected VARIANT=λ,λ,... "
+                f"with VARIANT one of {', '.join(PARTS['scratch'][0])}"
             )
     if not Path(args.photos).is_dir():
         print(
-            f"error: --photos {args.photos}: no photographs; run `make photos` (python -m plugins.lic.photos {args.photos})",
+            f"error: --photos {args.photos}: no photographs; "
+            f"run `make photos` (python -m plugins.lic.photos {args.photos})",
             file=sys.stderr,
         )
         return 2
@@ -378,11 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     sections = [summarise_part(out, part, args.seeds, args.figure_lambda) for part in args.parts]
     settings = (
-        f"`{command_line('reproduce.py', argv)}` at commit {commit()}: seeds {args.seeds}, {args.steps} steps from scratch, "
-        f"{args.finetune_steps} fine-tuning steps, batch {args.batch_size} of {args.patch}² crops of {args.photos}, entropy-coded on "
-        f"`{args.eval_dataset}`. Its training runs and evaluations took {run_minutes(out):.0f} min of run time in all ({args.jobs} at a time); "
-        f"this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min. The studies it ran:\n\n"
-        + "\n".join(f"    {c}" for c in calls)
+        f"`{command_line('reproduce.py', argv)}` at commit {commit()}: seeds {args.seeds}, "
+        f"{args.steps} steps from scratch, "
+        f"{args.finetune_steps} fine-tuning steps, "
+        f"batch {args.batch_size} of {args.patch}² crops of {args.photos}, entropy-coded on "
+        f"`{args.eval_dataset}`. Its training runs and evaluations took "
+        f"{run_minutes(out):.0f} min of run time in all ({args.jobs} at a time); "
+        f"this invocation's wall time {(time.perf_counter() - start) / 60:.1f} min. "
+        "The studies it ran:\n\n" + "\n".join(f"    {c}" for c in calls)
     )
     write_summary(out, "The paper's comparison in its regime", settings, "\n\n".join(sections))
     return 0

@@ -1,4 +1,5 @@
-"""Time per solve of moo-opt's QP solvers against the cvxpy reference (and TorchJD's MGDA weighting).
+"""Time per solve of moo-opt's QP solvers against the cvxpy reference (and TorchJD's MGDA
+weighting).
 
 Same Gramians for every solver, in one run: for each N, ``--gramians`` random Gram matrices
 ``GᵀG`` (G of 64×N, columns scaled by 10^U(−1, 1)) as CPU float64 tensors. For each solver the
@@ -69,15 +70,21 @@ def main() -> None:
         tjd = None
 
     print(
-        f"machine: {platform.machine()} {platform.processor() or ''} · python {platform.python_version()} · torch {torch.__version__} · 1 thread"
+        f"machine: {platform.machine()} {platform.processor() or ''} "
+        f"· python {platform.python_version()} · torch {torch.__version__} · 1 thread"
     )
     print(
-        f"{args.gramians} Gramians per N, median of {args.repeats} calls (cvxpy: {args.cvxpy_repeats}); CPU float64 tensors\n"
+        f"{args.gramians} Gramians per N, median of {args.repeats} calls "
+        f"(cvxpy: {args.cvxpy_repeats}); CPU float64 tensors\n"
     )
-    header = "| problem | N | moo-opt (µs) | cvxpy (µs) | speed-up | max abs(Δw) vs cvxpy | max (f − f_cvxpy)/scale |"
+    header = (
+        "| problem | N | moo-opt (µs) | cvxpy (µs) | speed-up | max abs(Δw) vs cvxpy "
+        "| max (f − f_cvxpy)/scale |"
+    )
     rows = [header, "|" + "---|" * 7]
     tjd_rows = [
-        "| N | moo-opt simplex (µs) | TorchJD MGDAWeighting (µs) | TorchJD / moo-opt time | median (f_TorchJD − f*)/scale | max (f_TorchJD − f*)/scale |",
+        "| N | moo-opt simplex (µs) | TorchJD MGDAWeighting (µs) | TorchJD / moo-opt time "
+        "| median (f_TorchJD − f*)/scale | max (f_TorchJD − f*)/scale |",
         "|" + "---|" * 6,
     ]
     for n in args.sizes:
@@ -96,7 +103,8 @@ def main() -> None:
                 df = max(df, (a.objective - b.objective) / scale)
             mo, mr = statistics.median(t_ours), statistics.median(t_ref)
             rows.append(
-                f"| {problem} | {n} | {mo * 1e6:.1f} | {mr * 1e6:.0f} | {mr / mo:.0f}× | {dw:.1e} | {df:+.1e} |"
+                f"| {problem} | {n} | {mo * 1e6:.1f} | {mr * 1e6:.0f} | {mr / mo:.0f}× "
+                f"| {dw:.1e} | {df:+.1e} |"
             )
             if problem == "simplex" and tjd is not None:
                 t_tjd, gaps = [], []
@@ -106,12 +114,14 @@ def main() -> None:
                     gaps.append((objective(q, tjd(q)) - f_star) / float(q.diagonal().max()))
                 mt = statistics.median(t_tjd)
                 tjd_rows.append(
-                    f"| {n} | {mo * 1e6:.1f} | {mt * 1e6:.1f} | {mt / mo:.1f}× | {statistics.median(gaps):.1e} | {max(gaps):.1e} |"
+                    f"| {n} | {mo * 1e6:.1f} | {mt * 1e6:.1f} | {mt / mo:.1f}× "
+                    f"| {statistics.median(gaps):.1e} | {max(gaps):.1e} |"
                 )
     print("\n".join(rows))
     if tjd is not None:
         print(
-            "\nSimplex problem against TorchJD's Frank–Wolfe MGDAWeighting (ε = 1e-3, max 100 iterations):\n"
+            "\nSimplex problem against TorchJD's Frank–Wolfe MGDAWeighting "
+            "(ε = 1e-3, max 100 iterations):\n"
         )
         print("\n".join(tjd_rows))
 

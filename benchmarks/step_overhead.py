@@ -40,7 +40,8 @@ from plugins.lic import models  # noqa: E402
 from plugins.lic.objectives import rd_losses  # noqa: E402
 from plugins.lic.train import Trainer, build_parser  # noqa: E402
 
-#: variant → (balancer, --balancer-opt values, other trainer flags); "compressai" is CompressAI's own step
+#: variant → (balancer, --balancer-opt values, other trainer flags); "compressai" is CompressAI's
+#: own step
 VARIANTS: dict[str, tuple[str, list[str]] | tuple[str, list[str], list[str]]] = {
     "compressai": ("fixed", []),
     "fixed": ("fixed", []),
@@ -69,8 +70,10 @@ def make_trainer(
     model: list[str], variant: str, patch: int, batch: int, cuda: bool, out: Path
 ) -> Trainer:
     balancer, opts, *flags = VARIANTS[variant]
-    argv = [*(flags[0] if flags else []), *model, "-d", "synthetic", "--patch-size", str(patch), str(patch), "--batch-size", str(batch),
-            "--test-batch-size", "1", "--balancer", balancer, "--out", str(out / variant), "--no-progress"]  # fmt: skip
+    argv = [*(flags[0] if flags else []), *model, "-d", "synthetic",
+            "--patch-size", str(patch), str(patch), "--batch-size", str(batch),
+            "--test-batch-size", "1", "--balancer", balancer, "--out", str(out / variant),
+            "--no-progress"]  # fmt: skip
     for opt in opts:
         argv += ["--balancer-opt", opt]
     if cuda:
@@ -168,10 +171,11 @@ def run_model(label: str, args: argparse.Namespace, variants: list[str], out: Pa
     )
     base = times["fixed"]
     lines = [
-        f"\n{label}: {spec.name} N={spec.N} M={spec.M}, batch {args.batch}, {args.patch}² patches, {args.reps} interleaved rounds after {args.warmup} warm-up",
+        f"\n{label}: {spec.name} N={spec.N} M={spec.M}, batch {args.batch}, "
+        f"{args.patch}² patches, {args.reps} interleaved rounds after {args.warmup} warm-up",
         "",
-        "| variant | median step (ms) | mean step (ms) | median ratio to fixed | ratio IQR | mean-time ratio |"
-        + (" host syncs per step |" if syncs else ""),
+        "| variant | median step (ms) | mean step (ms) | median ratio to fixed | ratio IQR "
+        "| mean-time ratio |" + (" host syncs per step |" if syncs else ""),
         "|---|---|---|---|---|---|" + ("---|" if syncs else ""),
     ]
     for v in variants:
@@ -179,7 +183,8 @@ def run_model(label: str, args: argparse.Namespace, variants: list[str], out: Pa
         q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [ratios[0], 0, ratios[-1]]
         mean = statistics.fmean(times[v])
         row = (
-            f"| {v} | {1000 * statistics.median(times[v]):.1f} | {1000 * mean:.1f} | {statistics.median(ratios):.3f}× | "
+            f"| {v} | {1000 * statistics.median(times[v]):.1f} | {1000 * mean:.1f} "
+            f"| {statistics.median(ratios):.3f}× | "
             f"{q[0]:.3f}–{q[2]:.3f} | {mean / statistics.fmean(base):.3f}× |"
         )
         if syncs:
@@ -231,11 +236,13 @@ def forward_modes(label: str, args: argparse.Namespace, out: Path) -> list[str]:
         for m in order:
             times[m].append(timed(modes[m], xs[k], args.cuda))
     base = times["no_grad"]
-    lines = [f"\n{label}: the extra forward of Solution 1 (losses only), batch {args.batch}, {args.patch}² patches", "",
+    lines = [f"\n{label}: the extra forward of Solution 1 (losses only), "
+             f"batch {args.batch}, {args.patch}² patches", "",
              "| forward | median (ms) | median ratio to no_grad |", "|---|---|---|"]  # fmt: skip
     for m, ts in times.items():
         lines.append(
-            f"| {m} | {1000 * statistics.median(ts):.1f} | {statistics.median(t / b for t, b in zip(ts, base)):.3f}× |"
+            f"| {m} | {1000 * statistics.median(ts):.1f} "
+            f"| {statistics.median(t / b for t, b in zip(ts, base)):.3f}× |"
         )
     return lines
 
@@ -265,7 +272,10 @@ def machine() -> str:
         cwd=Path(__file__).parent,
     ).stdout.strip()
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.machine()}"
-    return f"{dev} · python {platform.python_version()} · torch {torch.__version__} · {torch.get_num_threads()} threads · commit {commit or '?'}"
+    return (
+        f"{dev} · python {platform.python_version()} · torch {torch.__version__} "
+        f"· {torch.get_num_threads()} threads · commit {commit or '?'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         "--models", default="small,mbt2018-mean", help=f"comma-separated, of {', '.join(MODELS)}"
     )
     p.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in ZOO),
-                   help=f"comma-separated, of {', '.join(VARIANTS)} (fixed is always run), or 'zoo': every registered balancer")  # fmt: skip
+                   help=f"comma-separated, of {', '.join(VARIANTS)} (fixed is always run), "
+                        "or 'zoo': every registered balancer")  # fmt: skip
     p.add_argument(
         "--patch",
         type=int,
@@ -321,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(machine())
         print(
-            f"command: python benchmarks/step_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+            "command: python benchmarks/step_overhead.py "
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}"
         )
         for label in labels:
             print("\n".join(run_model(label, args, variants, Path(tmp))), flush=True)

@@ -1,4 +1,5 @@
-"""The end-to-end LIC demo (``make demo``): Solution 2 fine-tunes the shipped models, beside the standard loss.
+"""The end-to-end LIC demo (``make demo``): Solution 2 fine-tunes the shipped models, beside the
+standard loss.
 
 The shipped mbt2018-mean models (``plugins/lic/pretrained``: N=32, M=48, trained with the standard
 loss on the photographs of ``make photos``, in the paper's regime) are each fine-tuned at their own
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (args.photos / "train").is_dir():
             raise UsageError(
-                f"--photos {args.photos}: no train/ folder; run `make photos` (or python -m plugins.lic.photos {args.photos})"
+                f"--photos {args.photos}: no train/ folder; run `make photos` "
+                f"(or python -m plugins.lic.photos {args.photos})"
             )
         models = pretrained.select(args.models)
     except UsageError as exc:
@@ -95,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     every = str(max(args.steps // 4, 1))
-    common = ["-d", str(args.photos), "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size),
-              "--test-batch-size", "16", "--steps", str(args.steps), "-lr", args.lr, "--seed", "0", "--log-every", "10",
+    common = ["-d", str(args.photos), "--patch-size", str(args.patch), str(args.patch),
+              "--batch-size", str(args.batch_size), "--test-batch-size", "16",
+              "--steps", str(args.steps), "-lr", args.lr, "--seed", "0", "--log-every", "10",
               "--test-every", every, "--save-every", every, "--no-progress"]  # fmt: skip
     trains, evals = [], []
     for curve, flags in CURVES.items():
@@ -125,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                 out / f"{curve}.eval.log",
             )
         )
-    evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset, "--name", "shipped", "--out", str(out / "shipped.json")],
+    evals.append(("evaluate", ["--pretrained", *(m.name for m in models), "-d", args.eval_dataset,
+                               "--name", "shipped", "--out", str(out / "shipped.json")],
                   out / "shipped.eval.log"))  # fmt: skip
     print(
-        f"fine-tuning {len(models)} shipped models with the standard loss and with Solution 2, {args.steps} steps each",
+        f"fine-tuning {len(models)} shipped models with the standard loss and with Solution 2, "
+        f"{args.steps} steps each",
         flush=True,
     )
     run_stages(args.jobs, {"fine-tunes": trains, "evaluations (entropy coding)": evals}, start)
@@ -150,29 +155,37 @@ def main(argv: list[str] | None = None) -> int:
         return code
     results = {n: report.load_results(out / f"{n}.json") for n in CURVES}
     elapsed = time.perf_counter() - start
+    command = " ".join(
+        ["python examples/lic_demo.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     with (out / "report.md").open("a") as f:
         f.write("\n".join([
             "",
             "## What this demo shows",
             "",
-            f"{len(models)} shipped models (the `shipped` curve, standard loss) fine-tuned at their own λ for {args.steps} steps, "
-            f"Adam lr {args.lr}, batch {args.batch_size} of {args.patch}² crops of `{args.photos}`, seed 0: `standard-ft` with the "
-            "standard loss, `qp-ft` with Solution 2 (`--balancer qp`, whose fine-tuning default is `trust_radius=0.1`: the "
-            "balanced weights stay within 0.1 of the standard ½/½). The BD-rate of `qp-ft` above is against `standard-ft`, "
-            f"the fair comparison (same start, steps and data); Figure 1 shows both runs at λ = {lam:g}. The R-D cost each "
-            "fine-tune minimises at its λ, J = bpp + λ·255²·MSE on the evaluation photographs (lower is better):",
+            f"{len(models)} shipped models (the `shipped` curve, standard loss) fine-tuned at "
+            f"their own λ for {args.steps} steps, Adam lr {args.lr}, batch {args.batch_size} of "
+            f"{args.patch}² crops of `{args.photos}`, seed 0: `standard-ft` with the standard "
+            "loss, `qp-ft` with Solution 2 (`--balancer qp`, whose fine-tuning default is "
+            "`trust_radius=0.1`: the balanced weights stay within 0.1 of the standard ½/½). The "
+            "BD-rate of `qp-ft` above is against `standard-ft`, the fair comparison (same start, "
+            f"steps and data); Figure 1 shows both runs at λ = {lam:g}. The R-D cost each "
+            "fine-tune minimises at its λ, J = bpp + λ·255²·MSE on the evaluation photographs "
+            "(lower is better):",
             "",
             *rd_costs(results, [m.lmbda for m in models]),
             "",
-            "What to expect, from the measurements in `benchmarks/RESULTS.md` (1000 steps): the paper's unconstrained QP "
-            "(`--balancer-opt trust_radius=none`) collapses these models to the rate within a few hundred steps; the "
-            "trust region keeps them within 0.7 % of the standard fine-tune's R-D cost, and its curve sits at a slightly lower "
-            "rate, like the standard loss at ⅔λ. Solution 1 (`--balancer coarse-to-fine`) trains from scratch, "
-            "which takes longer than this demo: its measured results, and the setting that keeps it on the standard curve "
-            "(`beta=0.0025`), are in `benchmarks/RESULTS.md` (\"Solution 1 from scratch on the photographs\") and in the "
-            "tutorial *Training a compression model*.",
+            "What to expect, from the measurements in `benchmarks/RESULTS.md` (1000 steps): the "
+            "paper's unconstrained QP (`--balancer-opt trust_radius=none`) collapses these models "
+            "to the rate within a few hundred steps; the trust region keeps them within 0.7 % of "
+            "the standard fine-tune's R-D cost, and its curve sits at a slightly lower rate, like "
+            "the standard loss at ⅔λ. Solution 1 (`--balancer coarse-to-fine`) trains from "
+            "scratch, which takes longer than this demo: its measured results, and the setting "
+            "that keeps it on the standard curve (`beta=0.0025`), are in `benchmarks/RESULTS.md` "
+            "(\"Solution 1 from scratch on the photographs\") and in the tutorial *Training a "
+            "compression model*.",
             "",
-            f"`{' '.join(['python examples/lic_demo.py', *(argv if argv is not None else sys.argv[1:])])}`: wall time {elapsed / 60:.1f} min "
+            f"`{command}`: wall time {elapsed / 60:.1f} min "
             f"with {args.jobs} processes.",
             "",
         ]))  # fmt: skip

@@ -39,7 +39,8 @@ def _fmt(w: np.ndarray) -> str:
 def _row(label: str, r: SolveResult) -> str:
     return (
         f"  {label:<9} w = {_fmt(r.weights.numpy())}  status={r.status.value:<10} "
-        f"objective={r.objective:.10g}  KKT={r.kkt_residual:.1e}  cond={r.condition:.3g}  ({r.method})"
+        f"objective={r.objective:.10g}  KKT={r.kkt_residual:.1e}  cond={r.condition:.3g}  "
+        f"({r.method})"
     )
 
 
@@ -49,10 +50,12 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         solve_equality_qp_cvxpy = solve_simplex_qp_cvxpy = None  # type: ignore[assignment]
     print(
-        "moo-opt solvers: min 1/2 wᵀQw s.t. Σw = 1 (Solution 2), and the same over the simplex (MGDA)"
+        "moo-opt solvers: min 1/2 wᵀQw s.t. Σw = 1 (Solution 2), "
+        "and the same over the simplex (MGDA)"
     )
     print(
-        "KKT = largest relative KKT residual; cond = condition of the equilibrated reduced Hessian\n"
+        "KKT = largest relative KKT residual; "
+        "cond = condition of the equilibrated reduced Hessian\n"
     )
     for name, g in _cases().items():
         q = g.T @ g

@@ -142,19 +142,23 @@ def main() -> None:
         label: train(key, opts, args.steps, args.seed) for label, (key, opts) in BALANCERS.items()
     }
     print(
-        f"{args.steps} steps, {OPTIMIZER['name']} lr {OPTIMIZER['lr']}, batch 128, clip 1.0, seed {args.seed}; losses on the full data\n"
+        f"{args.steps} steps, {OPTIMIZER['name']} lr {OPTIMIZER['lr']}, batch 128, clip 1.0, "
+        f"seed {args.seed}; losses on the full data\n"
     )
     print(
-        f"{'balancer':<30} {'L_D start→end':>22} {'L_R start→end':>18} {'speed D':>8} {'speed R':>8} {'D/R':>6} {'ms/step':>8}"
+        f"{'balancer':<30} {'L_D start→end':>22} {'L_R start→end':>18} "
+        f"{'speed D':>8} {'speed R':>8} {'D/R':>6} {'ms/step':>8}"
     )
     for label, res in results.items():
         (d0, r0), (d1, r1), (sd, sr) = res["initial"], res["final"], res["speed"]
         print(
-            f"{label:<30} {d0:>10.1f}→{d1:<10.3g} {r0:>8.3f}→{r1:<8.3g} {sd * 1e3:>8.2f} {sr * 1e3:>8.2f} {sd / sr:>6.2f} "
+            f"{label:<30} {d0:>10.1f}→{d1:<10.3g} {r0:>8.3f}→{r1:<8.3g} "
+            f"{sd * 1e3:>8.2f} {sr * 1e3:>8.2f} {sd / sr:>6.2f} "
             f"{res['time'] / args.steps * 1e3:>6.2f}ms"
         )
     print(
-        "\nspeed = (log L_start − log L_end) / steps, ×1000; D/R = 1: both objectives improved equally fast"
+        "\nspeed = (log L_start − log L_end) / steps, ×1000; "
+        "D/R = 1: both objectives improved equally fast"
     )
     try:
         plot(results, args.steps, args.out)

@@ -6,15 +6,15 @@ formed, and the loss values before they enter any weight. With equal per-rank ba
 mean-reduced losses, the averages are exactly the gradients and losses of the concatenated
 batch, so every rank computes the same weights and the same update as a single process would.
 
-Cost per step: one all-reduce of N floats (the losses) plus, for the Gramian balancers (Solution
-2, MGDA), N gradient all-reduces against the single one of the standard loss; the loss-weighted
-balancers (fixed, Solution 1) all-reduce the combined gradient once, as DDP would. Each
-all-reduce is one flattened buffer (a single bucket holding every parameter's gradient), not one
-call per parameter; it cannot overlap with the backward pass as DDP's buckets do, because the
-weights depend on all of them. A flag vector of which parameters each objective reaches is
-reduced too (a host read per objective). The balancers do this themselves when a process group with more
-than one rank is initialised: do not wrap the model in DistributedDataParallel as well (or use
-its ``no_sync()``), or the gradients would be reduced twice.
+Cost per step: one all-reduce of N floats (the losses) plus, for the Gramian balancers (Solution 2,
+MGDA), N gradient all-reduces against the single one of the standard loss; the loss-weighted
+balancers (fixed, Solution 1) all-reduce the combined gradient once, as DDP would. Each all-reduce
+is one flattened buffer (a single bucket holding every parameter's gradient), not one call per
+parameter; it cannot overlap with the backward pass as DDP's buckets do, because the weights depend
+on all of them. A flag vector of which parameters each objective reaches is reduced too (a host read
+per objective). The balancers do this themselves when a process group with more than one rank is
+initialised: do not wrap the model in DistributedDataParallel as well (or use its ``no_sync()``), or
+the gradients would be reduced twice.
 """
 
 from __future__ import annotations

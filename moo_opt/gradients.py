@@ -27,26 +27,31 @@ def check_losses(losses: Sequence[Tensor], num_objectives: int) -> list[Tensor]:
     if isinstance(losses, Tensor):
         if losses.dim() != 1:
             raise ValueError(
-                f"losses must be a sequence of {num_objectives} scalar tensors, got a tensor of shape {tuple(losses.shape)}"
+                f"losses must be a sequence of {num_objectives} scalar tensors, "
+                f"got a tensor of shape {tuple(losses.shape)}"
             )
         losses = list(losses.unbind())
     losses = list(losses)
     if len(losses) != num_objectives:
         raise ValueError(
-            f"expected {num_objectives} losses (one per objective, in a fixed order), got {len(losses)}"
+            f"expected {num_objectives} losses (one per objective, in a fixed order), "
+            f"got {len(losses)}"
         )
     for i, loss in enumerate(losses):
         if not isinstance(loss, Tensor):
             raise ValueError(
-                f"loss {i} is a {type(loss).__name__}, not a tensor: pass the loss tensors themselves"
+                f"loss {i} is a {type(loss).__name__}, not a tensor: "
+                "pass the loss tensors themselves"
             )
         if loss.numel() != 1:
             raise ValueError(
-                f"loss {i} is not a scalar (shape {tuple(loss.shape)}): reduce it, e.g. with .mean()"
+                f"loss {i} is not a scalar (shape {tuple(loss.shape)}): "
+                "reduce it, e.g. with .mean()"
             )
         if not loss.requires_grad:
             raise ValueError(
-                f"loss {i} has no autograd graph (requires_grad=False): compute it from the parameters, outside torch.no_grad()"
+                f"loss {i} has no autograd graph (requires_grad=False): "
+                "compute it from the parameters, outside torch.no_grad()"
             )
     return losses
 
@@ -60,7 +65,8 @@ def check_parameters(parameters: Iterable[Tensor]) -> list[Tensor]:
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError(
-            "no parameter requires a gradient: pass the parameters to balance, e.g. model.parameters()"
+            "no parameter requires a gradient: "
+            "pass the parameters to balance, e.g. model.parameters()"
         )
     return params
 
@@ -114,7 +120,8 @@ class ObjectiveGradients:
 
     def reach(self) -> list[list[int]]:
         """For each balanced parameter, the objectives whose graph reaches it (autograd gives the
-        others no gradient, ``None``; a gradient that happens to be zero still counts as reached)."""
+        others no gradient, ``None``; a gradient that happens to be zero still counts as
+        reached)."""
         return [
             [i for i, g in enumerate(self.grads) if g[k] is not None]
             for k in range(len(self.params))
@@ -125,7 +132,8 @@ class ObjectiveGradients:
         return [len(r) >= 2 for r in self.reach()]
 
     def gramian(self, metric: Sequence[Tensor] | None = None, shared_only: bool = False) -> Tensor:
-        """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their device.
+        """``Q[i, j] = Σₖ ⟨∂Lᵢ/∂θₖ, ∂Lⱼ/∂θₖ⟩`` over the balanced parameters, float64, on their
+        device.
 
         Products and sums are in float64 (a float32 product is exact in float64), so that the
         matrix is positive semi-definite to float64 precision even for nearly parallel gradients,

@@ -18,7 +18,8 @@ def require_adam(optimizer: torch.optim.Optimizer) -> None:
     """``ValueError`` unless ``optimizer`` is ``torch.optim.Adam`` or ``AdamW``."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise ValueError(
-            f"metric='adam' needs a torch.optim.Adam or AdamW optimiser, got {type(optimizer).__name__}"
+            "metric='adam' needs a torch.optim.Adam or AdamW optimiser, "
+            f"got {type(optimizer).__name__}"
         )
 
 
@@ -37,7 +38,8 @@ def adam_metric(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> l
         group = groups.get(id(p))
         if group is None:
             raise ValueError(
-                f"balanced parameter {i} (shape {tuple(p.shape)}) is not updated by the optimiser: pass it to the optimiser"
+                f"balanced parameter {i} (shape {tuple(p.shape)}) is not updated by the optimiser: "
+                "pass it to the optimiser"
             )
         state = optimizer.state.get(p, {})
         if "exp_avg_sq" not in state:

@@ -43,7 +43,8 @@ def register(cls: B) -> B:
         )
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(
-            f"a balancer named {name!r} is already registered ({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})"
+            f"a balancer named {name!r} is already registered "
+            f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})"
         )
     _REGISTRY[name] = cls
     return cls
@@ -87,7 +88,8 @@ def available() -> list[str]:
 
 
 def broken() -> dict[str, str]:
-    """The ``moo_opt.balancers`` entry points that could not be loaded: name → why (naming the distribution)."""
+    """The ``moo_opt.balancers`` entry points that could not be loaded: name → why (naming the
+    distribution)."""
     _discover()
     return dict(_BROKEN)
 
@@ -105,7 +107,8 @@ def _lookup(name: str) -> type[Balancer]:
 
 
 def options(name: str) -> dict[str, Any]:
-    """The options of a balancer (keyword arguments other than ``num_objectives``) and their defaults."""
+    """The options of a balancer (keyword arguments other than ``num_objectives``) and their
+    defaults."""
     return _lookup(name).options_of()
 
 
@@ -117,6 +120,7 @@ def create(name: str, num_objectives: int = 2, **opts: Any) -> Balancer:
     unknown = sorted(set(opts) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for balancer {name!r}; valid: {', '.join(valid)}"
+            f"unknown option(s) {', '.join(unknown)} for balancer {name!r}; "
+            f"valid: {', '.join(valid)}"
         )
     return cls(num_objectives=num_objectives, **opts)

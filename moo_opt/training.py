@@ -30,7 +30,9 @@ def balanced_step(
 
         balancer = CoarseToFineBalancer(2)
         for x in loader:
-            info = balanced_step(balancer, optimizer, lambda: losses_of(model, x), model.parameters(), max_norm=1.0)
+            info = balanced_step(
+                balancer, optimizer, lambda: losses_of(model, x), model.parameters(), max_norm=1.0
+            )
 
     ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step.
     ``after_step`` runs right after the optimiser's step, before the amortised update (e.g. an
@@ -62,7 +64,8 @@ def balanced_step(
             if snapshot is None:
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(
-                    f"the gradient norm is {float(norm)} although the losses are finite ({info.losses.tolist()}); "
+                    f"the gradient norm is {float(norm)} although the losses are finite "
+                    f"({info.losses.tolist()}); "
                     "lower the learning rate, or pass nonfinite='skip' to skip such steps"
                 )
             balancer.load_state_dict(snapshot)

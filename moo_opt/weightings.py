@@ -252,9 +252,9 @@ def cagrad_weights(
     tol: float = 1e-12,
     extras: Extras | None = None,
 ) -> tuple[Tensor, SolveResult]:
-    r"""CAGrad: the inner weights of the conflict-averse problem (:func:`~moo_opt.solvers.solve_cagrad`)
-    turned into the direction's weights on the raw losses, divided by ``rescale`` (1,
-    :math:`1 + c^2` or :math:`1 + c`)."""
+    r"""CAGrad: the inner weights of the conflict-averse problem
+    (:func:`~moo_opt.solvers.solve_cagrad`) turned into the direction's weights on the raw losses,
+    divided by ``rescale`` (1, :math:`1 + c^2` or :math:`1 + c`)."""
     result = solve_cagrad(gram, c, rcond=rcond, tol=tol)
     q = np.asarray(result.gram)  # the validated host copy the solver worked on
     w = torch.from_numpy(cagrad_direction_weights(q, result.weights.cpu().numpy(), c, rcond=rcond))
@@ -284,7 +284,8 @@ def pcgrad_weights(
     r"""PCGrad: each gradient loses its component along every other gradient it conflicts with, in
     a random order (drawn from ``generator``), and the results are summed. The projections stay in
     the span of the gradients, so the surgery runs on :math:`Q` (float64, on the host) and returns
-    the weights of the summed direction; no solver (``None``). A zero gradient is never projected on."""
+    the weights of the summed direction; no solver (``None``). A zero gradient is never projected
+    on."""
     q = gram.detach().to("cpu", torch.float64)
     n = q.shape[0]
     coeffs = torch.eye(n, dtype=torch.float64)

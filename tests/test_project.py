@@ -66,7 +66,8 @@ def assert_every_public_name_documented(inventory: Path) -> None:
         module = importlib.import_module(module_name)
         names = getattr(module, "__all__", None) or [
             n for n, obj in vars(module).items()
-            if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module_name
+            if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and obj.__module__ == module_name
         ]  # fmt: skip
         for name in names:
             obj = getattr(module, name)
@@ -222,8 +223,10 @@ def toy_zoo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     (photos / "photos.json").write_text(json.dumps({"max_side": 0, "source": "test", "photos": []}))
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    built = run("-m", "plugins.lic.pretrained.build", "--photos", str(photos), "--runs", str(tmp_path / "runs"), "--steps", "4",
-                "--lambdas", "0.05", "0.005", "--jobs", "1", "--ship", str(zoo), "--eval-dataset", str(photos / "test"))  # fmt: skip
+    built = run("-m", "plugins.lic.pretrained.build", "--photos", str(photos),
+                "--runs", str(tmp_path / "runs"), "--steps", "4", "--lambdas", "0.05", "0.005",
+                "--jobs", "1", "--ship", str(zoo),
+                "--eval-dataset", str(photos / "test"))  # fmt: skip
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     return photos, {**os.environ, "MOO_OPT_PRETRAINED": str(zoo)}
 
@@ -231,8 +234,10 @@ def toy_zoo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
     """`benchmarks/finetune_study.py` end to end on a private zoo of two toy models."""
     photos, env = toy_zoo(tmp_path)
-    args = [sys.executable, "benchmarks/finetune_study.py", "--out", str(tmp_path / "ft"), "--photos", str(photos), "--steps", "2",
-            "--variants", "qp-shared", "qp-sgd", "standard-lam0.667", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
+    args = [sys.executable, "benchmarks/finetune_study.py", "--out", str(tmp_path / "ft"),
+            "--photos", str(photos), "--steps", "2",
+            "--variants", "qp-shared", "qp-sgd", "standard-lam0.667",
+            "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "ft" / "summary.md").read_text()
@@ -248,11 +253,13 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
 
 def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
     """`make demo`'s script on a private zoo of two toy models, two steps per fine-tune: every stage
-    runs, the report has both curves, the BD-rate row, the R-D costs and Figure 1; a second call reuses the runs."""
+    runs, the report has both curves, the BD-rate row, the R-D costs and Figure 1; a second call
+    reuses the runs."""
     photos, env = toy_zoo(tmp_path)
     out = tmp_path / "demo"
-    args = [sys.executable, "examples/lic_demo.py", "--out", str(out), "--photos", str(photos), "--steps", "2", "--patch", "64",
-            "--batch-size", "2", "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
+    args = [sys.executable, "examples/lic_demo.py", "--out", str(out), "--photos", str(photos),
+            "--steps", "2", "--patch", "64", "--batch-size", "2",
+            "--eval-dataset", str(photos / "test"), "--jobs", "1"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "report:" in proc.stdout
@@ -285,11 +292,13 @@ def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
 
 
 def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
-    """`benchmarks/scratch_study.py` end to end: two steps per run, entropy-coded on two small images."""
+    """`benchmarks/scratch_study.py` end to end: two steps per run, entropy-coded on two small
+    images."""
     photos = image_folder(tmp_path / "photos", {"train": 3, "test": 2}, (64, 96))
-    args = ["benchmarks/scratch_study.py", "--out", str(tmp_path / "s"), "--photos", str(photos), "--steps", "2", "--patch", "64",
-            "--batch-size", "2", "--variants", "c2f-warmup", "--lambdas", "standard=0.005,0.05", "c2f-warmup=0.05", "--eval-dataset", str(photos / "test"),
-            "--jobs", "1", "--seed", "1"]  # fmt: skip
+    args = ["benchmarks/scratch_study.py", "--out", str(tmp_path / "s"), "--photos", str(photos),
+            "--steps", "2", "--patch", "64", "--batch-size", "2", "--variants", "c2f-warmup",
+            "--lambdas", "standard=0.005,0.05", "c2f-warmup=0.05",
+            "--eval-dataset", str(photos / "test"), "--jobs", "1", "--seed", "1"]  # fmt: skip
     proc = run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (tmp_path / "s" / "summary.md").read_text()
@@ -313,17 +322,21 @@ def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
 
 
 def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
-    """`make reproduce`'s script on a private zoo of two toy models and its photographs, two seeds, two
-    steps per run: both studies, the summary's tables over seeds, the plots; a second call reuses every run."""
+    """`make reproduce`'s script on a private zoo of two toy models and its photographs, two seeds,
+    two steps per run: both studies, the summary's tables over seeds, the plots; a second call
+    reuses every run."""
     photos, env = toy_zoo(tmp_path)
     out = tmp_path / "repro"
-    args = [sys.executable, "benchmarks/reproduce.py", "--out", str(out), "--photos", str(photos), "--steps", "2", "--finetune-steps", "2",
-            "--patch", "64", "--batch-size", "2", "--eval-dataset", str(photos / "test"), "--jobs", "2"]  # fmt: skip
+    args = [sys.executable, "benchmarks/reproduce.py", "--out", str(out), "--photos", str(photos),
+            "--steps", "2", "--finetune-steps", "2", "--patch", "64", "--batch-size", "2",
+            "--eval-dataset", str(photos / "test"), "--jobs", "2"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = (out / "summary.md").read_text()
-    for row in ("| c2f | standard | ", "| c2f-gamma0 | standard | ", "| c2f-norenorm | standard | ", "| qp | standard | ", "| qp-trust0.1 | standard | ",
-                "| standard-lam0.667 | standard | ", "| c2f-beta0.0025 | 0.", "| qp-trust0.1 | 0."):  # fmt: skip
+    for row in ("| c2f | standard | ", "| c2f-gamma0 | standard | ", "| c2f-norenorm | standard | ",
+                "| qp | standard | ", "| qp-trust0.1 | standard | ",
+                "| standard-lam0.667 | standard | ", "| c2f-beta0.0025 | 0.",
+                "| qp-trust0.1 | 0."):  # fmt: skip
         assert row in summary, (row, summary)
     assert (
         "0.005: " in summary
@@ -357,8 +370,8 @@ def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
 
 
 def test_readme_lists_every_registered_balancer() -> None:
-    """The README's table of balancers names every registered one, with its class and whether it needs
-    per-objective gradients (a Gramian balancer)."""
+    """The README's table of balancers names every registered one, with its class and whether it
+    needs per-objective gradients (a Gramian balancer)."""
     import moo_opt
     from moo_opt.balancers.base import GramianBalancer
 
@@ -379,8 +392,9 @@ def test_readme_lists_every_registered_balancer() -> None:
 
 
 def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A campaign cut to fit a budget: --skip leaves variants out, --ablation-seeds runs the ablations
-    on some seeds only, --scratch-lambdas replaces a scratch grid; a wrong name is a one-line error."""
+    """A campaign cut to fit a budget: --skip leaves variants out, --ablation-seeds runs the
+    ablations on some seeds only, --scratch-lambdas replaces a scratch grid; a wrong name is a
+    one-line error."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import reproduce
@@ -389,8 +403,9 @@ def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     photos = tmp_path / "photos"
     photos.mkdir()
     calls: list[tuple[str, list[str]]] = []
-    args = ["--out", str(tmp_path / "r"), "--photos", str(photos), "--seeds", "0", "1", "--ablation-seeds", "0",
-            "--skip", "c2f-beta0.0025", "standard-lam0.667", "--scratch-lambdas", "c2f=0.01,0.1", "--parts", "scratch", "finetune"]  # fmt: skip
+    args = ["--out", str(tmp_path / "r"), "--photos", str(photos), "--seeds", "0", "1",
+            "--ablation-seeds", "0", "--skip", "c2f-beta0.0025", "standard-lam0.667",
+            "--scratch-lambdas", "c2f=0.01,0.1", "--parts", "scratch", "finetune"]  # fmt: skip
     import finetune_study
     import scratch_study
 
@@ -403,9 +418,11 @@ def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     variants = argv[argv.index("--variants") + 1 : argv.index("--steps")]
     assert name == "scratch_study" and variants == ["standard", "c2f", "c2f-gamma0", "c2f-norenorm"]
     assert argv[argv.index("--lambdas") + 1 :] == ["c2f=0.01,0.1"]
-    ns = reproduce.argparse.Namespace(**{**vars(reproduce.argparse.Namespace()), "out": tmp_path, "skip": ["c2f-beta0.0025", "qp"],
-                                         "ablation_seeds": [0], "scratch_lambdas": [], "photos": "p", "patch": 64, "batch_size": 2,
-                                         "jobs": 1, "eval_dataset": "e", "steps": 2, "finetune_steps": 2, "models": ["m"]})  # fmt: skip
+    ns = reproduce.argparse.Namespace(**{
+        **vars(reproduce.argparse.Namespace()), "out": tmp_path, "skip": ["c2f-beta0.0025", "qp"],
+        "ablation_seeds": [0], "scratch_lambdas": [], "photos": "p", "patch": 64, "batch_size": 2,
+        "jobs": 1, "eval_dataset": "e", "steps": 2, "finetune_steps": 2,
+        "models": ["m"]})  # fmt: skip
     seed1 = reproduce.study_argv("scratch", 1, ns)[1]
     assert seed1[seed1.index("--variants") + 1 : seed1.index("--steps")] == ["standard", "c2f"]
     ft = reproduce.study_argv("finetune", 1, ns)[1]

@@ -1,4 +1,5 @@
-"""Balancing policies, one module each, behind the API of :class:`~moo_opt.balancers.base.Balancer`."""
+"""Balancing policies, one module each, behind the API of
+:class:`~moo_opt.balancers.base.Balancer`."""
 
 from moo_opt.balancers.aligned import AlignedMTLBalancer
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError

@@ -136,9 +136,10 @@ def adam_step_(
 
 def _recording(init: Any) -> Any:
     """Wrap a balancer's ``__init__`` so that the outermost call records the options it was given
-    (its bound arguments with the defaults filled in, and the class's :attr:`Balancer.option_defaults`
-    for the arguments not passed): :meth:`Balancer.state_dict` saves them and rebuilding from them
-    gives the same balancer, whatever the class keeps in its attributes."""
+    (its bound arguments with the defaults filled in, and the class's
+    :attr:`Balancer.option_defaults` for the arguments not passed): :meth:`Balancer.state_dict`
+    saves them and rebuilding from them gives the same balancer, whatever the class keeps in its
+    attributes."""
     sig = inspect.signature(init)
 
     @functools.wraps(init)
@@ -200,12 +201,14 @@ class Balancer(ABC):
         unknown = set(cls.option_defaults) - set(cls.options_of())
         if unknown:
             raise TypeError(
-                f"{cls.__qualname__}.option_defaults: {', '.join(sorted(unknown))} not among its options"
+                f"{cls.__qualname__}.option_defaults: {', '.join(sorted(unknown))} "
+                "not among its options"
             )
 
     @classmethod
     def options_of(cls) -> dict[str, Any]:
-        """The options of this class (keyword arguments other than ``num_objectives``) and their defaults."""
+        """The options of this class (keyword arguments other than ``num_objectives``) and their
+        defaults."""
         params = inspect.signature(cls.__init__).parameters.values()
         declared = {
             p.name: p.default
@@ -243,8 +246,8 @@ class Balancer(ABC):
         return False
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Balancers that read the optimiser's state (``QPBalancer(metric="adam")``) keep it; a no-op
-        for the others. :func:`moo_opt.balanced_step` calls it."""
+        """Balancers that read the optimiser's state (``QPBalancer(metric="adam")``) keep it; a
+        no-op for the others. :func:`moo_opt.balanced_step` calls it."""
         return None
 
     @abstractmethod
@@ -254,7 +257,8 @@ class Balancer(ABC):
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _finite_or_skip(self, values: Tensor, gram: Tensor | None = None) -> bool:
-        """True to go on; False to skip. One host synchronisation unless ``nonfinite="unchecked"``."""
+        """True to go on; False to skip. One host synchronisation unless
+        ``nonfinite="unchecked"``."""
         if self.nonfinite == "unchecked":
             return True
         ok = torch.isfinite(values).all()
@@ -269,8 +273,8 @@ class Balancer(ABC):
                 else "the Gramian of the gradients"
             )
             raise NonFiniteLossError(
-                f"{what} is NaN or Inf (losses {values.tolist()}); fix the loss, lower the learning rate, "
-                "or pass nonfinite='skip' to skip such steps"
+                f"{what} is NaN or Inf (losses {values.tolist()}); fix the loss, "
+                "lower the learning rate, or pass nonfinite='skip' to skip such steps"
             )
         self.skips += 1
         return False
@@ -312,7 +316,8 @@ class Balancer(ABC):
         return None
 
     def _load_vectors(self, state: Mapping[str, Any], keys: Sequence[str]) -> None:
-        """Set each attribute in ``keys`` from ``state``: a float64 tensor of shape (N,), checked."""
+        """Set each attribute in ``keys`` from ``state``: a float64 tensor of shape (N,),
+        checked."""
         for key in keys:
             value = state[key]
             if not isinstance(value, Tensor) or value.shape != (self.num_objectives,):
@@ -322,7 +327,8 @@ class Balancer(ABC):
             setattr(self, key, value.to(torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"balancer": name, "options": {...}, "state": {...}, "skips": int}``; tensors are cloned."""
+        """``{"balancer": name, "options": {...}, "state": {...}, "skips": int}``; tensors are
+        cloned."""
         state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._state().items()}
         return {
             "balancer": self.name,
@@ -336,13 +342,15 @@ class Balancer(ABC):
         name = state_dict.get("balancer")
         if name != self.name:
             raise ValueError(
-                f"state_dict is of balancer {name!r}, not {self.name!r}: create a {name!r} balancer to load it"
+                f"state_dict is of balancer {name!r}, not {self.name!r}: "
+                f"create a {name!r} balancer to load it"
             )
         options = dict(state_dict["options"])
         fresh = type(self)(**options)  # validates the options
         if fresh.num_objectives != self.num_objectives:
             raise ValueError(
-                f"state_dict has {fresh.num_objectives} objectives, this balancer {self.num_objectives}: "
+                f"state_dict has {fresh.num_objectives} objectives, "
+                f"this balancer {self.num_objectives}: "
                 f"create it with num_objectives={fresh.num_objectives} to load it"
             )
         kept = {k: self.__dict__[k] for k in self._runtime_attributes if k in self.__dict__}

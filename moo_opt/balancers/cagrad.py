@@ -16,14 +16,15 @@ _RESCALES = ("none", "1+c^2", "1+c")
 
 @register
 class CAGradBalancer(GramianBalancer):
-    r"""Conflict-averse gradient descent: :math:`d = \arg\max_{\|d - g_0\| \le c\|g_0\|} \min_i g_i\cdot d`
-    around the average gradient :math:`g_0`.
+    r"""Conflict-averse gradient descent:
+    :math:`d = \arg\max_{\|d - g_0\| \le c\|g_0\|} \min_i g_i\cdot d` around the average gradient
+    :math:`g_0`.
 
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning",
-    NeurIPS 2021. Its dual: :math:`w^* = \arg\min_{w\in\Delta} g_w\cdot g_0 + c\|g_0\|\,\|g_w\|` with
-    :math:`g_w = Gw`, then :math:`d = g_0 + \frac{c\|g_0\|}{\|g_w\|} g_w`, i.e. the weights
-    :math:`\frac1N + \frac{c\|g_0\|}{\|g_w\|} w^*_i` on the raw losses, divided by :math:`1+c^2` (the
-    paper code's default ``rescale``). The inner problem is solved exactly
+    NeurIPS 2021. Its dual: :math:`w^* = \arg\min_{w\in\Delta} g_w\cdot g_0 + c\|g_0\|\,\|g_w\|`
+    with :math:`g_w = Gw`, then :math:`d = g_0 + \frac{c\|g_0\|}{\|g_w\|} g_w`, i.e. the weights
+    :math:`\frac1N + \frac{c\|g_0\|}{\|g_w\|} w^*_i` on the raw losses, divided by
+    :math:`1+c^2` (the paper code's default ``rescale``). The inner problem is solved exactly
     (:func:`~moo_opt.solvers.solve_cagrad`: a sequence of MGDA problems on shifted gradients
     and a closed form on the optimal support, certified by its KKT conditions), where the paper's
     code runs SciPy's SLSQP to its default tolerance. c = 0 gives the average gradient.

@@ -154,8 +154,9 @@ class CoarseToFineBalancer(Balancer):
         elif self.pending is not None and not self._warned:
             self._warned = True
             warnings.warn(
-                "CoarseToFineBalancer.backward() called again without update(): the logits learn only "
-                "from update(losses recomputed after the optimiser step) — see moo_opt.balanced_step",
+                "CoarseToFineBalancer.backward() called again without update(): the logits "
+                "learn only from update(losses recomputed after the optimiser step) "
+                "— see moo_opt.balanced_step",
                 stacklevel=3,
             )
         logits = self.logits.clone()

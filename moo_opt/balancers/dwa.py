@@ -1,4 +1,5 @@
-"""Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019): weights from the losses' rate of descent."""
+"""Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019): weights from the losses' rate of
+descent."""
 
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ class DWABalancer(Balancer):
             or history.shape[0] > 2
         ):
             raise ValueError(
-                f"state_dict entry 'history' must be a tensor of shape (k <= 2, {self.num_objectives})"
+                "state_dict entry 'history' must be a tensor of shape "
+                f"(k <= 2, {self.num_objectives})"
             )
         self.history = history.to(torch.float64)

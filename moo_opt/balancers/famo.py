@@ -15,10 +15,11 @@ class FAMOBalancer(CoarseToFineBalancer):
     update rule is :class:`~moo_opt.CoarseToFineBalancer`'s (Solution 1 of the CVPR 2025 paper is
     FAMO applied to rate-distortion): the direction :math:`\sum_i z_i \nabla \log(L_i + \epsilon)`
     renormalised, :math:`z = \mathrm{softmax}(\xi)`; after the step, the logit gradient
-    :math:`z \odot (\delta - \langle z, \delta\rangle)` with :math:`\delta_i = \log(L_i+\epsilon) - \log(L'_i+\epsilon)`
-    and an Adam step of rate β with weight decay γ. FAMO's defaults differ from Solution 1's: the
-    losses are taken as they are (offset ε = 1e-8 instead of 1; FAMO's lower bounds of the losses
-    are 0 here, so pass ``offsets`` to shift losses that can go negative), and γ = 0.01.
+    :math:`z \odot (\delta - \langle z, \delta\rangle)` with
+    :math:`\delta_i = \log(L_i+\epsilon) - \log(L'_i+\epsilon)` and an Adam step of rate β with
+    weight decay γ. FAMO's defaults differ from Solution 1's: the losses are taken as they are
+    (offset ε = 1e-8 instead of 1; FAMO's lower bounds of the losses are 0 here, so pass ``offsets``
+    to shift losses that can go negative), and γ = 0.01.
 
     Args: those of :class:`~moo_opt.CoarseToFineBalancer`, with ``offsets=1e-8`` and ``gamma=0.01``.
     """

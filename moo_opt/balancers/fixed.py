@@ -45,7 +45,8 @@ class FixedWeights(Balancer):
             values = tuple(float(w) for w in weights)
         except (TypeError, ValueError):
             raise ValueError(
-                f"weights must be a sequence of finite numbers, got {weights!r}; for N unit weights pass num_objectives=N"
+                f"weights must be a sequence of finite numbers, got {weights!r}; "
+                "for N unit weights pass num_objectives=N"
             ) from None
         if num_objectives is not None and len(values) != num_objectives:
             raise ValueError(

@@ -28,12 +28,13 @@ class GradNormBalancer(GramianBalancer):
     target :math:`\bar G r_i^\alpha` is a constant, as in the paper.
 
     Each step: ``.grad`` receives :math:`\sum_i w_i g_i` with the current weights; then the exact
-    gradient :math:`\partial L_{grad}/\partial w_i = \mathrm{sign}(G^{(i)} - \bar G r_i^\alpha)\|g_i\|`
-    (no second backward is needed: :math:`G^{(i)}` is linear in :math:`w_i`) takes one Adam step on
-    the weights, which are then renormalised to :math:`\sum_i w_i = N`. [decision] Weights are
-    floored at ``min_weight`` before the renormalisation so that they stay positive (the paper
-    does not say; its ablations never reach 0). The weights, the Adam state and the initial
-    losses are in the state dict.
+    gradient
+    :math:`\partial L_{grad}/\partial w_i = \mathrm{sign}(G^{(i)} - \bar G r_i^\alpha)\|g_i\|` (no
+    second backward is needed: :math:`G^{(i)}` is linear in :math:`w_i`) takes one Adam step on the
+    weights, which are then renormalised to :math:`\sum_i w_i = N`. [decision] Weights are floored
+    at ``min_weight`` before the renormalisation so that they stay positive (the paper does not say;
+    its ablations never reach 0). The weights, the Adam state and the initial losses are in the
+    state dict.
 
     Args:
         num_objectives: N.

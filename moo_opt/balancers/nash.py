@@ -20,13 +20,13 @@ class NashMTLBalancer(GramianBalancer):
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
     Bargaining Game", ICML 2022. Every objective gets the same share of the step:
     :math:`\alpha_i (g_i\cdot d) = 1`, and :math:`|d|^2 = \alpha^\top Q\alpha = N`. Solved exactly
-    (damped Newton on the strictly convex :math:`\tfrac12\alpha^\top Q\alpha - \sum_i\log\alpha_i`, to
-    machine precision, with its status and certificate :math:`\max_i|\alpha_i(Q\alpha)_i - 1|`:
+    (damped Newton on the strictly convex :math:`\tfrac12\alpha^\top Q\alpha - \sum_i\log\alpha_i`,
+    to machine precision, with its status and certificate :math:`\max_i|\alpha_i(Q\alpha)_i - 1|`:
     :func:`~moo_opt.solvers.solve_nash`), where the paper's code runs a few iterations of a
     convex-concave procedure with cvxpy and keeps the previous weights when it fails. [decision]
     When no direction improves every objective (a zero gradient, exactly opposed gradients), the
-    bargaining problem has no solution: the blocked objectives get weight 0, the others their
-    Nash solution, and the status says ``INFEASIBLE``.
+    bargaining problem has no solution: the blocked objectives get weight 0, the others their Nash
+    solution, and the status says ``INFEASIBLE``.
 
     ``normalization="frobenius"`` reproduces the scale of the paper's code, which solves on
     :math:`Q/\|Q\|_F` and so applies :math:`\|Q\|_F^{1/2}\alpha`; the default ``"none"`` applies α

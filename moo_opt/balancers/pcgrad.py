@@ -1,4 +1,5 @@
-"""PCGrad (Yu et al., NeurIPS 2020): project away the conflicting components, computed on the Gramian."""
+"""PCGrad (Yu et al., NeurIPS 2020): project away the conflicting components, computed on the
+Gramian."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class PCGradBalancer(GramianBalancer):
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def surgery(self, gram: Tensor) -> tuple[Tensor, int]:
-        """``(w, number of projections)`` for the Gramian ``gram`` (drawing the orders from the balancer's generator)."""
+        """``(w, number of projections)`` for the Gramian ``gram`` (drawing the orders from the
+        balancer's generator)."""
         extras: dict[str, Tensor] = {}
         w, _ = pcgrad_weights(gram, generator=self.generator, extras=extras)
         return w, int(extras["projections"])

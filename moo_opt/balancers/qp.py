@@ -60,22 +60,23 @@ class QPBalancer(GramianBalancer):
         rcond, ridge: passed to :func:`~moo_opt.solvers.solve_equality_qp` (degenerate Gramians get
             the minimum-norm weights and a ``DEGENERATE`` status by default).
         trust_radius: keep the coefficients on the raw losses within this distance (max-norm) of
-            the standard loss's, :math:`c^{std}_i = 1/N` (the plain sum of the losses): when the QP's
-            coefficients :math:`c` lie further, they are moved back along the segment,
-            :math:`c^{std} + t\,(c - c^{std})` with :math:`t = \rho / \max_i|c_i - c^{std}_i|`, and the
-            info carries ``trust_scale`` t (1: inside). The sum stays one; below
+            the standard loss's, :math:`c^{std}_i = 1/N` (the plain sum of the losses): when the
+            QP's coefficients :math:`c` lie further, they are moved back along the segment,
+            :math:`c^{std} + t\,(c - c^{std})` with :math:`t = \rho / \max_i|c_i - c^{std}_i|`, and
+            the info carries ``trust_scale`` t (1: inside). The sum stays one; below
             :math:`\rho < 1/N` no coefficient can change sign. ``None`` (default): the QP's
             coefficients as they are. Needs ``renormalize=True``.
         gradient_ema: :math:`\beta \in [0, 1)`. 0 (default): the Gramian of this step's gradients,
             the paper's method. :math:`\beta > 0`: the Gramian of exponential moving averages of
-            each objective's gradient, :math:`\bar g_i \leftarrow \beta \bar g_i + (1-\beta)\nabla L_i`,
-            and of its loss (both bias-corrected as in Adam; the scale :math:`L_i + c_i` is taken
-            from the averaged loss), updated on every step that solves. A minibatch gradient is
-            mostly noise near a trained model, and the min-norm QP gives the objective with the
-            noisier (longer) gradient the smaller weight; averaging removes most of that noise, as
-            MoCo (Fernando et al., ICLR 2023) tracks gradients to correct stochastic MGDA. The step
-            itself uses this step's gradients with the weights so found. Costs N copies of the
-            balanced parameters' gradients in memory (kept in the state dict).
+            each objective's gradient,
+            :math:`\bar g_i \leftarrow \beta \bar g_i + (1-\beta)\nabla L_i`, and of its loss (both
+            bias-corrected as in Adam; the scale :math:`L_i + c_i` is taken from the averaged loss),
+            updated on every step that solves. A minibatch gradient is mostly noise near a trained
+            model, and the min-norm QP gives the objective with the noisier (longer) gradient the
+            smaller weight; averaging removes most of that noise, as MoCo (Fernando et al.,
+            ICLR 2023) tracks gradients to correct stochastic MGDA. The step itself uses this step's
+            gradients with the weights so found. Costs N copies of the balanced parameters'
+            gradients in memory (kept in the state dict).
         shared_only: balance only the parameters that two objectives or more reach (for a LIC
             model, the analysis transform); each parameter that one objective alone reaches gets
             that objective's own gradient, never a reversed one (see
@@ -124,7 +125,8 @@ class QPBalancer(GramianBalancer):
                 )
             if not renormalize:
                 raise ValueError(
-                    "trust_radius bounds the renormalised coefficients; use it with renormalize=True"
+                    "trust_radius bounds the renormalised coefficients; "
+                    "use it with renormalize=True"
                 )
             trust_radius = float(trust_radius)
         self.trust_radius = trust_radius
@@ -173,7 +175,8 @@ class QPBalancer(GramianBalancer):
         old = self.tracked
         if old is not None and (len(old) != len(grads.grads) or len(old[0]) != len(grads.params)):
             raise ValueError(
-                f"QPBalancer(gradient_ema): the averaged gradients are of {len(old[0])} parameters, this step has {len(grads.params)}; "
+                "QPBalancer(gradient_ema): the averaged gradients are of "
+                f"{len(old[0])} parameters, this step has {len(grads.params)}; "
                 "balance the same parameters, or start from a fresh balancer"
             )
         new: list[list[Tensor | None]] = []
@@ -183,9 +186,9 @@ class QPBalancer(GramianBalancer):
                 prev = None if old is None else old[i][k]
                 if g is None:
                     out.append(prev)
-                elif (
-                    prev is None
-                ):  # the first step that reaches it (the bias correction assumes all start together)
+                elif prev is None:
+                    # the first step that reaches it
+                    # (the bias correction assumes all start together)
                     out.append((1.0 - beta) * g.detach())
                 else:
                     out.append(
@@ -207,7 +210,8 @@ class QPBalancer(GramianBalancer):
             return grads.gramian(shared_only=self.shared_only)
         if self._optimizer is None:
             raise RuntimeError(
-                "QPBalancer(metric='adam') needs balancer.bind_optimizer(optimizer) before backward() (balanced_step does it)"
+                "QPBalancer(metric='adam') needs balancer.bind_optimizer(optimizer) "
+                "before backward() (balanced_step does it)"
             )
         precond = adam_metric(self._optimizer, grads.params)
         device = grads.params[0].device
@@ -232,8 +236,9 @@ class QPBalancer(GramianBalancer):
             scale = self.tracked_losses / (1.0 - self.gradient_ema**self.tracked_steps) + offsets
         extras: dict[str, Tensor] = {}
         coeff, result = qp_weights(
-            gram, values, offsets, renormalize=self.renormalize, simplex=self.simplex, trust_radius=self.trust_radius,
-            rcond=self.rcond, ridge=self.ridge, backend=self.backend, scale=scale, extras=extras,
+            gram, values, offsets, renormalize=self.renormalize, simplex=self.simplex,
+            trust_radius=self.trust_radius, rcond=self.rcond, ridge=self.ridge,
+            backend=self.backend, scale=scale, extras=extras,
         )  # fmt: skip
         if self.metric == "adam" and self._metric_used is not None:
             extras["adam_metric"] = self._metric_used
@@ -242,7 +247,8 @@ class QPBalancer(GramianBalancer):
         return coeff, result, extras
 
     def _coefficients(self, values: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The coefficients on the raw losses for the log-loss weights ``z`` (:func:`~moo_opt.weightings.qp_coefficients`)."""
+        """The coefficients on the raw losses for the log-loss weights ``z``
+        (:func:`~moo_opt.weightings.qp_coefficients`)."""
         extras: dict[str, Tensor] = {}
         coeff = qp_coefficients(
             z,

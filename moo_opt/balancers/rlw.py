@@ -14,8 +14,8 @@ from moo_opt.registry import register
 
 @register
 class RLWBalancer(Balancer):
-    r"""Weights :math:`w = \mathrm{softmax}(\epsilon)`, :math:`\epsilon \sim \mathcal N(0, I_N)`, drawn
-    anew every step.
+    r"""Weights :math:`w = \mathrm{softmax}(\epsilon)`, :math:`\epsilon \sim \mathcal N(0, I_N)`,
+    drawn anew every step.
 
     Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random Weighting: A Litmus Test for
     Multi-Task Learning", TMLR 2022 (their default distribution). The draws come from the

@@ -1,4 +1,5 @@
-"""Uncertainty Weighting (Kendall, Gal & Cipolla, CVPR 2018): learned homoscedastic uncertainties."""
+"""Uncertainty Weighting (Kendall, Gal & Cipolla, CVPR 2018): learned homoscedastic
+uncertainties."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ class UncertaintyWeighting(Balancer):
     implementations use it; it rescales the learning rate only). The balancer owns :math:`s`
     (starting at 0) and its Adam state: every step applies the current :math:`e^{-s}` to the
     losses, then takes one Adam step on :math:`s` with the gradient
-    :math:`\partial/\partial s_i = 1 - e^{-s_i} L_i` (so :math:`e^{-s_i} \to 1/L_i`). Everything is in
-    the state dict. One backward pass.
+    :math:`\partial/\partial s_i = 1 - e^{-s_i} L_i` (so :math:`e^{-s_i} \to 1/L_i`). Everything is
+    in the state dict. One backward pass.
 
     Args:
         num_objectives: N.

@@ -15,14 +15,14 @@ from moo_opt.weightings import upgrad_weights
 @register
 class UPGradBalancer(GramianBalancer):
     r"""Unconflicting projection of gradients: every gradient (scaled by its preference
-    :math:`u_i`) is projected onto the dual cone :math:`\{x : G^\top x \ge 0\}` of the gradients, and
-    the projections are summed.
+    :math:`u_i`) is projected onto the dual cone :math:`\{x : G^\top x \ge 0\}` of the gradients,
+    and the projections are summed.
 
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024 (the aggregator of
     TorchJD). In weight space the projection of :math:`u_i g_i` is :math:`G v_i` with
-    :math:`v_i = \arg\min_{v \ge u_i e_i} \tfrac12 v^\top Q v` (:math:`Q = G^\top G`); the weights on
-    the raw losses are :math:`w = \sum_i v_i`. Each :math:`v_i` is computed exactly by our active-set
-    solver (:func:`~moo_opt.solvers.project_to_dual_cone`, with its status and KKT
+    :math:`v_i = \arg\min_{v \ge u_i e_i} \tfrac12 v^\top Q v` (:math:`Q = G^\top G`); the weights
+    on the raw losses are :math:`w = \sum_i v_i`. Each :math:`v_i` is computed exactly by our
+    active-set solver (:func:`~moo_opt.solvers.project_to_dual_cone`, with its status and KKT
     certificate; no regularisation of Q is needed, unlike a generic QP solver). Promise, checked
     by the tests: :math:`g_j \cdot d \ge 0` for every j (no objective increases to first order), and
     :math:`d = \sum_i u_i g_i` when no two gradients conflict.

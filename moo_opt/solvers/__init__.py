@@ -1,5 +1,6 @@
 """Pure math on Gram matrices: the equality-constrained QP (Solution 2), the simplex QP (MGDA),
-Nash-MTL's bargaining weights, UPGrad's projections, CAGrad's inner problem, Aligned-MTL's transform.
+Nash-MTL's bargaining weights, UPGrad's projections, CAGrad's inner problem, Aligned-MTL's
+transform.
 
 No autograd here: a solver takes ``Q = GᵀG`` (N×N) and returns a :class:`SolveResult` whose
 weights, status and KKT certificate say exactly what was solved.

@@ -28,7 +28,8 @@ class _Problem:
 
 
 def _radius(q: np.ndarray, c: float, rcond: float) -> tuple[np.ndarray, float, float]:
-    """``(b, ‖g0‖, r)``; ``‖g0‖`` is 0 when ``‖g0‖² = mᵀQm`` is at the rounding level of its terms."""
+    """``(b, ‖g0‖, r)``; ``‖g0‖`` is 0 when ``‖g0‖² = mᵀQm`` is at the rounding level of its
+    terms."""
     n = q.shape[0]
     m = np.full(n, 1.0 / n)
     b = q @ m
@@ -56,7 +57,8 @@ class _Solution:
 
 @dataclass(frozen=True)
 class _Line:
-    """``w(κ) = α + κβ`` on the support ``idx`` (full-length vectors), ``a0 = ‖Gα‖²``, ``b2 = ‖Gβ‖²``."""
+    """``w(κ) = α + κβ`` on the support ``idx`` (full-length vectors), ``a0 = ‖Gα‖²``,
+    ``b2 = ‖Gβ‖²``."""
 
     idx: np.ndarray
     alpha: np.ndarray

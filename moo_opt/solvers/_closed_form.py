@@ -8,7 +8,8 @@ scalar ``h = (q11 + q22 − 2 q12) / (q11 + q22)``: the problem is degenerate (g
 optimal) when ``h ≤ rcond·max(1, h)``, and the minimum-norm answer is then w = (½, ½), exactly
 what the general null-space path returns.
 
-:func:`solve_small` is the one dispatch of the N ≤ 2 cases that the equality and simplex solvers share.
+:func:`solve_small` is the one dispatch of the N ≤ 2 cases that the equality and simplex solvers
+share.
 """
 
 from __future__ import annotations
@@ -87,10 +88,11 @@ def solve_small(
     ridge: float = 0.0,
     closed_form: bool = True,
 ) -> SolveResult | None:
-    """The N ≤ 2 cases of ``problem``: N = 1 is w = (1); N = 2 the closed form, on an accelerator without
-    a host synchronisation (the status is computed when read). ``ridge`` adds ``ridge·tr(Q)/N·I`` before
-    solving; ``closed_form=False`` leaves N = 2 on the host to the caller's general method. None: the
-    caller solves (N > 2, or N = 2 with the closed form declined)."""
+    """The N ≤ 2 cases of ``problem``: N = 1 is w = (1); N = 2 the closed form, on an accelerator
+    without a host synchronisation (the status is computed when read). ``ridge`` adds
+    ``ridge·tr(Q)/N·I`` before solving; ``closed_form=False`` leaves N = 2 on the host to the
+    caller's general method. None: the caller solves (N > 2, or N = 2 with the closed form
+    declined)."""
     simplex = problem == "simplex"
     if g.dev is not None:  # N ≤ 2 on an accelerator: stay on the device
         qd = g.dev

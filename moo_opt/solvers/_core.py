@@ -48,7 +48,8 @@ def equilibrate(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cholesky_solve(c: np.ndarray, a: np.ndarray, rcond: float) -> np.ndarray | None:
-    """``C⁻¹a`` when C is comfortably positive definite, else None (the caller takes the exact path)."""
+    """``C⁻¹a`` when C is comfortably positive definite, else None (the caller takes the exact
+    path)."""
     factor, x, info = lapack.dposv(c, a)
     if info != 0:
         return None

@@ -185,8 +185,8 @@ def host_gramian(q: Tensor | np.ndarray, validate: bool | None) -> tuple[Gramian
 
 
 def iteration_options(g: Gramian, rcond: float | None, tol: float, max_iter: int) -> float:
-    """Check an iterative host solver's ``tol`` (> 0), ``max_iter`` (≥ 1) and ``rcond`` (≥ 0, default
-    ``100·eps`` of the input's precision); returns the ``rcond`` to use."""
+    """Check an iterative host solver's ``tol`` (> 0), ``max_iter`` (≥ 1) and ``rcond`` (≥ 0,
+    default ``100·eps`` of the input's precision); returns the ``rcond`` to use."""
     if not tol > 0.0:
         raise ValueError(f"tol must be > 0, got {tol}")
     if max_iter < 1:

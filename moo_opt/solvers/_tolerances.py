@@ -12,7 +12,8 @@ TOUCHING = 1e-9
 CERTIFIED = 1e-9
 #: a "Gw* = 0" answer of CAGrad is certified to this: |Gw| is only known to √(rcond)·T from Q
 ZERO_CERTIFIED = 1e-6
-#: CAGrad's bisection on κ: relative width of the final bracket, and the floor of κ relative to its ceiling
+#: CAGrad's bisection on κ: relative width of the final bracket, and the floor of κ relative to its
+#: ceiling
 BRACKET_RTOL = 1e-15
 KAPPA_FLOOR = 2.0**-64
 #: rows whose diagonal is below this fraction of the largest are equilibrated with this floor

@@ -1,4 +1,5 @@
-"""Aligned-MTL's balance transform: the matrix B that makes the gradients orthogonal and of equal norm."""
+"""Aligned-MTL's balance transform: the matrix B that makes the gradients orthogonal and of equal
+norm."""
 
 from __future__ import annotations
 
@@ -24,17 +25,17 @@ def balance_transform(
     r"""The balance transform of Aligned-MTL: :math:`B = \sigma\, V \Lambda^{-1/2} V^\top`.
 
     Senushkin, Patakin, Kuznetsov & Konushin, "Independent Component Alignment for Multi-Task
-    Learning", CVPR 2023 (Algorithm 1). With :math:`Q = G^\top G = V\Lambda V^\top` restricted to its
-    numerical range (eigenvalues above ``rcond·λmax``; rank r), the aligned gradients
-    :math:`\hat G = G B` satisfy :math:`\hat G^\top \hat G = \sigma^2 P` with :math:`P = V_r V_r^\top`
-    the projector on the range: orthogonal components of equal norm σ, condition number 1. σ is the
-    smallest singular value of G (``scale="min"``, the paper's choice), their median (``"median"``),
-    or the square root of the mean eigenvalue (``"rmse"``). Computed exactly by one symmetric
-    eigen-decomposition (LAPACK, float64, on the host).
+    Learning", CVPR 2023 (Algorithm 1). With :math:`Q = G^\top G = V\Lambda V^\top` restricted to
+    its numerical range (eigenvalues above ``rcond·λmax``; rank r), the aligned gradients
+    :math:`\hat G = G B` satisfy :math:`\hat G^\top \hat G = \sigma^2 P` with
+    :math:`P = V_r V_r^\top` the projector on the range: orthogonal components of equal norm σ,
+    condition number 1. σ is the smallest singular value of G (``scale="min"``, the paper's choice),
+    their median (``"median"``), or the square root of the mean eigenvalue (``"rmse"``). Computed
+    exactly by one symmetric eigen-decomposition (LAPACK, float64, on the host).
 
-    Statuses: ``OPTIMAL`` when G has full column rank; ``DEGENERATE`` when rank r < N (the directions
-    of the null space are left out: B maps them to 0) or when Q = 0 ([decision] B is then the
-    identity: every gradient is zero and any weights give the same direction). The certificate
+    Statuses: ``OPTIMAL`` when G has full column rank; ``DEGENERATE`` when rank r < N (the
+    directions of the null space are left out: B maps them to 0) or when Q = 0 ([decision] B is then
+    the identity: every gradient is zero and any weights give the same direction). The certificate
     reports :math:`\max |B Q B - \sigma^2 P| / \sigma^2` as its stationarity term.
 
     Args:
@@ -78,7 +79,8 @@ def balance_transform(
 def _transform(
     lam: np.ndarray, vec: np.ndarray, scale: AlignmentScale, n: int
 ) -> tuple[np.ndarray, float]:
-    """B = σ·V Λ^(-1/2) Vᵀ on the kept eigenpairs, and σ²; the identity and 0 when none is kept (Q = 0)."""
+    """B = σ·V Λ^(-1/2) Vᵀ on the kept eigenpairs, and σ²; the identity and 0 when none is kept
+    (Q = 0)."""
     if lam.size == 0:
         return np.eye(n), 0.0
     sigma2 = float({"min": lam.min(), "median": np.median(lam), "rmse": lam.mean()}[scale])

@@ -1,4 +1,5 @@
-"""UPGrad's projections onto the dual cone of the gradients: ``minimise 1/2 vᵀQv`` subject to ``v ≥ u``."""
+"""UPGrad's projections onto the dual cone of the gradients: ``minimise 1/2 vᵀQv`` subject to
+``v ≥ u``."""
 
 from __future__ import annotations
 
@@ -38,23 +39,24 @@ def solve_box_qp(
     max_iter: int | None = None,
     validate: bool | None = None,
 ) -> SolveResult:
-    r"""Minimise :math:`\tfrac12 v^\top Q v` subject to :math:`v \ge u`: one of UPGrad's projections.
+    r"""Minimise :math:`\tfrac12 v^\top Q v` subject to :math:`v \ge u`: one of UPGrad's
+    projections.
 
     With :math:`Q = G^\top G`, :math:`Gv^*` is the Euclidean projection of :math:`Gu` onto the dual
     cone of the gradients :math:`\{x : G^\top x \ge 0\}` (Quinton & Rey, "Jacobian Descent for
-    Multi-Objective Optimization", 2024, the UPGrad aggregator of TorchJD). KKT, with the multiplier
-    :math:`\lambda = Qv` of the bound: :math:`v \ge u`, :math:`\lambda \ge 0`,
+    Multi-Objective Optimization", 2024, the UPGrad aggregator of TorchJD). KKT, with the
+    multiplier :math:`\lambda = Qv` of the bound: :math:`v \ge u`, :math:`\lambda \ge 0`,
     :math:`(v_i - u_i)\lambda_i = 0`. So :math:`(Qv^*)_j = g_j\cdot Gv^* \ge 0` for every :math:`j`:
     the projection conflicts with no gradient.
 
-    An exact active-set method (Lawson & Hanson 1974) in Jacobi-equilibrated coordinates, so the answer
-    is invariant to ``Q → cQ`` and to rescaling single gradients; it stops when the relative dual
-    infeasibility is at most ``tol`` or at ``max_iter`` sub-problem solves. Statuses: ``OPTIMAL``
-    (converged, unique optimum); ``DEGENERATE`` (converged, or stopped after a sub-problem singular to
-    ``rcond``, with :math:`v^*` possibly not unique: :math:`Gv^*` still optimal); ``INACCURATE`` (no
-    progress in floating point short of ``tol``); ``MAX_ITER``. The returned :math:`v \ge u` exactly;
-    ``result.kkt`` is the scale-free certificate. The algorithm, tie-break, certificate and cost:
-    :ref:`box-solver`.
+    An exact active-set method (Lawson & Hanson 1974) in Jacobi-equilibrated coordinates, so the
+    answer is invariant to ``Q → cQ`` and to rescaling single gradients; it stops when the relative
+    dual infeasibility is at most ``tol`` or at ``max_iter`` sub-problem solves. Statuses:
+    ``OPTIMAL`` (converged, unique optimum); ``DEGENERATE`` (converged, or stopped after a
+    sub-problem singular to ``rcond``, with :math:`v^*` possibly not unique: :math:`Gv^*` still
+    optimal); ``INACCURATE`` (no progress in floating point short of ``tol``); ``MAX_ITER``. The
+    returned :math:`v \ge u` exactly; ``result.kkt`` is the scale-free certificate. The algorithm,
+    tie-break, certificate and cost: :ref:`box-solver`.
 
     Args:
         q: symmetric positive semi-definite N×N Gram matrix (torch tensor on any device or numpy
@@ -68,8 +70,9 @@ def solve_box_qp(
             ``True``: always (the solve runs on the host anyway); ``False``: skip.
 
     Returns:
-        :class:`SolveResult` with ``problem="box"``, ``method="active-set"``, ``weights`` = :math:`v^*`
-        (float64, on ``q``'s device), ``iterations`` = sub-problem solves.
+        :class:`SolveResult` with ``problem="box"``, ``method="active-set"``,
+        ``weights`` = :math:`v^*` (float64, on ``q``'s device), ``iterations`` = sub-problem
+        solves.
 
     Raises:
         ValueError: ``q`` is not square, empty, not finite, not symmetric or not PSD; ``lower`` is
@@ -186,7 +189,8 @@ def _bounds(x: Tensor | np.ndarray, shape: tuple[int, ...], name: str) -> np.nda
 
 @dataclass(frozen=True)
 class _Factor:
-    """Jacobi equilibration ``Q = SCS`` and a factor ``BᵀB = C`` (rows: the positive eigenvalues)."""
+    """Jacobi equilibration ``Q = SCS`` and a factor ``BᵀB = C`` (rows: the positive
+    eigenvalues)."""
 
     s: np.ndarray
     c: np.ndarray
@@ -298,8 +302,9 @@ def _active_set(
 
 
 def _stalled(truncated: bool) -> SolveStatus:
-    """A stall after a sub-problem singular to rcond is the documented truncation (its directions are
-    not resolvable in floating point): ``DEGENERATE``; otherwise rounding beat us: ``INACCURATE``."""
+    """A stall after a sub-problem singular to rcond is the documented truncation (its directions
+    are not resolvable in floating point): ``DEGENERATE``; otherwise rounding beat us:
+    ``INACCURATE``."""
     return SolveStatus.DEGENERATE if truncated else SolveStatus.INACCURATE
 
 

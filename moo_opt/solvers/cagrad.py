@@ -1,4 +1,5 @@
-"""CAGrad's inner problem: ``minimise bᵀw + r·|Gw|`` over the simplex, solved exactly through MGDA's problem."""
+"""CAGrad's inner problem: ``minimise bᵀw + r·|Gw|`` over the simplex, solved exactly through
+MGDA's problem."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def solve_cagrad(
     max_iter: int = 200,
     validate: bool | None = None,
 ) -> SolveResult:
-    r"""CAGrad's inner problem, :math:`\min_{w \in \Delta} F(w) = b^\top w + r\,\|Gw\|`, solved exactly.
+    r"""CAGrad's inner problem, :math:`\min_{w \in \Delta} F(w) = b^\top w + r\,\|Gw\|`, solved
+    exactly.
 
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning"
     (NeurIPS 2021). With the gradients :math:`G = [g_1 \dots g_N]`, :math:`Q = G^\top G`, the
@@ -63,13 +65,14 @@ def solve_cagrad(
         c: the paper's c ≥ 0 (finite): the radius of the ball is ``c·‖g0‖``.
         rcond: relative eigenvalue cut-off of the equilibrated sub-problems (and of ``Gw = 0``);
             default ``100·eps`` of ``q``'s precision.
-        tol: relative dual-feasibility tolerance of a support (> 0); also the tie tolerance at r = 0.
+        tol: relative dual-feasibility tolerance of a support (> 0); also the tie tolerance at
+            r = 0.
         max_iter: cap on the simplex solves of the bisection (≥ 1).
         validate: as for the other solvers.
 
     Returns:
-        :class:`SolveResult` (``problem="cagrad"``): the inner :math:`w^*` on the simplex, its status
-        and certificate; ``method`` says which step found it (see :ref:`cagrad-solver`).
+        :class:`SolveResult` (``problem="cagrad"``): the inner :math:`w^*` on the simplex, its
+        status and certificate; ``method`` says which step found it (see :ref:`cagrad-solver`).
 
     Raises:
         ValueError: ``c`` negative or not finite; ``q`` invalid; bad ``tol``/``max_iter``/``rcond``.
@@ -97,7 +100,8 @@ def solve_cagrad(
 def cagrad_direction_weights(
     q_host: np.ndarray, w: np.ndarray, c: float, *, rcond: float | None = None
 ) -> np.ndarray:
-    r"""CAGrad's weights on the raw gradients (``d = G·(these)``) for the inner weights ``w`` of :func:`solve_cagrad`.
+    r"""CAGrad's weights on the raw gradients (``d = G·(these)``) for the inner weights ``w`` of
+    :func:`solve_cagrad`.
 
     ``q_host`` is the (validated, symmetric) float64 Gram matrix, ``c`` the paper's c. Returns
 
@@ -141,7 +145,8 @@ def _check_c(c: float) -> float:
         ) from exc
     if not math.isfinite(value) or value < 0.0:
         raise ValueError(
-            f"c must be finite and >= 0 (CAGrad's radius is c·|g0|; c = 0 gives the mean gradient), got {c!r}"
+            "c must be finite and >= 0 "
+            f"(CAGrad's radius is c·|g0|; c = 0 gives the mean gradient), got {c!r}"
         )
     return value
 
@@ -220,7 +225,8 @@ def _shifted(p: _Problem, kappa: float) -> np.ndarray:
 
 
 def _search(p: _Problem, max_iter: int) -> _Solution:
-    """Simplex solves at κ (bisection on ψ(κ) = r); the active-set steps from each solve's support."""
+    """Simplex solves at κ (bisection on ψ(κ) = r); the active-set steps from each solve's
+    support."""
     ceiling = float(p.s.max()) / p.r  # ψ(κ) ≤ max‖gᵢ‖/κ ≤ r from here on
     lo, hi = 0.0, ceiling
     kappa = min(1.0, 0.5 * ceiling)
@@ -248,8 +254,9 @@ def _search(p: _Problem, max_iter: int) -> _Solution:
             hi = kappa
         if (lo > 0.0 and hi / lo - 1.0 <= BRACKET_RTOL) or hi <= KAPPA_FLOOR * ceiling:
             break
-        # Next κ: the closed-form root of this support when inside the bracket, as long as the bracket
-        # keeps halving (in log scale); else halve (no lower end yet) or take the geometric mean.
+        # Next κ: the closed-form root of this support when inside the bracket, as long as the
+        # bracket keeps halving (in log scale); else halve (no lower end yet) or take the
+        # geometric mean.
         width = math.log(hi / lo) if lo > 0.0 else math.inf
         est = _root(p, line)
         if (

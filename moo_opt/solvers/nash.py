@@ -16,7 +16,8 @@ from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 _DAMPED = 0.25
 # Sufficient decrease (as a fraction of λ² = −rᵀΔ) for a full step to be taken in the damped phase.
 _ARMIJO = 0.25
-# Full Newton steps in a row that fail to lower the residual before the floating-point floor is declared.
+# Full Newton steps in a row that fail to lower the residual before the floating-point floor is
+# declared.
 _STALLS = 3
 
 
@@ -28,21 +29,23 @@ def solve_nash(
     max_iter: int = 100,
     validate: bool | None = None,
 ) -> SolveResult:
-    r"""Nash-MTL's bargaining weights: :math:`\alpha > 0` with :math:`\alpha_i (Q\alpha)_i = 1` for every i.
+    r"""Nash-MTL's bargaining weights: :math:`\alpha > 0` with :math:`\alpha_i (Q\alpha)_i = 1` for
+    every i.
 
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
     Bargaining Game" (ICML 2022): the Nash bargaining direction is :math:`d = G\alpha` with
     :math:`G^\top G\alpha = 1/\alpha` elementwise. That is the stationarity condition of the
-    strictly convex, self-concordant :math:`f(\alpha) = \tfrac12\alpha^\top Q\alpha - \sum_i\log\alpha_i`
-    on :math:`\alpha > 0`, which is solved exactly here (the paper's sequence of convex
-    approximations is not used).
+    strictly convex, self-concordant
+    :math:`f(\alpha) = \tfrac12\alpha^\top Q\alpha - \sum_i\log\alpha_i` on :math:`\alpha > 0`,
+    which is solved exactly here (the paper's sequence of convex approximations is not used).
 
-    Damped Newton on the Jacobi-equilibrated problem (weights exactly covariant with the scale of each
-    gradient), N = 2 in closed form. [decision] Where no direction improves every objective (a zero
-    gradient, opposite gradients, zero in the convex hull of some gradients), the *blocked*
+    Damped Newton on the Jacobi-equilibrated problem (weights exactly covariant with the scale of
+    each gradient), N = 2 in closed form. [decision] Where no direction improves every objective (a
+    zero gradient, opposite gradients, zero in the convex hull of some gradients), the *blocked*
     objectives get weight exactly 0 and Nash is solved on the rest (status ``INFEASIBLE``):
     **an objective is blocked iff its weight is exactly 0** (:func:`nash_blocked` returns them
-    without solving). The method, the certificate, the blocked set and the cost: :ref:`nash-solver`.
+    without solving). The method, the certificate, the blocked set and the cost:
+    :ref:`nash-solver`.
 
     Statuses: ``OPTIMAL`` (a solution exists and is certified to ``tol``); ``INFEASIBLE`` (some
     objectives blocked, the others certified to ``tol``); ``MAX_ITER`` (``max_iter`` Newton steps
@@ -88,7 +91,8 @@ def solve_nash(
 
 
 def nash_kkt(gram: np.ndarray, alpha: np.ndarray) -> KKTReport:
-    """The certificate of :func:`solve_nash` for weights ``alpha`` (zero weights are excluded as blocked)."""
+    """The certificate of :func:`solve_nash` for weights ``alpha`` (zero weights are excluded as
+    blocked)."""
     alpha = np.asarray(alpha, dtype=np.float64)
     live = alpha != 0.0
     if not live.any():
@@ -137,10 +141,10 @@ def _solve_host(
 
 
 def _closed_form(gram: np.ndarray, rcond: float) -> tuple[np.ndarray, int, SolveStatus, str]:
-    """N ≤ 2. For N = 2 with ``c = cos θ``, subtracting ``β₁(β₁ + cβ₂) = 1`` and ``β₂(cβ₁ + β₂) = 1``
-    gives ``(β₁ − β₂)(β₁ + β₂) = 0``, so ``β₁ = β₂ = 1/√(1 + c)``. ``C`` has the eigenvalues ``1 ± c``;
-    the null vector of ``1 + c`` is ``(1, 1) ≥ 0``, so both are blocked when ``1 + c ≤ rcond·(1 + |c|)``
-    (opposite gradients), and a zero gradient alone is blocked."""
+    """N ≤ 2. For N = 2 with ``c = cos θ``, subtracting ``β₁(β₁ + cβ₂) = 1`` and
+    ``β₂(cβ₁ + β₂) = 1`` gives ``(β₁ − β₂)(β₁ + β₂) = 0``, so ``β₁ = β₂ = 1/√(1 + c)``. ``C`` has
+    the eigenvalues ``1 ± c``; the null vector of ``1 + c`` is ``(1, 1) ≥ 0``, so both are blocked
+    when ``1 + c ≤ rcond·(1 + |c|)`` (opposite gradients), and a zero gradient alone is blocked."""
     n = gram.shape[0]
     d = np.diag(gram)
     live = d > 0.0
@@ -167,7 +171,8 @@ def _closed_form(gram: np.ndarray, rcond: float) -> tuple[np.ndarray, int, Solve
 
 def _comfortably_pd(c: np.ndarray, rcond: float) -> bool:
     """Whether ``C`` is positive definite with a condition estimate well inside ``1/rcond`` (LAPACK
-    ``potrf`` and ``pocon``): then no ``y ≥ 0`` has ``Cy = 0`` and no eigen-decomposition is needed."""
+    ``potrf`` and ``pocon``): then no ``y ≥ 0`` has ``Cy = 0`` and no eigen-decomposition is
+    needed."""
     n = c.shape[0]
     factor, info = lapack.dpotrf(c, lower=False, clean=False)
     if info != 0:
@@ -177,7 +182,8 @@ def _comfortably_pd(c: np.ndarray, rcond: float) -> bool:
 
 
 def _blocked_set(c: np.ndarray, rcond: float) -> np.ndarray:
-    """The blocked mask ``B`` of a singular ``C`` (raises ``ValueError`` when ``C`` is not PSD to ``√rcond``)."""
+    """The blocked mask ``B`` of a singular ``C`` (raises ``ValueError`` when ``C`` is not PSD to
+    ``√rcond``)."""
     from scipy.optimize import linprog
 
     n = c.shape[0]
@@ -192,11 +198,11 @@ def _blocked_set(c: np.ndarray, rcond: float) -> np.ndarray:
     k = z.shape[1]
     # Maximal support of the cone {y ≥ 0 : Cy = 0}, in one LP over y = Zx (x free) and t ∈ [0, 1]ᴺ:
     #   max 1ᵀt  s.t.  y ≥ −rcond·1,  1ᵀy ≤ 1,  √rcond·tᵢ ≤ yᵢ + rcond.
-    # Entries down to −rcond are the rounding of Z and count as 0 (the bound 1ᵀy ≤ 1 fixes the scale);
-    # tᵢ reaches 1 iff some y of the cone has yᵢ ≳ √rcond, and the optimum takes all of them at once (the
-    # cone is convex). √rcond is the singularity threshold's own scale, ‖Gy‖ ≤ √(rcond·λmax)‖y‖ on the
-    # null space; a spurious block needs a null direction whose positive and negative parts differ by a
-    # factor 1/√rcond, i.e. a nearly blocked set.
+    # Entries down to −rcond are the rounding of Z and count as 0 (the bound 1ᵀy ≤ 1 fixes the
+    # scale); tᵢ reaches 1 iff some y of the cone has yᵢ ≳ √rcond, and the optimum takes all of them
+    # at once (the cone is convex). √rcond is the singularity threshold's own scale,
+    # ‖Gy‖ ≤ √(rcond·λmax)‖y‖ on the null space; a spurious block needs a null direction whose
+    # positive and negative parts differ by a factor 1/√rcond, i.e. a nearly blocked set.
     col = z.sum(axis=0)  # 1ᵀZ
     a_ub = np.block(
         [
@@ -214,7 +220,8 @@ def _blocked_set(c: np.ndarray, rcond: float) -> np.ndarray:
         )
         if res.status == 0 and res.x is not None:
             return res.x[k:] > 0.5
-    # The LP is feasible (x = 0) and bounded; should HiGHS still fail, block what certainly is: zero gradients.
+    # The LP is feasible (x = 0) and bounded; should HiGHS still fail, block what certainly is: zero
+    # gradients.
     return np.diag(c) == 0.0  # pragma: no cover
 
 

@@ -13,7 +13,8 @@ from torch import Tensor
 from moo_opt.solvers._input import prepare, to_weights
 from moo_opt.solvers.result import Problem, SolveResult, SolveStatus
 
-#: Clarabel (interior point) with tolerances tighter than its defaults: a reference must be accurate.
+#: Clarabel (interior point) with tolerances tighter than its defaults: a reference must be
+#: accurate.
 DEFAULT_SOLVER = "CLARABEL"
 DEFAULT_OPTIONS: dict[str, Any] = {
     "tol_gap_abs": 1e-12,
@@ -79,12 +80,14 @@ def _solve(
 def solve_equality_qp_cvxpy(
     q: Tensor | np.ndarray, *, solver: str | None = None, options: dict[str, Any] | None = None
 ) -> SolveResult:
-    """:func:`~moo_opt.solvers.solve_equality_qp`'s problem in cvxpy (default: Clarabel, tight tolerances)."""
+    """:func:`~moo_opt.solvers.solve_equality_qp`'s problem in cvxpy (default: Clarabel, tight
+    tolerances)."""
     return _solve(q, "equality", solver, options)
 
 
 def solve_simplex_qp_cvxpy(
     q: Tensor | np.ndarray, *, solver: str | None = None, options: dict[str, Any] | None = None
 ) -> SolveResult:
-    """:func:`~moo_opt.solvers.solve_simplex_qp`'s problem in cvxpy (default: Clarabel, tight tolerances)."""
+    """:func:`~moo_opt.solvers.solve_simplex_qp`'s problem in cvxpy (default: Clarabel, tight
+    tolerances)."""
     return _solve(q, "simplex", solver, options)

@@ -137,7 +137,8 @@ class SolveResult:
     #: "alignment": the balance transform B)
     weights: Tensor
     problem: Problem
-    #: which algorithm produced the weights ("closed-form", "cholesky", "null-space", "wolfe", "cvxpy:…")
+    #: which algorithm produced the weights ("closed-form", "cholesky", "null-space", "wolfe",
+    #: "cvxpy:…")
     method: str
     #: iterations of an iterative method (0 for direct methods)
     iterations: int

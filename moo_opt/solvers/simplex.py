@@ -99,7 +99,8 @@ _GUESSES = 8
 def active_set_guess(
     gram: np.ndarray, rcond: float, tol: float, max_iter: int
 ) -> tuple[np.ndarray, int] | None:
-    """Primal-dual active-set iterations (Hintermüller, Ito & Kunisch 2002) from the equality optimum.
+    """Primal-dual active-set iterations (Hintermüller, Ito & Kunisch 2002) from the equality
+    optimum.
 
     Each iteration solves the equality problem on the free set F, then frees every fixed index
     whose multiplier is negative and fixes every free index whose weight is negative. It usually
@@ -208,7 +209,8 @@ def wolfe(
             if len(corral) == 0:  # cannot happen in exact arithmetic; keep the best vertex
                 corral = [int(np.argmax(w))]
             if theta == 0.0 and int(drop.sum()) == 1 and int(idx[drop][0]) == j:
-                # only the vertex just added was dropped, without moving: no progress in floating point
+                # only the vertex just added was dropped, without moving: no progress in floating
+                # point
                 w = w / w.sum()
                 return w, iterations, SolveStatus.INACCURATE
             w = np.maximum(w, 0.0)

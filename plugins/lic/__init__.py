@@ -1,1 +1,2 @@
-"""Learned image compression plugin for moo-opt (training, evaluation and reports arrive in later work)."""
+"""Learned image compression plugin for moo-opt (training, evaluation and reports arrive in later
+work)."""

@@ -36,7 +36,8 @@ def save_atomic(obj: Any, path: Path) -> None:
             pass
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise UsageError(
-                f"{path}: no space left on the device while saving; the previous checkpoint is intact"
+                f"{path}: no space left on the device while saving; "
+                "the previous checkpoint is intact"
             ) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -80,7 +81,8 @@ def load(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file
         raise UsageError(
-            f"--checkpoint {path}: not a readable checkpoint ({type(exc).__name__}); pass a checkpoint.pth.tar written by training"
+            f"--checkpoint {path}: not a readable checkpoint ({type(exc).__name__}); "
+            "pass a checkpoint.pth.tar written by training"
         ) from None
     if (
         isinstance(ckpt, dict)
@@ -91,7 +93,8 @@ def load(path: Path) -> dict[str, Any]:
         ckpt = {"state_dict": ckpt}
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UsageError(
-            f"--checkpoint {path}: neither a checkpoint with a 'state_dict' nor a state_dict; pass a CompressAI-format checkpoint"
+            f"--checkpoint {path}: neither a checkpoint with a 'state_dict' nor a state_dict; "
+            "pass a CompressAI-format checkpoint"
         )
     with (
         warnings.catch_warnings()

@@ -75,7 +75,8 @@ def image_files(folder: Path) -> list[Path]:
     others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         raise UsageError(
-            f"{others[0]}: not an image file (in {folder}); remove it, or keep only images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"{others[0]}: not an image file (in {folder}); remove it, "
+            f"or keep only images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     if not images:
         raise UsageError(f"{folder}: no images found; put .png/.jpg files in it")
@@ -151,7 +152,8 @@ def samples_folder() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise UsageError(
-            "the 'samples' dataset reads the photographs shipped with scikit-image: pip install 'moo-opt[lic]'"
+            "the 'samples' dataset reads the photographs shipped with scikit-image: "
+            "pip install 'moo-opt[lic]'"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
@@ -179,7 +181,8 @@ def resolve(dataset: str, split: str, seed: int = 0) -> Pictures:
     path = Path(dataset)
     if not path.exists():
         raise UsageError(
-            f"-d {dataset}: neither a registered dataset ({', '.join(DATASETS)}) nor an existing folder"
+            f"-d {dataset}: neither a registered dataset ({', '.join(DATASETS)}) "
+            "nor an existing folder"
         )
     if (path / split).is_dir():
         return folder_pictures(path / split)
@@ -228,7 +231,8 @@ class PatchDataset(Dataset):
         if not self.keep:
             h, w = max(sizes, key=lambda s: s[0] * s[1])
             raise UsageError(
-                f"--patch-size {ph} {pw} is larger than every image of {pictures.name} (the largest is {h}x{w}); lower --patch-size"
+                f"--patch-size {ph} {pw} is larger than every image of {pictures.name} "
+                f"(the largest is {h}x{w}); lower --patch-size"
             )
         self.pictures, self.patch, self.seed, self.epoch = pictures, patch, seed, 0
         self.crops_per_image = crops_per_image
@@ -316,7 +320,8 @@ def test_batches(pictures: Pictures, patch: tuple[int, int], batch_size: int) ->
         )
     if not crops:
         raise UsageError(
-            f"--patch-size {patch[0]} {patch[1]} is larger than every test image of {pictures.name}; lower --patch-size"
+            f"--patch-size {patch[0]} {patch[1]} is larger than every test image of "
+            f"{pictures.name}; lower --patch-size"
         )
     n = math.ceil(len(crops) / batch_size)
     return [torch.stack(crops[i * batch_size : (i + 1) * batch_size]) for i in range(n)]

@@ -39,7 +39,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def finite(text: str) -> float:
-    """argparse ``type`` of a real-valued flag: a finite number (``nan`` and ``inf`` are refused)."""
+    """argparse ``type`` of a real-valued flag: a finite number (``nan`` and ``inf`` are
+    refused)."""
     try:
         value = float(text)
     except ValueError:

@@ -38,14 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints",
         nargs="*",
         type=Path,
-        help="checkpoints: written by plugins.lic.train, CompressAI train.py checkpoints or bare state_dicts (then -m/--N/--M where the tensors do not tell)",
+        help=(
+            "checkpoints: written by plugins.lic.train, CompressAI train.py checkpoints or bare "
+            "state_dicts (then -m/--N/--M where the tensors do not tell)"
+        ),
     )
     p.add_argument(
         "--pretrained",
         nargs="+",
         default=[],
         metavar="NAME",
-        help="shipped models by name or pattern (python -m plugins.lic.pretrained lists them; default: none)",
+        help=(
+            "shipped models by name or pattern "
+            "(python -m plugins.lic.pretrained lists them; default: none)"
+        ),
     )
     p.add_argument(
         "-m",
@@ -104,7 +110,8 @@ def load_model(
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError:
         raise UsageError(
-            f"{path}: its weights do not fit {spec.name} (N={spec.N}, M={spec.M}); the checkpoint is damaged"
+            f"{path}: its weights do not fit {spec.name} (N={spec.N}, M={spec.M}); "
+            "the checkpoint is damaged"
         ) from None
     net = net.to(device).eval()
     net.update(force=True)
@@ -268,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     r = out["results"]
     pts = ", ".join(f"{b:.3f} bpp / {p:.2f} dB" for b, p in zip(r["bpp"], r["psnr-rgb"]))
     print(
-        f"{name}: {len(points)} point(s): {pts} ({out['bpp_kind']}); {check} (max gap {out['max_decode_gap']:.2g})",
+        f"{name}: {len(points)} point(s): {pts} ({out['bpp_kind']}); {check} "
+        f"(max gap {out['max_decode_gap']:.2g})",
         file=sys.stderr,
     )
     return 0

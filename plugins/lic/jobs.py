@@ -27,14 +27,16 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-#: the flags that pick a run's starting weights: a resumed run takes them from its own checkpoint instead
+#: the flags that pick a run's starting weights: a resumed run takes them from its own
+#: checkpoint instead
 _START_FLAGS = {"--pretrained": 1, "--checkpoint": 1, "--finetune": 0, "--keep-optimizer": 0}
 
 
 def resume_argv(argv: list[str]) -> list[str] | None:
-    """The arguments that continue a training run stopped part-way: the same run, started from the last
-    checkpoint in its ``--out`` (which holds its weights, optimiser, schedule, balancer and step;
-    a fine-tune's too, so the flags that chose its starting weights go). ``None`` without one."""
+    """The arguments that continue a training run stopped part-way: the same run, started from the
+    last checkpoint in its ``--out`` (which holds its weights, optimiser, schedule, balancer and
+    step; a fine-tune's too, so the flags that chose its starting weights go). ``None`` without
+    one."""
     from plugins.lic import checkpoint
 
     if "--out" not in argv:
@@ -56,8 +58,9 @@ def resume_argv(argv: list[str]) -> list[str] | None:
 def run_job(job: Job) -> tuple[str, int, float]:
     """One ``train``/``evaluate`` call in this worker, its output in ``<log>``; skipped when done.
 
-    The ``.done`` file holds the run's seconds and then its arguments: a call whose arguments changed
-    (an evaluation given more checkpoints) runs again; a ``.done`` without arguments (older) counts as done."""
+    The ``.done`` file holds the run's seconds and then its arguments: a call whose arguments
+    changed (an evaluation given more checkpoints) runs again; a ``.done`` without arguments (older)
+    counts as done."""
     kind, argv, log = job
     done = log.with_suffix(".done")
     if done.exists():
@@ -85,7 +88,8 @@ def run_job(job: Job) -> tuple[str, int, float]:
 def run_all(pool: Any, jobs: list[Job], start: float) -> None:
     for log, code, seconds in pool.imap_unordered(run_job, jobs):
         print(
-            f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; {(time.perf_counter() - start) / 60:.1f} min elapsed)",
+            f"  {'ok ' if code == 0 else 'FAILED'} {log} ({seconds:.0f} s; "
+            f"{(time.perf_counter() - start) / 60:.1f} min elapsed)",
             flush=True,
         )
         if code != 0:

@@ -1,4 +1,5 @@
-"""CompressAI architectures by name, with ``--N``/``--M`` overrides for models small enough for a CPU."""
+"""CompressAI architectures by name, with ``--N``/``--M`` overrides for models small enough for a
+CPU."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def takes_m(name: str) -> bool:
 def spec_for(
     name: str, quality: int | None = None, N: int | None = None, M: int | None = None
 ) -> ModelSpec:
-    """Resolve ``N``/``M``: given values win, else CompressAI's configuration for ``quality`` (default 1)."""
+    """Resolve ``N``/``M``: given values win, else CompressAI's configuration for ``quality``
+    (default 1)."""
     archs, cfgs = _zoo()
     if name not in archs:
         raise UsageError(f"-m {name}: unknown model; available: {', '.join(available())}")
@@ -153,7 +155,8 @@ def infer_spec(
             else "any CompressAI image architecture"
         )
         raise UsageError(
-            f"the weights do not fit {what}{' as given by ' + given if given else ''}; pass the architecture they were trained with (-m, --N, --M)"
+            f"the weights do not fit {what}{' as given by ' + given if given else ''}; "
+            "pass the architecture they were trained with (-m, --N, --M)"
         )
     if len(found) > 1:
         raise UsageError(
@@ -185,6 +188,7 @@ def resolve(
     ):
         asked = f"{name or spec.name} (N={N or spec.N}, M={M or spec.M})"
         raise UsageError(
-            f"{where}: holds {spec.name} (N={spec.N}, M={spec.M}), not {asked}; drop -m/--N/--M or pass the matching ones"
+            f"{where}: holds {spec.name} (N={spec.N}, M={spec.M}), not {asked}; "
+            "drop -m/--N/--M or pass the matching ones"
         )
     return spec

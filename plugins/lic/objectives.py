@@ -27,7 +27,8 @@ def bpp(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
 
 
 def rd_losses(out: dict, x: Tensor, lmbda: float, metric: str = "mse") -> RDLosses:
-    """CompressAI's ``RateDistortionLoss`` split into its two objectives (λ inside the distortion)."""
+    """CompressAI's ``RateDistortionLoss`` split into its two objectives (λ inside the
+    distortion)."""
     n, _, h, w = x.shape
     x_hat = out["x_hat"]
     mse = torch.mean((x_hat - x) ** 2)

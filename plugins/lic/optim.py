@@ -3,7 +3,8 @@
 * ``adam``: ``torch.optim.Adam`` (CompressAI's choice; the default);
 * ``sgd``: ``torch.optim.SGD``, with ``--momentum`` (0: plain SGD, the step along which Solution 2's
   balance condition holds exactly);
-* ``cautious-adam``: :class:`CautiousAdam`, the optimiser of the authors' Solution 1 training script;
+* ``cautious-adam``: :class:`CautiousAdam`, the optimiser of the authors' Solution 1 training
+  script;
 * ``--ema DECAY``: :class:`WeightEMA`.
 """
 

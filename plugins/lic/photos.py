@@ -1,7 +1,9 @@
 """Real photographs to train on, assembled into an ImageFolder without a download at run time.
 
-    python -m plugins.lic.photos data/photos              # from Debian packages (apt-get download, dpkg-deb -x; no root)
-    python -m plugins.lic.photos data/photos -d FOLDER    # from a folder of your own photographs
+    # from Debian packages (apt-get download, dpkg-deb -x; no root)
+    python -m plugins.lic.photos data/photos
+    # from a folder of your own photographs
+    python -m plugins.lic.photos data/photos -d FOLDER
 
 The Debian source is 27 community photographs (landscapes, macro, street and still life) shipped
 in the wallpaper packages ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and
@@ -49,10 +51,12 @@ DEBIAN_PHOTOS = (
         "lomiri-wallpapers-16.04",
         "usr/share/backgrounds",
         (
-            "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
-            "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
-            "analogpattern_by_Peter_Nerlich.jpg", "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg",
-            "greentock_by_Peter_Nerlich.jpg", "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+            "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg",
+            "Picture_0B_by_freespace.jpg", "Picture_1A_by_freespace.jpg",
+            "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+            "analogpattern_by_Peter_Nerlich.jpg", "free_by_Peter_Nerlich.jpg",
+            "friends_by_Aitzol_Berasategi.jpg", "greentock_by_Peter_Nerlich.jpg",
+            "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
             "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg",
         ),
     ),
@@ -61,8 +65,9 @@ DEBIAN_PHOTOS = (
         "mate-backgrounds",
         "usr/share/backgrounds/mate/nature",
         (
-            "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg",
-            "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg",
+            "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg",
+            "GreenMeadow.jpg", "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg",
+            "Wood.jpg", "YellowFlower.jpg",
         ),
     ),
 )  # fmt: skip
@@ -77,8 +82,17 @@ RECORD = "photos.json"
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m plugins.lic.photos", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the ImageFolder to write (OUT/train, OUT/test)")
-    p.add_argument("-d", "--from-folder", dest="folder", type=Path, default=None,
-                   help="take the photographs from this folder instead of Debian's packages (every 8th goes to test/; default: Debian's)")  # fmt: skip
+    p.add_argument(
+        "-d",
+        "--from-folder",
+        dest="folder",
+        type=Path,
+        default=None,
+        help=(
+            "take the photographs from this folder instead of Debian's packages "
+            "(every 8th goes to test/; default: Debian's)"
+        ),
+    )
     p.add_argument(
         "--max-side",
         type=int,
@@ -104,16 +118,19 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         ]
         last = lines[-1] if lines else f"exit code {proc.returncode}"
         raise UsageError(
-            f"{what} failed: {last}; check the network and apt's sources (apt-get update), or pass -d FOLDER"
+            f"{what} failed: {last}; check the network and apt's sources (apt-get update), "
+            "or pass -d FOLDER"
         )
 
 
 def debian_photos(work: Path) -> list[tuple[Path, str, dict[str, str]]]:
-    """Download and unpack the packages into ``work``; ``(file, split, provenance)`` per photograph."""
+    """Download and unpack the packages into ``work``; ``(file, split, provenance)`` per
+    photograph."""
     missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
         raise UsageError(
-            f"{missing[0]} not found: the photographs come from Debian packages; on a system without apt, pass -d FOLDER (a folder of your own photographs)"
+            f"{missing[0]} not found: the photographs come from Debian packages; "
+            "on a system without apt, pass -d FOLDER (a folder of your own photographs)"
         )
     packages = [s.package for s in DEBIAN_PHOTOS]
     _run(["apt-get", "download", *packages], work, f"apt-get download {' '.join(packages)}")
@@ -122,7 +139,8 @@ def debian_photos(work: Path) -> list[tuple[Path, str, dict[str, str]]]:
         debs = sorted(work.glob(f"{source.package}_*.deb"))
         if not debs:
             raise UsageError(
-                f"apt-get download {source.package}: no .deb arrived; pass -d FOLDER with your own photographs"
+                f"apt-get download {source.package}: no .deb arrived; "
+                "pass -d FOLDER with your own photographs"
             )
         root = work / source.package
         _run(["dpkg-deb", "-x", str(debs[-1]), str(root)], work, f"dpkg-deb -x {debs[-1].name}")
@@ -131,7 +149,8 @@ def debian_photos(work: Path) -> list[tuple[Path, str, dict[str, str]]]:
             path = root / source.folder / name
             if not path.is_file():
                 raise UsageError(
-                    f"{source.package} {version}: has no {source.folder}/{name} (the package changed); pass -d FOLDER with your own photographs"
+                    f"{source.package} {version}: has no {source.folder}/{name} "
+                    "(the package changed); pass -d FOLDER with your own photographs"
                 )
             split = "test" if name in DEBIAN_TEST else "train"
             found.append(
@@ -154,7 +173,8 @@ def debian_photos(work: Path) -> list[tuple[Path, str, dict[str, str]]]:
 
 
 def folder_photos(folder: Path) -> list[tuple[Path, str, dict[str, str]]]:
-    """Every image of ``folder`` (sorted); every 8th, starting with the 4th, is held out for test/."""
+    """Every image of ``folder`` (sorted); every 8th, starting with the 4th, is held out for
+    test/."""
     files = image_files(folder)
     if len(files) < 2:
         raise UsageError(
@@ -241,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = {s: sum(r["split"] == s for r in records) for s in ("train", "test")}
     print(
-        f"{args.out}: {counts['train']} training and {counts['test']} test photographs (longer side <= {args.max_side or 'original'} px); sources in {args.out / RECORD}"
+        f"{args.out}: {counts['train']} training and {counts['test']} test photographs "
+        f"(longer side <= {args.max_side or 'original'} px); sources in {args.out / RECORD}"
     )
     return 0
 

@@ -62,11 +62,13 @@ def bd_metrics(
         reasons.append("fewer than two points")
     elif max(min(da), min(dt)) >= min(max(da), max(dt)):
         reasons.append(
-            f"{metric} ranges do not overlap ({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})"
+            f"{metric} ranges do not overlap "
+            f"({min(da):.2f}–{max(da):.2f} vs {min(dt):.2f}–{max(dt):.2f})"
         )
     elif unsorted := [n for n, d in (("anchor", da), ("test", dt)) if not _rises(d)]:
         reasons.append(
-            f"the {' and the '.join(unsorted)} curve is not monotonic ({metric} falls where the rate rises)"
+            f"the {' and the '.join(unsorted)} curve is not monotonic "
+            f"({metric} falls where the rate rises)"
         )
     blocked = bool(reasons)
     for method in ("pchip", "cubic"):
@@ -102,7 +104,8 @@ def _rises(quality: list[float]) -> bool:
 
 
 def monotonic(res: dict[str, Any]) -> bool:
-    """Higher rate gives higher quality along the curve (in any listed order: sorted by bpp first)."""
+    """Higher rate gives higher quality along the curve (in any listed order: sorted by bpp
+    first)."""
     return _rises(_by_rate(res["results"]["bpp"], res["results"]["psnr-rgb"])[1])
 
 
@@ -144,7 +147,8 @@ def plot_rd(results: list[dict[str, Any]], path: Path) -> None:
 
 def smoothed(values: list[float], parts: int = 15) -> list[float]:
     """A centred moving mean over about a ``parts``-th of the series (the per-step speeds are mostly
-    batch noise; their trend is what the paper's Figure 1 compares). NaNs are left out of each mean."""
+    batch noise; their trend is what the paper's Figure 1 compares). NaNs are left out of each
+    mean."""
     half = max(len(values) // parts, 1) // 2
     out = []
     for i in range(len(values)):
@@ -215,7 +219,8 @@ def write_report(
     lines = [
         "# Rate-distortion report",
         "",
-        f"Anchor: **{anchor}**. BD-rate: average bitrate difference at equal PSNR (negative is better); "
+        f"Anchor: **{anchor}**. "
+        "BD-rate: average bitrate difference at equal PSNR (negative is better); "
         "BD-PSNR: average PSNR difference at equal rate (positive is better). Interpolation: pchip "
         "(cubic as a check; n/a with fewer than four points). bpp: "
         + ", ".join(sorted({r.get("bpp_kind", "entropy-coded bitstream") for r in results}))
@@ -233,7 +238,10 @@ def write_report(
             + (
                 "anchor | anchor | anchor | |"
                 if m is None
-                else f"{fmt(m['bd_rate_pchip'], 2, ' %')} | {fmt(m['bd_rate_cubic'], 2, ' %')} | {fmt(m['bd_quality_pchip'], 3, ' dB')} | {m['reason']} |"
+                else (
+                    f"{fmt(m['bd_rate_pchip'], 2, ' %')} | {fmt(m['bd_rate_cubic'], 2, ' %')} | "
+                    f"{fmt(m['bd_quality_pchip'], 3, ' dB')} | {m['reason']} |"
+                )
             )
         )
         lines.append(row)
@@ -249,12 +257,15 @@ def write_report(
         for i, b in enumerate(res["bpp"]):
             lam = res.get("lambda", [None] * len(res["bpp"]))[i]
             lines.append(
-                f"| {r['name']} | {lam} | {b:.4f} | {res['psnr-rgb'][i]:.2f} | {res['ms-ssim-rgb'][i]:.4f} | `{res.get('checkpoint', [''] * len(res['bpp']))[i]}` |"
+                f"| {r['name']} | {lam} | {b:.4f} | {res['psnr-rgb'][i]:.2f} | "
+                f"{res['ms-ssim-rgb'][i]:.4f} | "
+                f"`{res.get('checkpoint', [''] * len(res['bpp']))[i]}` |"
             )
     if not all(monotonic(r) for r in results):
         lines += [
             "",
-            "A curve that is not monotonic (higher rate, higher PSNR) makes its BD-rate unreliable: train longer before quoting it.",
+            "A curve that is not monotonic (higher rate, higher PSNR) makes its BD-rate "
+            "unreliable: train longer before quoting it.",
         ]
     if logs:
         lines += [
@@ -310,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in table.items():
         note = f" — {m['reason']}" if m["reason"] else ""
         print(
-            f"{name}: BD-rate {fmt(m['bd_rate_pchip'], 2, ' %')} (pchip), {fmt(m['bd_rate_cubic'], 2, ' %')} (cubic); BD-PSNR {fmt(m['bd_quality_pchip'], 3, ' dB')}{note}"
+            f"{name}: BD-rate {fmt(m['bd_rate_pchip'], 2, ' %')} (pchip), "
+            f"{fmt(m['bd_rate_cubic'], 2, ' %')} (cubic); "
+            f"BD-PSNR {fmt(m['bd_quality_pchip'], 3, ' dB')}{note}"
         )
     print(f"report: {args.out / 'report.md'}")
     return 0

@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-m",
         "--model",
         default=None,
-        help=f"architecture (default: the checkpoint's, else {DEFAULT_MODEL}): {', '.join(models.available())}",
+        help=(
+            f"architecture (default: the checkpoint's, else {DEFAULT_MODEL}): "
+            f"{', '.join(models.available())}"
+        ),
     )
     p.add_argument(
         "-d",
@@ -79,15 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=finite,
         default=0.0,
         metavar="DECAY",
-        help="keep an exponential moving average of the weights (e.g. 0.999, with torch_ema's warm-up min(d, (1+t)/(10+t))): "
-        "tested, evaluated and saved as state_dict; 0: off",
+        help=(
+            "keep an exponential moving average of the weights "
+            "(e.g. 0.999, with torch_ema's warm-up min(d, (1+t)/(10+t))): "
+            "tested, evaluated and saved as state_dict; 0: off"
+        ),
     )
     p.add_argument(
         "--lambda",
         dest="lmbda",
         type=finite,
         default=None,
-        help=f"R-D trade-off inside the distortion λ·255²·MSE (default: the checkpoint's, else {DEFAULT_LAMBDA})",
+        help=(
+            "R-D trade-off inside the distortion λ·255²·MSE "
+            f"(default: the checkpoint's, else {DEFAULT_LAMBDA})"
+        ),
     )
     p.add_argument(
         "--metric",
@@ -136,14 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=None,
-        help="resume from it (or, with --finetune, load its weights only: then also a bare state_dict or a CompressAI train.py checkpoint; "
-        "default: none, start from scratch)",
+        help=(
+            "resume from it (or, with --finetune, load its weights only: "
+            "then also a bare state_dict or a CompressAI train.py checkpoint; "
+            "default: none, start from scratch)"
+        ),
     )
     p.add_argument(
         "--pretrained",
         default=None,
         metavar="NAME",
-        help="a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; its λ and metric are the defaults (default: none)",
+        help=(
+            "a shipped model (python -m plugins.lic.pretrained lists them) as --checkpoint; "
+            "its λ and metric are the defaults (default: none)"
+        ),
     )
     p.add_argument(
         "--finetune",
@@ -153,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-optimizer",
         action="store_true",
-        help="with --finetune: carry the checkpoint's optimiser state over (Adam's moments; the same --optimizer), at the new -lr",
+        help=(
+            "with --finetune: carry the checkpoint's optimiser state over "
+            "(Adam's moments; the same --optimizer), at the new -lr"
+        ),
     )
     p.add_argument(
         "--seed",
@@ -189,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--crops-per-image",
         default="auto",
         metavar="K|auto",
-        help=f"random crops of each training image per epoch (auto: 1 for {data.AUTO_EPOCH_CROPS}+ images, else enough for an epoch of {data.AUTO_EPOCH_CROPS} crops)",
+        help=(
+            "random crops of each training image per epoch "
+            f"(auto: 1 for {data.AUTO_EPOCH_CROPS}+ images, "
+            f"else enough for an epoch of {data.AUTO_EPOCH_CROPS} crops)"
+        ),
     )
     p.add_argument(
         "--test-every",
@@ -203,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="STEPS",
-        help="write checkpoint.pth.tar every STEPS steps (default: at each test) and at the end; checkpoint_best.pth.tar at each test that improves",
+        help=(
+            "write checkpoint.pth.tar every STEPS steps (default: at each test) and at the end; "
+            "checkpoint_best.pth.tar at each test that improves"
+        ),
     )
     p.add_argument(
         "--lr-milestones",
@@ -211,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="STEP",
-        help="multiply the learning rate by --lr-gamma at these steps (default: CompressAI's ReduceLROnPlateau on the test loss)",
+        help=(
+            "multiply the learning rate by --lr-gamma at these steps "
+            "(default: CompressAI's ReduceLROnPlateau on the test loss)"
+        ),
     )
     p.add_argument(
         "--lr-gamma", type=finite, default=0.1, help="factor of each --lr-milestones step"
@@ -273,9 +301,10 @@ def parse_balancer_options(name: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-#: the options ``--balancer qp --finetune`` takes unless ``--balancer-opt`` sets them: the configuration
-#: that benchmarks/finetune_study.py found to keep a fine-tuned model's R-D cost (docs/tutorials/finetune.rst);
-#: ``--balancer-opt trust_radius=none`` gives the paper's unconstrained QP
+#: the options ``--balancer qp --finetune`` takes unless ``--balancer-opt`` sets them: the
+#: configuration that benchmarks/finetune_study.py found to keep a fine-tuned model's R-D cost
+#: (docs/tutorials/finetune.rst); ``--balancer-opt trust_radius=none`` gives the paper's
+#: unconstrained QP
 FINETUNE_QP_DEFAULTS: dict[str, Any] = {"trust_radius": 0.1}
 
 
@@ -288,7 +317,8 @@ def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
         if added:
             shown = ", ".join(f"{k}={v}" for k, v in added.items())
             print(
-                f"note: --balancer qp --finetune uses {shown} by default (see docs/tutorials/finetune.rst); "
+                f"note: --balancer qp --finetune uses {shown} by default "
+                "(see docs/tutorials/finetune.rst); "
                 f"override with --balancer-opt",
                 file=sys.stderr,
             )
@@ -318,7 +348,8 @@ def apply_checkpoint_defaults(args: argparse.Namespace) -> dict[str, Any] | None
                 "a bare state_dict" if kind == "state-dict" else "a CompressAI train.py checkpoint"
             )
             raise UsageError(
-                f"--checkpoint {args.checkpoint}: {what} has no training state of plugins.lic.train to resume; start from its weights with --finetune"
+                f"--checkpoint {args.checkpoint}: {what} has no training state of "
+                "plugins.lic.train to resume; start from its weights with --finetune"
             )
         if args.pretrained is None:
             saved_args = ckpt.get("args", {}) if kind == "moo-opt" else {}
@@ -330,7 +361,8 @@ def apply_checkpoint_defaults(args: argparse.Namespace) -> dict[str, Any] | None
             and not math.isclose(args.lmbda, float(lam))
         ):
             print(
-                f"note: fine-tuning at --lambda {args.lmbda:g}; the checkpoint was trained at {float(lam):g}",
+                f"note: fine-tuning at --lambda {args.lmbda:g}; "
+                f"the checkpoint was trained at {float(lam):g}",
                 file=sys.stderr,
             )
         if args.lmbda is None and lam is not None:
@@ -345,7 +377,8 @@ def apply_checkpoint_defaults(args: argparse.Namespace) -> dict[str, Any] | None
 
 
 def model_spec(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> models.ModelSpec:
-    """The architecture: the checkpoint's (its description, or read off its tensors), else the flags."""
+    """The architecture: the checkpoint's (its description, or read off its tensors), else the
+    flags."""
     if ckpt is None:
         return models.spec_for(args.model or DEFAULT_MODEL, args.quality, args.N, args.M)
     return models.resolve(
@@ -391,7 +424,8 @@ def validate(args: argparse.Namespace) -> None:
             set(args.lr_milestones)
         ):
             raise UsageError(
-                f"--lr-milestones {' '.join(map(str, args.lr_milestones))}: must be increasing positive step numbers"
+                f"--lr-milestones {' '.join(map(str, args.lr_milestones))}: "
+                "must be increasing positive step numbers"
             )
         if not (0 < args.lr_gamma and math.isfinite(args.lr_gamma)):
             raise UsageError(f"--lr-gamma {args.lr_gamma}: must be > 0")
@@ -401,7 +435,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--patch-size {args.patch_size}: must be positive")
     if args.metric == "ms-ssim" and min(args.patch_size) <= 160:
         raise UsageError(
-            f"--metric ms-ssim needs patches larger than 160 pixels (five scales); got --patch-size {args.patch_size[0]} {args.patch_size[1]}"
+            "--metric ms-ssim needs patches larger than 160 pixels (five scales); "
+            f"got --patch-size {args.patch_size[0]} {args.patch_size[1]}"
         )
     for flag, rate in (
         ("-lr/--learning-rate", args.learning_rate),
@@ -413,7 +448,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--momentum {args.momentum}: must lie in [0, 1)")
     if args.momentum and args.optimizer != "sgd":
         raise UsageError(
-            f"--momentum is SGD's; pass --optimizer sgd (or drop --momentum with --optimizer {args.optimizer})"
+            "--momentum is SGD's; pass --optimizer sgd "
+            f"(or drop --momentum with --optimizer {args.optimizer})"
         )
     if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
         raise UsageError(f"--ema {args.ema}: a decay in (0, 1), e.g. 0.999, or 0 for none")
@@ -440,7 +476,8 @@ def prepare_out(out: Path, resuming: bool) -> None:
         raise UsageError(f"--out {out}: not writable; pass a writable folder")
     if not resuming and (out / checkpoint.LAST).exists():
         raise UsageError(
-            f"--out {out}: already holds a run; resume it with --checkpoint {out / checkpoint.LAST} or choose another --out"
+            f"--out {out}: already holds a run; "
+            f"resume it with --checkpoint {out / checkpoint.LAST} or choose another --out"
         )
     checkpoint.remove_stale_temporaries(out)  # left by a run killed while saving
 
@@ -516,7 +553,8 @@ class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         if args.finetune and args.checkpoint is None and args.pretrained is None:
             raise UsageError(
-                "--finetune needs --checkpoint or --pretrained (the pre-trained model to start from)"
+                "--finetune needs --checkpoint or --pretrained "
+                "(the pre-trained model to start from)"
             )
         ckpt = apply_checkpoint_defaults(args)
         validate(args)
@@ -546,7 +584,8 @@ class Trainer:
                 f" × {self.world} processes" if self.world > 1 else ""
             )
             raise UsageError(
-                f"{what}: more than the {len(self.train_set)} crops of an epoch ({self.train_set.images} usable training images × {crops}); "
+                f"{what}: more than the {len(self.train_set)} crops of an epoch "
+                f"({self.train_set.images} usable training images × {crops}); "
                 f"raise --crops-per-image or lower --batch-size"
             )
         self.sampler = data.EpochSampler(
@@ -557,7 +596,8 @@ class Trainer:
         if any(side % factor for side in patch):
             k = max(factor, patch[0] // factor * factor)
             raise UsageError(
-                f"--patch-size {patch[0]} {patch[1]}: {self.spec.name} downsamples by {factor}; use multiples of {factor}, e.g. --patch-size {k} {k}"
+                f"--patch-size {patch[0]} {patch[1]}: {self.spec.name} downsamples by {factor}; "
+                f"use multiples of {factor}, e.g. --patch-size {k} {k}"
             )
         self.net = self.net.to(self.device)
         if args.channels_last:
@@ -598,24 +638,28 @@ class Trainer:
 
     def _load(self, path: Path, ckpt: dict[str, Any]) -> None:
         resume = not self.args.finetune
-        # a resumed run continues from the raw weights; a fine-tune starts from the model (the EMA's, if any)
+        # a resumed run continues from the raw weights; a fine-tune starts from the model (the
+        # EMA's, if any)
         weights = ckpt.get("raw_state_dict", ckpt["state_dict"]) if resume else ckpt["state_dict"]
         try:
             self.net.load_state_dict(weights)
         except RuntimeError:
             raise UsageError(
-                f"--checkpoint {path}: its weights do not fit {self.spec.name} (N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M"
+                f"--checkpoint {path}: its weights do not fit {self.spec.name} "
+                f"(N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M"
             ) from None
         if self.args.finetune and not self.args.keep_optimizer:
             return
         saved_optimizer = ckpt.get("optimizer_kind", "adam")
         if "optimizer" not in ckpt or checkpoint.kind(ckpt) != "moo-opt":
             raise UsageError(
-                f"--checkpoint {path}: holds no optimiser state of plugins.lic.train; drop --keep-optimizer"
+                f"--checkpoint {path}: holds no optimiser state of plugins.lic.train; "
+                "drop --keep-optimizer"
             )
         if saved_optimizer != self.args.optimizer:
             raise UsageError(
-                f"--checkpoint {path}: its optimiser is {saved_optimizer}; pass --optimizer {saved_optimizer}"
+                f"--checkpoint {path}: its optimiser is {saved_optimizer}; "
+                f"pass --optimizer {saved_optimizer}"
             )
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
@@ -642,13 +686,16 @@ class Trainer:
                 else "with its --lr-milestones"
             )
             raise UsageError(
-                f"--checkpoint {path}: was trained with the {saved_kind} learning-rate schedule; resume {flag}"
+                f"--checkpoint {path}: was trained with the {saved_kind} learning-rate schedule; "
+                f"resume {flag}"
             )
         self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         if "balancer" in ckpt:
             if ckpt["balancer"].get("balancer") != self.balancer.name:
                 raise UsageError(
-                    f"--checkpoint {path}: was trained with --balancer {ckpt['balancer'].get('balancer')}; resume with it, or use --finetune"
+                    f"--checkpoint {path}: was trained with "
+                    f"--balancer {ckpt['balancer'].get('balancer')}; "
+                    "resume with it, or use --finetune"
                 )
             self.balancer.load_state_dict(ckpt["balancer"])
         self.step, self.epoch = int(ckpt.get("step", 0)), int(ckpt.get("epoch", 0))
@@ -668,9 +715,9 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> tuple[moo_opt.BalanceInfo, Any, torch.Tensor, bool]:
         """One step (:func:`moo_opt.balanced_step`, with the auxiliary loss's step and the weight
-        average's update after the optimiser's); returns ``(info, losses, aux loss, skipped)``. A NaN
-        or Inf loss or gradient skips the step: parameters, optimisers and the balancer's state stay
-        as they were."""
+        average's update after the optimiser's); returns ``(info, losses, aux loss, skipped)``. A
+        NaN or Inf loss or gradient skips the step: parameters, optimisers and the balancer's state
+        stay as they were."""
         self.aux_optimizer.zero_grad(set_to_none=True)
         first: list[Any] = []  # the losses of the step (not those the amortised update recomputes)
         auxiliary: list[torch.Tensor] = []
@@ -716,7 +763,8 @@ class Trainer:
                 else "no checkpoint was written yet"
             )
             raise TrainingStopped(
-                f"stopped at step {self.step + 1}: {self.consecutive_skips} consecutive steps had a NaN or Inf loss or gradient; "
+                f"stopped at step {self.step + 1}: {self.consecutive_skips} consecutive steps "
+                "had a NaN or Inf loss or gradient; "
                 f"{where}; lower -lr/--learning-rate or check the data"
             )
 
@@ -790,7 +838,8 @@ class Trainer:
         bar = self._progress_bar() if main_process else None
         if self.train_set.skipped and main_process:
             print(
-                f"note: {self.train_set.skipped} training images smaller than --patch-size were skipped",
+                f"note: {self.train_set.skipped} training images smaller than --patch-size "
+                "were skipped",
                 file=sys.stderr,
             )
         meter = StepMeter()
@@ -836,7 +885,8 @@ class Trainer:
         self, meter: StepMeter, log: RunLog | None, bar: Any
     ) -> dict[str, float] | None:
         """The rest of the current epoch (or of the budget): a step per batch, logged every
-        ``--log-every`` steps; the test and the checkpoints when due. Returns the last test, if any."""
+        ``--log-every`` steps; the test and the checkpoints when due. Returns the last test, if
+        any."""
         result = None
         for x in self._loader():
             t0 = time.perf_counter()
@@ -867,8 +917,8 @@ class Trainer:
         return result
 
     def test_and_save(self, log: RunLog | None) -> dict[str, float] | None:
-        """After a step: the test when due (and the plateau schedule's step), the checkpoints when due
-        or when the test improved. Returns the test, if one ran."""
+        """After a step: the test when due (and the plateau schedule's step), the checkpoints when
+        due or when the test improved. Returns the test, if one ran."""
         args = self.args
         end = self.step >= self.total
         due_test = end or (
@@ -957,7 +1007,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"done: {trainer.step} steps; test loss {result.get('loss', float('nan')):.4f}, "
-        f"bpp {result.get('rate', float('nan')):.4f}, PSNR {result.get('psnr', float('nan')):.2f} dB; "
+        f"bpp {result.get('rate', float('nan')):.4f}, "
+        f"PSNR {result.get('psnr', float('nan')):.2f} dB; "
         f"checkpoints and log.jsonl in {args.out}"
     )
     return 0

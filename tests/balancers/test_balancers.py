@@ -1,4 +1,5 @@
-"""The balancers: hand-derived weights, ``.grad`` equal to autograd of Σ wᵢLᵢ, bad input, skipping."""
+"""The balancers: hand-derived weights, ``.grad`` equal to autograd of Σ wᵢLᵢ, bad input,
+skipping."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ STEPS = 3
 
 
 def run(name: str, rank: int, world: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """STEPS balanced SGD steps on this rank's share of the batch; (weights per step, parameters)."""
+    """STEPS balanced SGD steps on this rank's share of the batch; (weights per step,
+    parameters)."""
     p = toy_problem(seed=0, num_objectives=2, batch=16)
     share = p.x.shape[0] // world
     p.x = p.x[rank * share : (rank + 1) * share]

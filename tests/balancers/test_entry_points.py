@@ -85,7 +85,8 @@ def test_an_entry_point_adds_a_balancer_and_a_broken_one_names_its_distribution(
     ) == fresh_registry.options("mgda")
     with pytest.raises(
         ValueError,
-        match=r"the balancer 'thirdparty-broken' of thirdparty-broken 0\.1 .*cannot be loaded: AttributeError",
+        match=r"the balancer 'thirdparty-broken' of thirdparty-broken 0\.1 "
+        r".*cannot be loaded: AttributeError",
     ):
         fresh_registry.create("thirdparty-broken", 2)
 
@@ -115,8 +116,9 @@ def run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_lic_cli_trains_and_resumes_a_third_party_balancer_by_name(
     site: Path, tmp_path: Path
 ) -> None:
-    args = ["-m", "plugins.lic.train", "-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "--batch-size", "2",
-            "--test-batch-size", "8", "--no-progress", "--balancer", "thirdparty-mgda", "--out", str(tmp_path / "run")]  # fmt: skip
+    args = ["-m", "plugins.lic.train", "-m", "bmshj2018-factorized", "--N", "8", "--M", "12",
+            "--patch-size", "32", "--batch-size", "2", "--test-batch-size", "8", "--no-progress",
+            "--balancer", "thirdparty-mgda", "--out", str(tmp_path / "run")]  # fmt: skip
     first = run(site, *args, "--steps", "3")
     assert first.returncode == 0, first.stderr[-2000:]
     again = run(
@@ -144,7 +146,8 @@ def test_a_third_party_balancer_passes_the_conformance_suite_and_the_two_process
     site: Path,
 ) -> None:
     """The shared suites pick up every registered balancer, a third-party one included."""
-    proc = run(site, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/balancers/test_conformance.py", "tests/balancers/test_distributed.py",
+    proc = run(site, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "tests/balancers/test_conformance.py", "tests/balancers/test_distributed.py",
                "-k", "thirdparty")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     passed = int(proc.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])

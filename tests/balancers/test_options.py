@@ -58,9 +58,13 @@ def test_options_are_copied_not_shared() -> None:
 def test_a_state_of_the_earlier_format_loads() -> None:
     """States written before options were recorded hold every attribute of the constructor's name,
     canonicalised (offsets as a tuple), and FAMO's had no ``warmup``: both load."""
-    old_qp = {"balancer": "qp", "options": {"num_objectives": 2, "offsets": (1.0, 1.0), "renormalize": True, "simplex": False, "backend": "analytic",
-              "solve_every": 1, "metric": "euclidean", "rcond": None, "ridge": 0.0, "trust_radius": 0.1, "gradient_ema": 0.0, "shared_only": False,
-              "nonfinite": "skip"}, "state": {"calls": 3, "last_z": torch.tensor([0.4, 0.6], dtype=torch.float64)}, "skips": 1}  # fmt: skip
+    old_qp = {"balancer": "qp",
+              "options": {"num_objectives": 2, "offsets": (1.0, 1.0), "renormalize": True,
+                          "simplex": False, "backend": "analytic", "solve_every": 1,
+                          "metric": "euclidean", "rcond": None, "ridge": 0.0, "trust_radius": 0.1,
+                          "gradient_ema": 0.0, "shared_only": False, "nonfinite": "skip"},
+              "state": {"calls": 3, "last_z": torch.tensor([0.4, 0.6], dtype=torch.float64)},
+              "skips": 1}  # fmt: skip
     b = QPBalancer(2)
     b.load_state_dict(old_qp)
     assert (
@@ -70,8 +74,12 @@ def test_a_state_of_the_earlier_format_loads() -> None:
         and b.skips == 1
         and b.state_dict()["options"] == old_qp["options"]
     )
-    old_famo = {"balancer": "famo", "options": {"num_objectives": 2, "offsets": (1e-8, 1e-8), "beta": 0.025, "gamma": 0.01, "renormalize": True,
-                "mode": "same_batch", "update_every": 1, "betas": (0.9, 0.999), "eps": 1e-8, "nonfinite": "raise"}, "state": {}, "skips": 0}  # fmt: skip
+    old_famo = {"balancer": "famo",
+                "options": {"num_objectives": 2, "offsets": (1e-8, 1e-8), "beta": 0.025,
+                            "gamma": 0.01, "renormalize": True, "mode": "same_batch",
+                            "update_every": 1, "betas": (0.9, 0.999), "eps": 1e-8,
+                            "nonfinite": "raise"},
+                "state": {}, "skips": 0}  # fmt: skip
     f = FAMOBalancer(2)
     f.load_state_dict({**old_famo, "state": FAMOBalancer(2).state_dict()["state"]})
     assert f.gamma == 0.01 and f.warmup == 0

@@ -96,7 +96,8 @@ def test_mgda_shared_only_and_the_state_round_trip() -> None:
 
 
 def test_without_the_option_nothing_changes() -> None:
-    """The default (the paper's Gramian over every balanced parameter) is bit for bit what it was."""
+    """The default (the paper's Gramian over every balanced parameter) is bit for bit what it
+    was."""
     a, b = toy_problem(seed=3), toy_problem(seed=3)
     ia = QPBalancer(2).backward(a.losses(), a.all_parameters())
     ib = QPBalancer(2, shared_only=False).backward(b.losses(), b.all_parameters())

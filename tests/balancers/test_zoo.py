@@ -92,7 +92,8 @@ def test_rlw_draws_softmax_normal_weights_from_its_own_seeded_generator() -> Non
 
 
 def test_famo_matches_its_update_rule_written_with_autograd_and_torch_adam() -> None:
-    """FAMO's rule as its paper states it: d = ∂softmax(w)/∂w ᵀ δ, then Adam(lr, weight_decay=γ) on w."""
+    """FAMO's rule as its paper states it: d = ∂softmax(w)/∂w ᵀ δ, then Adam(lr, weight_decay=γ)
+    on w."""
     from moo_opt import FAMOBalancer
 
     p = toy_problem(num_objectives=3)
@@ -139,7 +140,8 @@ def test_uncertainty_weighting_learns_like_torch_adam_on_its_objective() -> None
 
 
 def test_pcgrad_two_conflicting_gradients_by_hand() -> None:
-    # g1 = (1, 0), g2 = (-1, 1) conflict (g1·g2 = -1): g1' = g1 + g2/2 = (.5, .5), g2' = g2 + g1 = (0, 1)
+    # g1 = (1, 0), g2 = (-1, 1) conflict (g1·g2 = -1): g1' = g1 + g2/2 = (.5, .5),
+    # g2' = g2 + g1 = (0, 1)
     from moo_opt import PCGradBalancer
 
     theta, losses = _linear_losses([1.0, 0.0], [-1.0, 1.0])
@@ -210,7 +212,8 @@ def test_aligned_mtl_two_orthogonal_gradients_by_hand() -> None:
 def test_aligned_mtl_aligns_into_orthogonal_equal_norm_components(
     seed: int, n: int, scale: str
 ) -> None:
-    """Ĝ = G B has ĜᵀĜ = σ²I (condition number 1); the weights are TorchJD's AlignedMTLWeighting's."""
+    """Ĝ = G B has ĜᵀĜ = σ²I (condition number 1); the weights are TorchJD's
+    AlignedMTLWeighting's."""
     from torchjd.aggregation import AlignedMTLWeighting
 
     from moo_opt import AlignedMTLBalancer
@@ -322,7 +325,8 @@ def test_nash_mtl_two_orthogonal_gradients_by_hand() -> None:
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 5))
 def test_nash_mtl_weights_satisfy_gtg_w_equals_one_over_w(seed: int, n: int) -> None:
-    """The paper's optimality condition GᵀGα = 1/α, hence equal utilities αᵢ gᵢ·d = 1 and |d|² = N."""
+    """The paper's optimality condition GᵀGα = 1/α, hence equal utilities αᵢ gᵢ·d = 1 and
+    |d|² = N."""
     from moo_opt import NashMTLBalancer
 
     p = toy_problem(seed=seed, num_objectives=n, width=8, scales=[1.0 + i for i in range(n)])
@@ -386,8 +390,8 @@ def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(
 
 
 def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
-    # g1 = (1, 0), g2 = (0, 1), c = 1/2: g0 = (1/2, 1/2), r = c|g0|; by symmetry w* = (1/2, 1/2), g_w = g0,
-    # so d = g0 + c g0 = (3/4, 3/4): weights 3/4 each, divided by 1 + c² = 5/4 → 3/5
+    # g1 = (1, 0), g2 = (0, 1), c = 1/2: g0 = (1/2, 1/2), r = c|g0|; by symmetry w* = (1/2, 1/2),
+    # g_w = g0, so d = g0 + c g0 = (3/4, 3/4): weights 3/4 each, divided by 1 + c² = 5/4 → 3/5
     from moo_opt import CAGradBalancer
 
     theta, losses = _linear_losses([1.0, 0.0], [0.0, 1.0])

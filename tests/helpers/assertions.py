@@ -98,8 +98,9 @@ def reference_is_trustworthy(reference: SolveResult | None) -> bool:
 def assert_objective_matches(
     result: SolveResult, reference: SolveResult, q: np.ndarray, *, two_sided: bool
 ) -> None:
-    """Ours is never worse than the reference (beyond 1e-8 of the Gramian's scale); where the problem
-    is well conditioned and the reference certifies itself, the two agree to 1e-8 relative."""
+    """Ours is never worse than the reference (beyond 1e-8 of the Gramian's scale); where the
+    problem is well conditioned and the reference certifies itself, the two agree to 1e-8
+    relative."""
     f, f_ref = result.objective, reference.objective
     slack = objective_slack(q, result, reference)
     assert f <= f_ref + slack, f"worse than the reference: {f!r} > {f_ref!r} (slack {slack:.3g})"

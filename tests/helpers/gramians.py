@@ -75,7 +75,8 @@ def jacobians(
 def well_posed(
     min_n: int = 1, max_n: int = 16, max_log10_scale: float = 2.0
 ) -> st.SearchStrategy[GramCase]:
-    """Full-column-rank G (P ≥ N) with moderate scales: the optimum is unique and well conditioned."""
+    """Full-column-rank G (P ≥ N) with moderate scales: the optimum is unique and well
+    conditioned."""
     return _full_rank(min_n, max_n, max_log10_scale)
 
 

@@ -14,8 +14,9 @@ from PIL import Image
 from plugins.lic import evaluate, report
 from plugins.lic.train import main as train_main
 
-TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--batch-size", "2",
-        "--test-batch-size", "8", "--no-progress", "-lr", "1e-3", "--steps", "3"]  # fmt: skip
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32",
+        "--batch-size", "2", "--test-batch-size", "8", "--no-progress", "-lr", "1e-3",
+        "--steps", "3"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,8 @@ def test_bd_rate_known_answer() -> None:
     apart = {"name": "t", "results": {"bpp": rate, "psnr-rgb": [p + 20 for p in psnr]}}
     m = report.bd_metrics(anchor, apart)
     assert math.isnan(m["bd_rate_pchip"]) and "do not overlap" in m["reason"]
-    # a curve whose quality falls where its rate rises gets no BD-rate (cubic alone would return a number), in any order
+    # a curve whose quality falls where its rate rises gets no BD-rate (cubic alone would return a
+    # number), in any order
     bent = {
         "name": "t",
         "results": {"bpp": [0.7, 0.2, 1.1, 0.4], "psnr-rgb": [29.5, 26.0, 33.5, 30.0]},
@@ -152,7 +154,8 @@ def test_bad_inputs_exit_2(checkpoints: list[Path], tmp_path: Path, capsys) -> N
         ([str(tmp_path / "corrupt.pth.tar")], "not a readable checkpoint"),
         (
             [str(foreign)],
-            "the weights do not fit any CompressAI image architecture; pass the architecture they were trained with (-m, --N, --M)",
+            "the weights do not fit any CompressAI image architecture; "
+            "pass the architecture they were trained with (-m, --N, --M)",
         ),
         ([str(checkpoints[0]), "-d", str(tmp_path / "noimages")], "no images found"),
     ]

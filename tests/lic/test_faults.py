@@ -1,4 +1,5 @@
-"""Faults during LIC training: a NaN/Inf loss or gradient costs one step, never the run or the model."""
+"""Faults during LIC training: a NaN/Inf loss or gradient costs one step, never the run or the
+model."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from plugins.lic import train as train_module
 from plugins.lic.logs import read
 from plugins.lic.objectives import RDLosses
 
-TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--batch-size", "2",
-        "--test-batch-size", "8", "--no-progress", "-lr", "1e-3", "--log-every", "1"]  # fmt: skip
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32",
+        "--batch-size", "2", "--test-batch-size", "8", "--no-progress", "-lr", "1e-3",
+        "--log-every", "1"]  # fmt: skip
 
 
 def inject(monkeypatch, bad_calls: set[int], kind: str) -> list[int]:
@@ -142,7 +144,8 @@ def test_k_consecutive_faults_stop_the_run_and_name_the_last_good_checkpoint(
 def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(
     tmp_path: Path,
 ) -> None:
-    """A process killed while writing checkpoints: the file is always a whole, earlier checkpoint."""
+    """A process killed while writing checkpoints: the file is always a whole, earlier
+    checkpoint."""
     import random
     import signal
     import subprocess
@@ -158,7 +161,8 @@ def test_sigkill_at_random_moments_during_saves_leaves_a_loadable_checkpoint(
         "i = 0\n"
         "while True:\n"
         "    i += 1\n"
-        "    save_atomic({'state_dict': {'w': torch.full((400_000,), float(i))}, 'step': i}, sys.argv[1])\n"
+        "    save_atomic({'state_dict': {'w': torch.full((400_000,), float(i))}, 'step': i}, "
+        "sys.argv[1])\n"
         "    print(i, flush=True)\n"
     )
     path = tmp_path / checkpoint.LAST

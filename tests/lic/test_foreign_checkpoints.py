@@ -29,8 +29,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     sd = net.state_dict()
     torch.save(sd, root / "raw.pth")
     torch.save(
-        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}, "loss": 1.5, "optimizer": opt.state_dict(),
-         "aux_optimizer": aux_opt.state_dict(), "lr_scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt).state_dict()},
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}, "loss": 1.5,
+         "optimizer": opt.state_dict(), "aux_optimizer": aux_opt.state_dict(),
+         "lr_scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt).state_dict()},
         root / "compressai-train.pth.tar",
     )  # fmt: skip
     torch.save(
@@ -162,7 +163,8 @@ BAD = [
         "raw",
         ["-m", "bmshj2018-hyperprior"],
         "train",
-        "the weights do not fit bmshj2018-hyperprior (N=8, M=12) as given by -m bmshj2018-hyperprior",
+        "the weights do not fit bmshj2018-hyperprior (N=8, M=12) "
+        "as given by -m bmshj2018-hyperprior",
     ),
     (
         "raw",
@@ -174,7 +176,8 @@ BAD = [
         "raw",
         [],
         "resume",
-        "a bare state_dict has no training state of plugins.lic.train to resume; start from its weights with --finetune",
+        "a bare state_dict has no training state of plugins.lic.train to resume; "
+        "start from its weights with --finetune",
     ),
     (
         "train.py",
@@ -186,7 +189,8 @@ BAD = [
         "ours",
         ["--M", "16"],
         "train",
-        "holds mbt2018-mean (N=8, M=12), not mbt2018-mean (N=8, M=16); drop -m/--N/--M or pass the matching ones",
+        "holds mbt2018-mean (N=8, M=12), not mbt2018-mean (N=8, M=16); "
+        "drop -m/--N/--M or pass the matching ones",
     ),
     ("junk", [], "train", "neither a checkpoint with a 'state_dict' nor a state_dict"),
     (
@@ -209,8 +213,10 @@ def test_weights_that_do_not_fit_are_one_line_and_exit_2(
         code = evaluate.main([str(files[name]), *flags, "-d", str(files["imgs"] / "test")])
     else:
         mode = ["--finetune"] if cli == "train" else []
-        code = train_main(["-d", str(files["imgs"]), "--patch-size", "64", "64", "--batch-size", "2", "--steps", "1", "--no-progress",
-                           *flags, *mode, "--checkpoint", str(files[name]), "--out", str(tmp_path / "o")])  # fmt: skip
+        code = train_main(["-d", str(files["imgs"]), "--patch-size", "64", "64",
+                           "--batch-size", "2", "--steps", "1", "--no-progress", *flags, *mode,
+                           "--checkpoint", str(files[name]),
+                           "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err

@@ -42,8 +42,10 @@ def test_qp_shared_only_trains_from_the_cli(tmp_path) -> None:
     from plugins.lic.logs import read
     from plugins.lic.train import main as train_main
 
-    argv = ["-m", "mbt2018-mean", "--N", "8", "--M", "12", "--patch-size", "64", "64", "--batch-size", "2", "--no-progress",
-            "--balancer", "qp", "--balancer-opt", "shared_only=true", "--steps", "4", "--log-every", "2", "--out", str(tmp_path)]  # fmt: skip
+    argv = ["-m", "mbt2018-mean", "--N", "8", "--M", "12", "--patch-size", "64", "64",
+            "--batch-size", "2", "--no-progress", "--balancer", "qp",
+            "--balancer-opt", "shared_only=true", "--steps", "4", "--log-every", "2",
+            "--out", str(tmp_path)]  # fmt: skip
     assert train_main(argv) == 0
     records = [r for r in read(tmp_path) if "weight/distortion" in r]
     assert [r["step"] for r in records] == [2, 4] and all(

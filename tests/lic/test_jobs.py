@@ -11,8 +11,9 @@ from plugins.lic import checkpoint
 from plugins.lic.jobs import resume_argv, run_job
 from plugins.lic.train import main as train
 
-TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--batch-size", "2",
-        "--test-batch-size", "8", "--log-every", "2", "--save-every", "2", "--no-progress", "-lr", "1e-3"]  # fmt: skip
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32",
+        "--batch-size", "2", "--test-batch-size", "8", "--log-every", "2", "--save-every", "2",
+        "--no-progress", "-lr", "1e-3"]  # fmt: skip
 
 
 def test_resume_argv_starts_from_the_runs_own_checkpoint(tmp_path: Path) -> None:
@@ -41,9 +42,9 @@ def test_resume_argv_starts_from_the_runs_own_checkpoint(tmp_path: Path) -> None
 def test_a_finetune_stopped_part_way_resumes_and_matches_an_uninterrupted_one(
     tmp_path: Path,
 ) -> None:
-    """Solution 2 fine-tuned for 6 steps in one job, or stopped after 4 and the same job run again: the
-    second call resumes (its fine-tuning defaults and step come from the checkpoint) and ends bit-identical;
-    a third call is skipped by its ``.done``."""
+    """Solution 2 fine-tuned for 6 steps in one job, or stopped after 4 and the same job run again:
+    the second call resumes (its fine-tuning defaults and step come from the checkpoint) and ends
+    bit-identical; a third call is skipped by its ``.done``."""
     assert train([*TINY, "--steps", "4", "--out", str(tmp_path / "pre")]) == 0
     start = str(tmp_path / "pre" / checkpoint.LAST)
 

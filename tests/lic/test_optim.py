@@ -12,8 +12,9 @@ import torch
 from plugins.lic import checkpoint, optim
 from plugins.lic.train import main
 
-TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--batch-size", "2",
-        "--test-batch-size", "8", "--log-every", "5", "--no-progress", "-lr", "1e-3"]  # fmt: skip
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32",
+        "--batch-size", "2", "--test-batch-size", "8", "--log-every", "5", "--no-progress",
+        "-lr", "1e-3"]  # fmt: skip
 
 
 def train(out: Path, *extra: str) -> int:
@@ -39,7 +40,8 @@ def cautious_by_hand(
 
 
 def test_cautious_adam_matches_a_hand_computation() -> None:
-    """Three steps with gradients whose signs flip in some coordinates: the masked, rescaled update."""
+    """Three steps with gradients whose signs flip in some coordinates: the masked, rescaled
+    update."""
     theta0 = np.array([0.5, -1.0, 2.0, 0.0], dtype=np.float64)
     grads = [
         np.array([1.0, -2.0, 0.5, 3.0]),
@@ -126,7 +128,8 @@ def test_weight_ema_by_hand_and_round_trip() -> None:
 
 
 def test_weight_ema_warmup_by_hand() -> None:
-    """torch_ema's default: d_t = min(d, (1 + t)/(10 + t)), so the average forgets the initial weights."""
+    """torch_ema's default: d_t = min(d, (1 + t)/(10 + t)), so the average forgets the initial
+    weights."""
     net = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)
     with torch.no_grad():
         net.weight.fill_(0.0)
@@ -148,7 +151,8 @@ def test_weight_ema_warmup_by_hand() -> None:
     ]
     fixed = optim.WeightEMA(net, 0.999, warmup=False)
     assert fixed.current_decay() == 0.999
-    # the warm-up's average tracks the iterates (it lags by about t/10 early on), a fixed decay keeps the start's zero
+    # the warm-up's average tracks the iterates (it lags by about t/10 early on), a fixed decay
+    # keeps the start's zero
     assert history[99] > 80 and 0.999**100 > 0.9
 
 
@@ -246,7 +250,8 @@ BAD = [
     (["--keep-optimizer"], "--keep-optimizer goes with --finetune"),
     (
         ["--optimizer", "sgd", "--balancer", "qp", "--balancer-opt", "metric=adam"],
-        "metric='adam' needs a torch.optim.Adam or AdamW optimiser, got SGD; use --optimizer adam or cautious-adam",
+        "metric='adam' needs a torch.optim.Adam or AdamW optimiser, got SGD; "
+        "use --optimizer adam or cautious-adam",
     ),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
 ]
@@ -301,9 +306,9 @@ def test_resume_and_keep_optimizer_refuse_what_does_not_match(tmp_path: Path, ca
 
 
 def test_qp_finetune_takes_the_recommended_options_unless_given(tmp_path: Path, capsys) -> None:
-    """``--balancer qp --finetune`` uses FINETUNE_QP_DEFAULTS (said on stderr, kept in the checkpoint,
-    so a resume keeps them); an option given with --balancer-opt wins; training from scratch and a
-    resume are untouched."""
+    """``--balancer qp --finetune`` uses FINETUNE_QP_DEFAULTS (said on stderr, kept in the
+    checkpoint, so a resume keeps them); an option given with --balancer-opt wins; training from
+    scratch and a resume are untouched."""
     from plugins.lic.train import FINETUNE_QP_DEFAULTS
 
     assert train(tmp_path / "pre", "--steps", "2") == 0

@@ -1,4 +1,5 @@
-"""``python -m plugins.lic.photos``: an ImageFolder of real photographs from Debian's packages or a folder."""
+"""``python -m plugins.lic.photos``: an ImageFolder of real photographs from Debian's packages or a
+folder."""
 
 from __future__ import annotations
 
@@ -58,14 +59,16 @@ def test_from_a_folder_splits_downscales_and_records_every_file(tmp_path: Path, 
     [
         (
             "no-apt",
-            "apt-get not found: the photographs come from Debian packages; on a system without apt, pass -d FOLDER",
+            "apt-get not found: the photographs come from Debian packages; "
+            "on a system without apt, pass -d FOLDER",
         ),
         ("not-empty", "not empty and not made by this command; choose a new folder"),
         ("one-photo", "needs at least two photographs"),
         ("max-side", "--max-side -1: must be >= 0"),
         (
             "apt-fails",
-            "apt-get download lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds failed: E: no network here",
+            "apt-get download lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds "
+            "failed: E: no network here",
         ),
     ],
 )
@@ -104,7 +107,8 @@ def test_bad_input_is_one_line_and_exit_2(
     reason="needs Debian's apt-get and dpkg-deb",
 )
 def test_debian_photographs_then_a_short_training_run(tmp_path: Path) -> None:
-    """The real command (apt-get download from Debian's archive, as on a fresh machine), then train on it."""
+    """The real command (apt-get download from Debian's archive, as on a fresh machine), then train
+    on it."""
     out = tmp_path / "photos"
     proc = subprocess.run(
         [sys.executable, "-m", "plugins.lic.photos", str(out), "--max-side", "256"],

@@ -28,8 +28,10 @@ def shipped(tmp_path_factory) -> Path:
             Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)).save(
                 root / "photos" / split / f"{i}.png"
             )
-    (root / "photos" / "photos.json").write_text(json.dumps({"max_side": 0, "source": "test", "photos": [
-        {"file": f"{s}/{i}.png", "split": s} for s, n in (("train", 3), ("test", 1)) for i in range(n)]}))  # fmt: skip
+    (root / "photos" / "photos.json").write_text(json.dumps({
+        "max_side": 0, "source": "test", "photos": [
+            {"file": f"{s}/{i}.png", "split": s}
+            for s, n in (("train", 3), ("test", 1)) for i in range(n)]}))  # fmt: skip
     ship = root / "ship"
     ship.mkdir()
     argv = [
@@ -115,8 +117,9 @@ def test_a_later_build_of_one_lambda_keeps_the_others_listed(
     shipped: Path, registry: Path, capsys
 ) -> None:
     root = shipped.parent
-    argv = ["--photos", str(root / "photos"), "--runs", str(root / "runs"), "--steps", "4", "--lambdas", "0.05", "--jobs", "1",
-            "--ship", str(shipped), "--eval-dataset", str(root / "photos" / "test"), "--export-only"]  # fmt: skip
+    argv = ["--photos", str(root / "photos"), "--runs", str(root / "runs"), "--steps", "4",
+            "--lambdas", "0.05", "--jobs", "1", "--ship", str(shipped),
+            "--eval-dataset", str(root / "photos" / "test"), "--export-only"]  # fmt: skip
     before = json.loads((shipped / "manifest.json").read_text())
     assert build.main(argv) == 0
     assert json.loads((shipped / "manifest.json").read_text()) == before

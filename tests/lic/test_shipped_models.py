@@ -38,15 +38,16 @@ def test_the_shipped_models_keep_their_promises() -> None:
         assert r["eval"]["dataset"] == "samples" and r["eval"]["decode_matches_forward"]
     ev = [r["eval"] for r in sorted(records, key=lambda r: r["lambda"])]
     assert all(b["bpp"] > a["bpp"] and b["psnr"] > a["psnr"] for a, b in zip(ev, ev[1:]))
-    # "at most about 1.5" (the issue's words): every rate is below 1.5, and every L_D but λ = 0.013's
-    # (1.57, 5 % above; benchmarks/RESULTS.md says so) is below 1.5 as well
+    # "at most about 1.5" (the issue's words): every rate is below 1.5, and every L_D but
+    # λ = 0.013's (1.57, 5 % above; benchmarks/RESULTS.md says so) is below 1.5 as well
     assert all(e["rate"] <= build.REGIME_MAX for e in ev)
     assert all(e["L_D"] <= 1.05 * build.REGIME_MAX for e in ev)
     assert [r["lambda"] for r in records if r["eval"]["L_D"] > build.REGIME_MAX] in ([], [0.013])
 
 
 def test_a_shipped_model_codes_samples_exactly_as_the_manifest_says(capsys) -> None:
-    """The measured numbers are reproducible: entropy coding on the CPU is deterministic (the rate exactly)."""
+    """The measured numbers are reproducible: entropy coding on the CPU is deterministic (the rate
+    exactly)."""
     record = json.loads(pretrained.MANIFEST.read_text())[0]
     assert evaluate.main(["--pretrained", record["name"]]) == 0
     out = json.loads(capsys.readouterr().out)

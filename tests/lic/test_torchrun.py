@@ -13,8 +13,8 @@ import torch
 from plugins.lic.logs import read
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--test-batch-size", "8",
-        "--no-progress", "--log-every", "1"]  # fmt: skip
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32",
+        "--test-batch-size", "8", "--no-progress", "--log-every", "1"]  # fmt: skip
 
 
 @pytest.mark.parametrize("balancer", ["coarse-to-fine", "qp"])
@@ -30,7 +30,8 @@ def test_two_processes_train_and_one_resumes(tmp_path: Path, balancer: str) -> N
         "-m",
         "plugins.lic.train",
     ]
-    proc = subprocess.run([*cmd, *TINY, "--batch-size", "2", "--steps", "4", "--balancer", balancer, "--out", str(out)],
+    proc = subprocess.run([*cmd, *TINY, "--batch-size", "2", "--steps", "4", "--balancer", balancer,
+                           "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done: 4 steps") == 1  # rank 0 only
@@ -38,7 +39,8 @@ def test_two_processes_train_and_one_resumes(tmp_path: Path, balancer: str) -> N
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # one log, written by rank 0
     ckpt = torch.load(out / "checkpoint.pth.tar", weights_only=False)
     assert ckpt["step"] == 4 and ckpt["balancer"]["balancer"] == balancer
-    resumed = subprocess.run([sys.executable, "-m", "plugins.lic.train", *TINY, "--batch-size", "4", "--steps", "6", "--balancer", balancer,
+    resumed = subprocess.run([sys.executable, "-m", "plugins.lic.train", *TINY,
+                              "--batch-size", "4", "--steps", "6", "--balancer", balancer,
                               "--out", str(out), "--checkpoint", str(out / "checkpoint.pth.tar")],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]

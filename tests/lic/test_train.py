@@ -1,4 +1,5 @@
-"""``python -m plugins.lic.train``: short runs with every balancer, resume, checkpoints, bad input."""
+"""``python -m plugins.lic.train``: short runs with every balancer, resume, checkpoints, bad
+input."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from plugins.lic.logs import read
 from plugins.lic.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32", "--batch-size", "2",
-        "--test-batch-size", "8", "--log-every", "5", "--no-progress", "-lr", "1e-3"]  # fmt: skip
+TINY = ["-m", "bmshj2018-factorized", "--N", "8", "--M", "12", "--patch-size", "32", "32",
+        "--batch-size", "2", "--test-batch-size", "8", "--log-every", "5", "--no-progress",
+        "-lr", "1e-3"]  # fmt: skip
 
 
 def train(out: Path, *extra: str) -> int:
@@ -79,7 +81,8 @@ def test_checkpoint_is_compressai_format_and_loads_into_the_plain_class(tmp_path
 
 @pytest.mark.parametrize("balancer", available())
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path, balancer: str) -> None:
-    """12 steps in one go, or 6, stop, resume, 6 more: bit-identical parameters and balancer state."""
+    """12 steps in one go, or 6, stop, resume, 6 more: bit-identical parameters and balancer
+    state."""
     assert train(tmp_path / "a", "--balancer", balancer, "--steps", "12") == 0
     assert train(tmp_path / "b", "--balancer", balancer, "--steps", "6") == 0
     assert (
@@ -168,7 +171,8 @@ BAD = [
     (["--patch-size", "512", "512"], "larger than every image"),
     (
         ["--patch-size", "40", "40"],
-        "--patch-size 40 40: bmshj2018-factorized downsamples by 16; use multiples of 16, e.g. --patch-size 32 32",
+        "--patch-size 40 40: bmshj2018-factorized downsamples by 16; "
+        "use multiples of 16, e.g. --patch-size 32 32",
     ),
     (["--steps", "0"], "--steps 0: must be positive"),
     (["--finetune"], "--finetune needs --checkpoint"),
@@ -353,8 +357,8 @@ def test_crops_per_image_sets_the_epoch(tmp_path: Path) -> None:
 
 
 def test_resume_in_the_middle_of_an_epoch_of_a_small_folder_is_bit_exact(tmp_path: Path) -> None:
-    """20 steps in one go against 10, stop, resume, 10 more, with a step learning-rate schedule whose
-    first milestone lies before and second after the interruption."""
+    """20 steps in one go against 10, stop, resume, 10 more, with a step learning-rate schedule
+    whose first milestone lies before and second after the interruption."""
     root = _image_folder(tmp_path / "imgs", count=6)
     common = [
         "-d",
@@ -408,7 +412,8 @@ SMALL_FOLDER_BAD = [
     (["--crops-per-image", "many"], "--crops-per-image many: expected a positive integer or auto"),
     (
         ["--crops-per-image", "1", "--batch-size", "8"],
-        "--batch-size 8: more than the 6 crops of an epoch (6 usable training images × 1); raise --crops-per-image",
+        "--batch-size 8: more than the 6 crops of an epoch (6 usable training images × 1); "
+        "raise --crops-per-image",
     ),
     (["--test-every", "0"], "--test-every 0: must be positive"),
     (["--save-every", "-5"], "--save-every -5: must be positive"),
@@ -445,8 +450,8 @@ def test_resuming_with_another_learning_rate_schedule_is_refused(tmp_path: Path,
         == 2
     )
     assert (
-        "was trained with the ReduceLROnPlateau learning-rate schedule; resume without --lr-milestones"
-        in capsys.readouterr().err
+        "was trained with the ReduceLROnPlateau learning-rate schedule; "
+        "resume without --lr-milestones" in capsys.readouterr().err
     )
 
 
@@ -461,14 +466,16 @@ def test_one_patch_size_is_a_square(tmp_path: Path) -> None:
 
 
 def test_every_flag_of_every_cli_says_its_default() -> None:
-    """``--help`` of each of the plugin's CLIs names the default of every flag that takes a value."""
+    """``--help`` of each of the plugin's CLIs names the default of every flag that takes a
+    value."""
     import argparse
 
     from plugins.lic import evaluate, photos, report, train
     from plugins.lic.pretrained import build
 
-    parsers = {"train": train.build_parser(), "evaluate": evaluate.build_parser(), "photos": photos.build_parser(),
-               "report": report.build_parser(), "pretrained.build": build.build_parser()}  # fmt: skip
+    parsers = {"train": train.build_parser(), "evaluate": evaluate.build_parser(),
+               "photos": photos.build_parser(), "report": report.build_parser(),
+               "pretrained.build": build.build_parser()}  # fmt: skip
     for name, parser in parsers.items():
         formatter = parser._get_formatter()
         for action in parser._actions:

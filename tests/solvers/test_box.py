@@ -1,4 +1,5 @@
-"""UPGrad's box QP (projections onto the dual cone): hand cases, properties, cvxpy reference, bad input."""
+"""UPGrad's box QP (projections onto the dual cone): hand cases, properties, cvxpy reference, bad
+input."""
 
 from __future__ import annotations
 
@@ -306,7 +307,8 @@ def assert_same_projection(base, other: np.ndarray, g: np.ndarray, u: np.ndarray
 
 @given(case=jacobians(max_n=12), data=st.data(), log_c=st.floats(-8, 8))
 def test_scale_invariance(case: GramCase, data: st.DataObject, log_c: float) -> None:
-    """Q → cQ leaves v* unchanged; rescaling gradient j by dⱼ (with uⱼ → uⱼ/dⱼ) maps v*ⱼ to v*ⱼ/dⱼ."""
+    """Q → cQ leaves v* unchanged; rescaling gradient j by dⱼ (with uⱼ → uⱼ/dⱼ) maps v*ⱼ to
+    v*ⱼ/dⱼ."""
     q, g = case.q, case.g
     u = data.draw(lower_bounds(case.n))
     base = solve_box_qp(q, u)
@@ -360,8 +362,9 @@ def test_upgrad_weights_conflict_with_no_gradient(case: GramCase) -> None:
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("kind", ["near-duplicate", "near-opposite"])
 def test_nearly_dependent_gradients(kind: str, seed: int) -> None:
-    """Gradients equal (or opposite) up to 1e-14..1e-4: sub-problems singular to rcond are truncated,
-    the answer is DEGENERATE with a KKT residual of the order of √rcond at worst, never wrong."""
+    """Gradients equal (or opposite) up to 1e-14..1e-4: sub-problems singular to rcond are
+    truncated, the answer is DEGENERATE with a KKT residual of the order of √rcond at worst, never
+    wrong."""
     rng = np.random.default_rng(seed)
     n, p = 12, 20
     g = rng.standard_normal((p, n))

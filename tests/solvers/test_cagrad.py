@@ -41,7 +41,8 @@ def slack(q: np.ndarray, c: float, rtol: float = 1e-7) -> float:
 
 
 def reference_cvxpy(q: np.ndarray, c: float) -> np.ndarray | None:
-    """``min bᵀw + r‖Bw‖`` over the simplex with ``BᵀB = Q`` (eigh), by Clarabel; None if it fails."""
+    """``min bᵀw + r‖Bw‖`` over the simplex with ``BᵀB = Q`` (eigh), by Clarabel; None if it
+    fails."""
     import cvxpy as cp
 
     n = q.shape[0]
@@ -97,8 +98,9 @@ def test_two_gradients_by_hand() -> None:
 
     * c = 2 (r = √5): F'(λ) = 0 ⇔ (5λ − 4)/√(5λ² − 8λ + 4) = 3/(2√5); squaring,
       455λ² − 728λ + 284 = 0, and the root with 5λ − 4 > 0 is λ = (364 + 2√819)/455 ≈ 0.92579.
-    * c = 1/2 (r = √5/4 ≈ 0.559): at w = e1 (t = 1, μ = b1 + r), ν2 = b2 + r(Qe1)₂ − μ = 3/2 − r > 0,
-      so the vertex e1 is optimal (every r ≤ 3/2, i.e. c ≤ 1.342, gives e1).
+    * c = 1/2 (r = √5/4 ≈ 0.559): at w = e1 (t = 1, μ = b1 + r),
+      ν2 = b2 + r(Qe1)₂ − μ = 3/2 − r > 0, so the vertex e1 is optimal (every r ≤ 3/2, i.e.
+      c ≤ 1.342, gives e1).
     """
     q = np.diag([1.0, 4.0])
     result = solve_cagrad(q, 2.0)
@@ -181,7 +183,8 @@ def test_zero_in_hull(c: float) -> None:
 
 
 def test_zero_gradient() -> None:
-    """A zero gradient and one other, g0 = g1/2 conflicts with neither: w* = e2 (Gw* = 0), d = g0."""
+    """A zero gradient and one other, g0 = g1/2 conflicts with neither: w* = e2 (Gw* = 0),
+    d = g0."""
     q = np.array([[1.0, 0.0], [0.0, 0.0]])
     result = solve_cagrad(q, 0.5)
     assert result.status is SolveStatus.DEGENERATE

@@ -1,4 +1,5 @@
-"""Nash-MTL's bargaining weights: hand cases, properties against a cvxpy reference, blocked objectives."""
+"""Nash-MTL's bargaining weights: hand cases, properties against a cvxpy reference, blocked
+objectives."""
 
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def test_orthogonal_gradients_newton() -> None:
 
 @pytest.mark.parametrize("copies", [2, 3, 5])
 def test_duplicate_gradients(copies: int) -> None:
-    # g₁ = … = g_k = g: by symmetry α = a·1 and a·(k·a·|g|²) = 1  ⇒  a = 1/(√k |g|). Q has rank 1, but
-    # no y ≥ 0 has Qy = 0: nothing is blocked (N > 2 takes Newton on a singular matrix).
+    # g₁ = … = g_k = g: by symmetry α = a·1 and a·(k·a·|g|²) = 1  ⇒  a = 1/(√k |g|). Q has rank 1,
+    # but no y ≥ 0 has Qy = 0: nothing is blocked (N > 2 takes Newton on a singular matrix).
     g = [3.0, -4.0]  # |g| = 5
     r = solve_nash(gram(*[g] * copies))
     np.testing.assert_allclose(
@@ -108,9 +109,10 @@ def test_two_gradients_at_an_angle(theta_deg: float) -> None:
 
 def test_three_symmetric_gradients() -> None:
     # Unit gradients with pairwise cosine c: C = (1 − c)I + c11ᵀ, α = a1 with a²(1 + 2c) = 1.
-    # c = −1/4: α = √2 each. (c = −1/2 is the "Mercedes star", summing to 0: see the blocked tests.)
-    # By symmetry the solution lies on the ray t·1 where Newton starts: no step is needed. With norms
-    # (1, 10, 0.01) the weights are divided by them, and the equilibrated problem is the same.
+    # c = −1/4: α = √2 each. (c = −1/2 is the "Mercedes star", summing to 0: see the blocked
+    # tests.) By symmetry the solution lies on the ray t·1 where Newton starts: no step is needed.
+    # With norms (1, 10, 0.01) the weights are divided by them, and the equilibrated problem is the
+    # same.
     c = -0.25
     q = np.full((3, 3), c) + (1.0 - c) * np.eye(3)
     r = solve_nash(q)
@@ -177,7 +179,7 @@ def test_cuda_weights_stay_on_the_device(n: int) -> None:
     assert r.status is SolveStatus.OPTIMAL
 
 
-# ---------------------------------------------------------------- blocked objectives (no Nash solution)
+# ------------------------------------------------------------ blocked objectives (no Nash solution)
 def test_zero_gradient_is_blocked() -> None:
     rng = np.random.default_rng(5)
     g = rng.standard_normal((12, 4))
@@ -215,7 +217,8 @@ def test_opposite_gradients_are_blocked(n_extra: int) -> None:
 
 
 def test_everything_blocked() -> None:
-    # Three unit gradients at 120°: g₁ + g₂ + g₃ = 0, no direction improves all three (Pareto stationary).
+    # Three unit gradients at 120°: g₁ + g₂ + g₃ = 0, no direction improves all three (Pareto
+    # stationary).
     angles = np.radians([90.0, 210.0, 330.0])
     q = gram(*np.column_stack([np.cos(angles), np.sin(angles)]).tolist())
     r = solve_nash(q)
@@ -281,8 +284,9 @@ def test_nearly_opposite_gradients_are_resolved() -> None:
 @pytest.mark.parametrize("gap", [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9])
 @pytest.mark.parametrize("n", [2, 3, 6])
 def test_nearly_blocked_never_fails_silently(gap: float, n: int) -> None:
-    # g₂ = −g₁ + gap·noise: a solution with weights ≈ 1/gap exists until 1 + cos θ ≈ gap² reaches rcond,
-    # where the pair counts as blocked; near that threshold Newton may stop at the floating-point floor.
+    # g₂ = −g₁ + gap·noise: a solution with weights ≈ 1/gap exists until 1 + cos θ ≈ gap² reaches
+    # rcond, where the pair counts as blocked; near that threshold Newton may stop at the
+    # floating-point floor.
     rng = np.random.default_rng(n)
     g = rng.standard_normal((12, n))
     g[:, 1] = -g[:, 0] + gap * np.linalg.norm(g[:, 0]) * rng.standard_normal(12)
@@ -415,8 +419,9 @@ def test_rescaling_one_gradient(case: GramCase, index: int, log10_c: float) -> N
 @settings(max_examples=60)
 @given(case=jacobians(min_n=2, max_n=8, max_log10_scale=3.0))
 def test_blocked_set_is_exactly_the_gordan_alternative(case: GramCase) -> None:
-    # Independent check with cvxpy, on unit-norm gradients uᵢ: over y ≥ 0 with Σ_{i∈U} yᵢ = 1 (U: the
-    # unblocked objectives), min ‖Σ yᵢuᵢ‖ > 0 (B is maximal); over y ≥ 0 on B with Σy = 1, it is 0.
+    # Independent check with cvxpy, on unit-norm gradients uᵢ: over y ≥ 0 with Σ_{i∈U} yᵢ = 1
+    # (U: the unblocked objectives), min ‖Σ yᵢuᵢ‖ > 0 (B is maximal); over y ≥ 0 on B with Σy = 1,
+    # it is 0.
     cp = pytest.importorskip("cvxpy")
     g = case.g
     norms = np.linalg.norm(g, axis=0)

@@ -42,7 +42,8 @@ def assert_weights_match_polished(result, reference, q: np.ndarray) -> None:
 
 
 def _unique(result, problem: str) -> bool:
-    """Whether the optimal weights are unique (and well resolved), so that weights can be compared."""
+    """Whether the optimal weights are unique (and well resolved), so that weights can be
+    compared."""
     if result.status is not SolveStatus.OPTIMAL or result.condition > WELL_CONDITIONED:
         return False
     return problem == "equality" or is_strictly_complementary(result)
@@ -152,7 +153,8 @@ def test_equality_balance_condition(case: GramCase) -> None:
 
 @given(case=well_posed(min_n=2, max_n=2), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_device_closed_form_matches_host(case: GramCase, dtype: torch.dtype) -> None:
-    """The on-device N = 2 path (used on CUDA) agrees with the host path; run here on CPU tensors."""
+    """The on-device N = 2 path (used on CUDA) agrees with the host path; run here on CPU
+    tensors."""
     from moo_opt.solvers._closed_form import closed_form_device
     from moo_opt.solvers.result import STATUS_CODES
 

@@ -16,7 +16,8 @@ def main() -> int:
     for e in known:
         s = e.record.get("eval", {})
         print(
-            f"{e.name:<36} {e.lmbda:>7g} {e.steps:>6} {s.get('bpp', float('nan')):>6.3f} {s.get('psnr', float('nan')):>6.2f} {s.get('L_D', float('nan')):>6.3f}"
+            f"{e.name:<36} {e.lmbda:>7g} {e.steps:>6} {s.get('bpp', float('nan')):>6.3f} "
+            f"{s.get('psnr', float('nan')):>6.2f} {s.get('L_D', float('nan')):>6.3f}"
         )
     print(f"(bpp and PSNR entropy-coded on the samples photographs; files in {MANIFEST.parent})")
     return 0

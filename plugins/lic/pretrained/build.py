@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[3]
 LAMBDAS = ("0.0018", "0.0067", "0.0035", "0.013", "0.0009", "0.0005")
 MODEL = ("mbt2018-mean", 32, 48)
 #: the recipe: Adam at 1e-3, ×0.1 at 75 % and 94 % of the steps; batch 8 of 128² crops
-RECIPE = ["--patch-size", "128", "128", "--batch-size", "8", "-lr", "1e-3", "--aux-learning-rate", "1e-3",
-          "--clip_max_norm", "1.0", "--test-every", "500", "--save-every", "500", "--log-every", "50",
-          "--test-batch-size", "16", "--seed", "0", "--no-progress"]  # fmt: skip
+RECIPE = ["--patch-size", "128", "128", "--batch-size", "8", "-lr", "1e-3",
+          "--aux-learning-rate", "1e-3", "--clip_max_norm", "1.0", "--test-every", "500",
+          "--save-every", "500", "--log-every", "50", "--test-batch-size", "16", "--seed", "0",
+          "--no-progress"]  # fmt: skip
 
 
 def run_name(model: str, n: int, m: int, metric: str, lam: str) -> str:
@@ -43,9 +44,9 @@ def run_name(model: str, n: int, m: int, metric: str, lam: str) -> str:
 def train_argv(args: argparse.Namespace, lam: str, out: Path) -> list[str]:
     model, n, m = MODEL
     milestones = [round(args.steps * 0.75), round(args.steps * 0.94)]
-    return ["-m", model, "--N", str(n), "--M", str(m), "-d", str(args.photos), "--lambda", lam, "--metric", "mse",
-            "--balancer", "fixed", "--steps", str(args.steps), "--lr-milestones", *map(str, milestones), *RECIPE,
-            "--out", str(out)]  # fmt: skip
+    return ["-m", model, "--N", str(n), "--M", str(m), "-d", str(args.photos), "--lambda", lam,
+            "--metric", "mse", "--balancer", "fixed", "--steps", str(args.steps),
+            "--lr-milestones", *map(str, milestones), *RECIPE, "--out", str(out)]  # fmt: skip
 
 
 def _init_worker() -> None:
@@ -55,7 +56,8 @@ def _init_worker() -> None:
 
 
 def _train(job: tuple[list[str], Path]) -> tuple[str, int, float]:
-    """One training run in this worker (resumed when it has a checkpoint); its output appended to run.log."""
+    """One training run in this worker (resumed when it has a checkpoint); its output appended to
+    run.log."""
     argv, out = job
     if (out / "done").exists():
         return str(out), 0, 0.0
@@ -107,12 +109,16 @@ def photo_set(photos: Path) -> str:
     train = [p for p in rec["photos"] if p["split"] == "train"]
     packages = sorted({f"{p['package']} {p['version']}" for p in rec["photos"] if "package" in p})
     source = f"Debian packages {', '.join(packages)}" if packages else f"the folder {rec['source']}"
-    return f"{len(train)} photographs from {source} (python -m plugins.lic.photos, longer side <= {rec['max_side']} px); {len(rec['photos']) - len(train)} held out for the test loss"
+    return (
+        f"{len(train)} photographs from {source} "
+        f"(python -m plugins.lic.photos, longer side <= {rec['max_side']} px); "
+        f"{len(rec['photos']) - len(train)} held out for the test loss"
+    )
 
 
 def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
-    """Write every finished run into ``folder`` and entropy-code it on ``--eval-dataset``; returns the
-    manifest records (by λ)."""
+    """Write every finished run into ``folder`` and entropy-code it on ``--eval-dataset``; returns
+    the manifest records (by λ)."""
     import torch
 
     from plugins.lic import checkpoint, evaluate, models
@@ -144,19 +150,28 @@ def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         )
         mse = point["mse"]
         records.append({
-            "name": name, "file": target.name, "model": spec.name, "N": spec.N, "M": spec.M, "lambda": float(lam), "metric": "mse",
+            "name": name, "file": target.name, "model": spec.name, "N": spec.N, "M": spec.M,
+            "lambda": float(lam), "metric": "mse",
             "steps": int(ckpt["step"]), "data": photo_set(args.photos),
-            "command": f"python -m plugins.lic.train {' '.join(train_argv(args, lam, Path('runs/pretrained') / name))}",
-            "recipe": f"Adam lr 1e-3 (aux 1e-3), x0.1 at steps {' and '.join(map(str, ckpt['args']['lr_milestones']))}; batch 8 of 128x128 random crops; "
+            "command": "python -m plugins.lic.train "
+                       f"{' '.join(train_argv(args, lam, Path('runs/pretrained') / name))}",
+            "recipe": "Adam lr 1e-3 (aux 1e-3), x0.1 at steps "
+                      f"{' and '.join(map(str, ckpt['args']['lr_milestones']))}; "
+                      "batch 8 of 128x128 random crops; "
                       "gradient clipping 1.0; seed 0; one torch thread",
-            "commit": commit, "train_minutes": round(minutes, 1), "machine": "2-core x86-64 CPU VM (two runs at a time, one thread each)",
-            "eval": {"dataset": args.eval_dataset, "bpp": point["bpp"], "psnr": point["psnr-rgb"], "ms_ssim": point["ms-ssim-rgb"], "mse": mse,
-                        "L_D": float(lam) * 255**2 * mse, "rate": point["bpp"], "coded": "entropy-coded bitstreams (compress/decompress)",
-                        "decode_matches_forward": point["max_decode_gap"] <= evaluate.CONSISTENCY_TOL},
-            "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "bytes": target.stat().st_size,
+            "commit": commit, "train_minutes": round(minutes, 1),
+            "machine": "2-core x86-64 CPU VM (two runs at a time, one thread each)",
+            "eval": {"dataset": args.eval_dataset, "bpp": point["bpp"], "psnr": point["psnr-rgb"],
+                     "ms_ssim": point["ms-ssim-rgb"], "mse": mse,
+                     "L_D": float(lam) * 255**2 * mse, "rate": point["bpp"],
+                     "coded": "entropy-coded bitstreams (compress/decompress)",
+                     "decode_matches_forward": point["max_decode_gap"] <= evaluate.CONSISTENCY_TOL},
+            "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+            "bytes": target.stat().st_size,
         })  # fmt: skip
         print(
-            f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB): {point['bpp']:.3f} bpp, {point['psnr-rgb']:.2f} dB, L_D {float(lam) * 255**2 * mse:.3f}",
+            f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB): {point['bpp']:.3f} bpp, "
+            f"{point['psnr-rgb']:.2f} dB, L_D {float(lam) * 255**2 * mse:.3f}",
             flush=True,
         )
     return records
@@ -192,8 +207,10 @@ def jpeg_reference(
         bpp.append(float(np.mean(rates)))
         psnr.append(float(np.mean(quality)))
     nan = [float("nan")] * len(qualities)
-    return {"name": "JPEG (Pillow)", "description": f"Pillow JPEG, qualities {list(qualities)}", "dataset": dataset,
-            "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": nan, "quality": list(qualities)}}  # fmt: skip
+    return {"name": "JPEG (Pillow)", "description": f"Pillow JPEG, qualities {list(qualities)}",
+            "dataset": dataset,
+            "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": nan,
+                        "quality": list(qualities)}}  # fmt: skip
 
 
 #: the paper's regime: the distortion term and the rate of order one (see the README)
@@ -204,12 +221,14 @@ def summary(records: list[dict[str, Any]]) -> str:
     """The table of the shipped models (markdown) and whether they keep the promises: a
     monotonic curve, and L_D and the rate of order one."""
     lines = [
-        "| model | λ | steps | training (min) | bpp | PSNR (dB) | MS-SSIM | L_D = λ·255²·MSE | rate (bpp) |",
+        "| model | λ | steps | training (min) | bpp | PSNR (dB) | MS-SSIM | L_D = λ·255²·MSE "
+        "| rate (bpp) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         e = r["eval"]
-        lines.append(f"| {r['name']} | {r['lambda']:g} | {r['steps']} | {r['train_minutes']:.0f} | {e['bpp']:.3f} | {e['psnr']:.2f} | "
+        lines.append(f"| {r['name']} | {r['lambda']:g} | {r['steps']} | {r['train_minutes']:.0f} | "
+                     f"{e['bpp']:.3f} | {e['psnr']:.2f} | "
                      f"{e['ms_ssim']:.4f} | {e['L_D']:.3f} | {e['rate']:.3f} |")  # fmt: skip
     bpp = [r["eval"]["bpp"] for r in records]
     psnr = [r["eval"]["psnr"] for r in records]
@@ -218,7 +237,8 @@ def summary(records: list[dict[str, Any]]) -> str:
     )
     outside = [r["name"] for r in records if max(r["eval"]["L_D"], r["eval"]["rate"]) > REGIME_MAX]
     lines += ["", f"Curve monotonic in λ (bpp and PSNR): {'yes' if monotonic else 'NO'}. "
-              f"L_D and rate at most {REGIME_MAX}: {'all' if not outside else 'not ' + ', '.join(outside)}."]  # fmt: skip
+              f"L_D and rate at most {REGIME_MAX}: "
+              f"{'all' if not outside else 'not ' + ', '.join(outside)}."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -267,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.photos / "photos.json").exists():
         parser.error(
-            f"--photos {args.photos}: not made by python -m plugins.lic.photos; run it first (make photos)"
+            f"--photos {args.photos}: not made by python -m plugins.lic.photos; "
+            "run it first (make photos)"
         )
     model, n, m = MODEL
     jobs = [
@@ -284,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
         for out, code, seconds in pool.imap_unordered(_train, [] if args.export_only else jobs):
             print(
-                f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; {(time.perf_counter() - start) / 60:.1f} min elapsed)",
+                f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; "
+                f"{(time.perf_counter() - start) / 60:.1f} min elapsed)",
                 flush=True,
             )
             if code != 0:
@@ -307,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         manifest.write_text(json.dumps(records, indent=2) + "\n")
         curve = [r for r in records if (r["model"], r["N"], r["M"]) == MODEL]
         keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "mse": "mse"}
-        results = {"name": "standard", "description": "the shipped models (mbt2018-mean N=32 M=48), entropy-coded", "dataset": args.eval_dataset,
-                   "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()}, "lambda": [r["lambda"] for r in curve],
-                               "checkpoint": [f"plugins/lic/pretrained/{r['file']}" for r in curve]}}  # fmt: skip
+        results = {"name": "standard",
+                   "description": "the shipped models (mbt2018-mean N=32 M=48), entropy-coded",
+                   "dataset": args.eval_dataset,
+                   "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()},
+                               "lambda": [r["lambda"] for r in curve],
+                               "checkpoint": [f"plugins/lic/pretrained/{r['file']}"
+                                              for r in curve]}}  # fmt: skip
         (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.runs / "jpeg.json").write_text(
             json.dumps(jpeg_reference(args.eval_dataset), indent=2) + "\n"
@@ -330,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         table = summary(curve)
         (args.runs / "summary.md").write_text(table + "\n")
         print(
-            f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); R-D plot: {args.runs / 'report' / 'rd.png'}"
+            f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); "
+            f"R-D plot: {args.runs / 'report' / 'rd.png'}"
         )
     return 0
 
