@@ -182,9 +182,6 @@ class Balancer(ABC):
     """
 
     name: ClassVar[str]
-    #: True when :meth:`update` is due after this step's optimiser step (amortised balancers, on
-    #: the steps that learn; read it after :meth:`backward`; see :func:`moo_opt.balanced_step`)
-    needs_update: ClassVar[bool] = False
     #: True for a method that reads values back to the host every step by design (on CUDA, a
     #: synchronisation even with ``nonfinite="unchecked"``)
     reads_host: ClassVar[bool] = False
@@ -240,9 +237,19 @@ class Balancer(ABC):
         distributed.mean_(values)  # the losses of the whole batch when several processes balance
         return self._backward(ls, values, params)
 
+    @property
+    def needs_update(self) -> bool:
+        """True when :meth:`update` is due after this step's optimiser step: read it after
+        :meth:`backward` (amortised balancers, on the steps that learn; always False for the
+        others). See :func:`moo_opt.balanced_step`."""
+        return False
+
     def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
         """Amortised balancers: learn from the losses recomputed after the optimiser step.
-        A no-op returning False for the others."""
+        Returns whether it learned, which it does exactly when :attr:`needs_update` was True; a
+        no-op returning False otherwise (and always for the other balancers). Raises only on
+        misuse: losses of the wrong length, or (Solution 1) a mode or call order that never
+        asks for it."""
         return False
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:

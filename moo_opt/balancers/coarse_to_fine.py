@@ -120,7 +120,7 @@ class CoarseToFineBalancer(Balancer):
         self._warned = False
 
     @property
-    def needs_update(self) -> bool:  # type: ignore[override]
+    def needs_update(self) -> bool:
         """True when the last :meth:`backward` waits for :meth:`update` (``same_batch`` mode, on the
         steps that learn): read it after ``backward``, to decide whether to recompute the losses."""
         return self.mode == "same_batch" and self.pending is not None
@@ -180,17 +180,19 @@ class CoarseToFineBalancer(Balancer):
 
     def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
         """One Adam step on the logits from the losses recomputed on the same batch after the
-        optimiser step. Returns False (nothing learned) after a skipped :meth:`backward`."""
+        optimiser step, when :attr:`needs_update` says one is due; otherwise (a skipped
+        :meth:`backward`, a warm-up step, a step that does not learn under ``update_every``) a
+        no-op returning False. Raises in ``next_batch`` mode (the next backward learns) and before
+        any backward."""
         if self.mode != "same_batch":
             raise RuntimeError(
                 "update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns"
             )
-        if self.pending is None:
-            if self.skips or 0 < self.calls <= self.warmup:
-                return False  # a skipped step, or one of the standard loss's (warmup)
-            if self.update_every > 1:
-                return False  # not a learning step: needs_update was False
-            raise RuntimeError("update() needs a preceding backward() on the same batch")
+        if not self.needs_update:
+            if self.calls == 0 and not self.skips:
+                raise RuntimeError("update() needs a preceding backward() on the same batch")
+            return False
+        assert self.pending is not None
         if isinstance(new_losses, Tensor) and new_losses.dim() == 1:
             new = new_losses.detach().to(torch.float64)
         else:

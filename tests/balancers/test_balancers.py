@@ -264,6 +264,18 @@ def test_update_without_backward_raises() -> None:
         CoarseToFineBalancer(2).update([torch.tensor(1.0), torch.tensor(2.0)])
 
 
+def test_update_learns_exactly_when_due() -> None:
+    """One rule: update() learns (True) when needs_update was True, else is a no-op (False)."""
+    p = toy_problem()
+    b = CoarseToFineBalancer(2, update_every=2)
+    for step in range(4):
+        b.backward(p.losses(), p.shared())
+        due = b.needs_update
+        assert b.update(p.losses()) is due and not b.needs_update
+        assert b.update(p.losses()) is False  # a second call learns nothing
+        assert due == (step % 2 == 0)
+
+
 # ---------------------------------------------------------------- bad input and non-finite losses
 @ALL
 def test_wrong_number_of_losses(name: str) -> None:
