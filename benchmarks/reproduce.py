@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plugins.lic.jobs import run_minutes  # noqa: E402
+from plugins.lic.jobs import git_commit, run_minutes  # noqa: E402
 
 #: part → (its study's variants, λ grids that differ from the study's defaults, {variant: anchor},
 #: the variants of Figure 1)
@@ -87,23 +86,6 @@ def write_summary(out: Path, title: str, settings: str, table: str) -> None:
     (out / "summary.md").write_text(f"# {title}\n\n{settings}\n\n{table}\n")
     json.dump({"settings": settings}, (out / "settings.json").open("w"))
     print(f"\n{settings}\n\n{table}\n\nsummary: {out / 'summary.md'}")
-
-
-def commit() -> str:
-    """The checkout's commit (and ``+dirty`` with uncommitted changes), or "unknown" outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def points(res: dict[str, Any], variant: str) -> dict[float, tuple[float, float]]:
@@ -393,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     sections = [summarise_part(out, part, args.seeds, args.figure_lambda) for part in args.parts]
     settings = (
-        f"`{command_line('reproduce.py', argv)}` at commit {commit()}: seeds {args.seeds}, "
+        f"`{command_line('reproduce.py', argv)}` at commit {git_commit(short=True)}: "
+        f"seeds {args.seeds}, "
         f"{args.steps} steps from scratch, "
         f"{args.finetune_steps} fine-tuning steps, "
         f"batch {args.batch_size} of {args.patch}² crops of {args.photos}, entropy-coded on "

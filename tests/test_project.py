@@ -213,6 +213,15 @@ def image_folder(root: Path, counts: dict[str, int], shape: tuple[int, int]) -> 
     return root
 
 
+def assert_needs_photos(command: list[str], nowhere: Path, env: dict[str, str]) -> None:
+    """A script pointed at a missing photographs folder says to run `make photos` (exit 2)."""
+    missing = subprocess.run(
+        [*command, "--photos", str(nowhere)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert missing.returncode == 2 and "make photos" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def toy_zoo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """Photographs and a private zoo (MOO_OPT_PRETRAINED) of two toy models trained on them: the
     fine-tuning data and the environment that serves the zoo instead of the shipped models."""
@@ -276,19 +285,7 @@ def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
         assert (out / png).stat().st_size > 10_000
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "(0 s;" in again.stdout
-    missing = subprocess.run(
-        [*args[:2], "--photos", str(tmp_path / "nowhere")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert (
-        missing.returncode == 2
-        and "make photos" in missing.stderr
-        and "Traceback" not in missing.stderr
-    )
+    assert_needs_photos(args[:2], tmp_path / "nowhere", env)
 
 
 def test_scratch_study_runs_at_toy_size(tmp_path: Path) -> None:
@@ -354,19 +351,7 @@ def test_reproduction_runs_at_toy_size(tmp_path: Path) -> None:
         and "(0 s;" in again.stdout
         and not re.search(r"\((?!0 s;)\d+ s;", again.stdout)
     ), again.stdout[-2000:]
-    missing = subprocess.run(
-        [*args[:2], "--photos", str(tmp_path / "nowhere")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert (
-        missing.returncode == 2
-        and "make photos" in missing.stderr
-        and "Traceback" not in missing.stderr
-    )
+    assert_needs_photos(args[:2], tmp_path / "nowhere", env)
 
 
 def test_readme_lists_every_registered_balancer() -> None:

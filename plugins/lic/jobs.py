@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,27 @@ def run_stages(jobs: int, stages: dict[str, list[Job]], start: float) -> None:
 def run_minutes(out: Path) -> float:
     """The run time of every finished run and evaluation, from their ``.done`` files."""
     return sum(float(p.read_text().split("\n", 1)[0] or 0) for p in out.rglob("*.done")) / 60
+
+
+def git_commit(*paths: str, short: bool = False) -> str:
+    """The checkout's commit, with ``+dirty`` where tracked files (under ``paths``, or anywhere)
+    have uncommitted changes; "unknown" outside git. Recorded beside every result."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")

@@ -19,12 +19,12 @@ import contextlib
 import hashlib
 import json
 import multiprocessing as mp
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from plugins.lic import jobs
 from plugins.lic.errors import DefaultsHelpFormatter
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -86,20 +86,8 @@ def _train(job: tuple[list[str], Path]) -> tuple[str, int, float]:
 
 
 def git_commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "plugins", "moo_opt"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
+    """The commit the models were built at (``+dirty`` with changes under plugins/ or moo_opt/)."""
+    return jobs.git_commit("plugins", "moo_opt")
 
 
 # --------------------------------------------------------------------------- evaluate and ship
