@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,21 +56,8 @@ def balanced_step(
         balancer.state_dict() if balancer.nonfinite == "skip" else None
     )  # a few small tensors
     info = balancer.backward(compute_losses(), params)
-    if not info.skipped and (
-        checked or max_norm is not None
-    ):  # every parameter the optimiser updates, balanced or not
-        every = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(every, math.inf if max_norm is None else max_norm)
-        if checked and not bool(torch.isfinite(norm)):
-            if snapshot is None:
-                optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(
-                    f"the gradient norm is {float(norm)} although the losses are finite "
-                    f"({info.losses.tolist()}); "
-                    "lower the learning rate, or pass nonfinite='skip' to skip such steps"
-                )
-            balancer.load_state_dict(snapshot)
-            info = dataclasses.replace(info, skipped=True)
+    if not info.skipped and (checked or max_norm is not None):
+        info = _clip_and_check(balancer, optimizer, info, snapshot, checked, max_norm)
     if info.skipped:
         optimizer.zero_grad(set_to_none=True)
         return info
@@ -79,4 +67,31 @@ def balanced_step(
     if balancer.needs_update:
         with torch.no_grad():
             balancer.update(compute_losses())
+    return info
+
+
+def _clip_and_check(
+    balancer: Balancer,
+    optimizer: torch.optim.Optimizer,
+    info: BalanceInfo,
+    snapshot: dict[str, Any] | None,
+    checked: bool,
+    max_norm: float | None,
+) -> BalanceInfo:
+    """Clip the gradient norm of every parameter the optimiser updates, balanced or not, to
+    ``max_norm`` (if given), and check that norm when ``checked``: a non-finite one raises
+    :class:`~moo_opt.NonFiniteLossError` without a ``snapshot`` of the balancer's state, and
+    otherwise restores it and returns ``info`` marked ``skipped``."""
+    every = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(every, math.inf if max_norm is None else max_norm)
+    if checked and not bool(torch.isfinite(norm)):
+        if snapshot is None:
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"the gradient norm is {float(norm)} although the losses are finite "
+                f"({info.losses.tolist()}); "
+                "lower the learning rate, or pass nonfinite='skip' to skip such steps"
+            )
+        balancer.load_state_dict(snapshot)
+        info = dataclasses.replace(info, skipped=True)
     return info

@@ -426,3 +426,24 @@ def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
             "reproduce.py: error: --"
         ), proc.stderr
+
+
+def test_functions_and_solver_modules_stay_small() -> None:
+    """The house rule that keeps the code readable in one sitting: no function over 60 lines in
+    moo_opt/ and plugins/ (docstring included), no solver module over 350 lines."""
+    import ast
+
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+        for path in [*(ROOT / "moo_opt").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (node.end_lineno or node.lineno) - node.lineno + 1 > 60
+    ]
+    assert not long, "functions over 60 lines: " + ", ".join(long)
+    big = [
+        p.name
+        for p in (ROOT / "moo_opt" / "solvers").glob("*.py")
+        if len(p.read_text().splitlines()) > 350
+    ]
+    assert not big, f"solver modules over 350 lines: {big}"

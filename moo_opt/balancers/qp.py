@@ -108,30 +108,15 @@ class QPBalancer(GramianBalancer):
         super().__init__(num_objectives, nonfinite=nonfinite)
         self._offsets = Offsets(offsets, num_objectives)
         self.shared_only = bool(shared_only)
-        if backend not in ("analytic", "cvxpy"):
-            raise ValueError(f"backend must be 'analytic' or 'cvxpy', got {backend!r}")
-        if rcond is not None and not (math.isfinite(rcond) and rcond >= 0.0):
-            raise ValueError(f"rcond must be >= 0 or None, got {rcond!r}")
-        if not (math.isfinite(ridge) and ridge >= 0.0):
-            raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-        if trust_radius is not None:
-            if not (
-                isinstance(trust_radius, (int, float))
-                and math.isfinite(trust_radius)
-                and trust_radius >= 0.0
-            ):
-                raise ValueError(
-                    f"trust_radius must be a number >= 0 or None, got {trust_radius!r}"
-                )
-            if not renormalize:
-                raise ValueError(
-                    "trust_radius bounds the renormalised coefficients; "
-                    "use it with renormalize=True"
-                )
-            trust_radius = float(trust_radius)
-        self.trust_radius = trust_radius
-        if not (isinstance(gradient_ema, (int, float)) and 0.0 <= gradient_ema < 1.0):
-            raise ValueError(f"gradient_ema must be a number in [0, 1), got {gradient_ema!r}")
+        self.trust_radius = _checked_options(
+            backend=backend,
+            rcond=rcond,
+            ridge=ridge,
+            trust_radius=trust_radius,
+            renormalize=renormalize,
+            gradient_ema=gradient_ema,
+            metric=metric,
+        )
         self.gradient_ema = float(gradient_ema)
         #: the averaged gradients (per objective, per balanced parameter; None where unreached) and
         #: losses, and the number of averaged steps (for the bias correction)
@@ -139,12 +124,6 @@ class QPBalancer(GramianBalancer):
         self.tracked_losses: Tensor | None = None
         self.tracked_steps = 0
         self._pending: tuple[list[list[Tensor | None]], int] | None = None
-        if metric not in ("euclidean", "adam"):
-            raise ValueError(f"metric must be 'euclidean' or 'adam', got {metric!r}")
-        if backend == "cvxpy":
-            from moo_opt.solvers import reference  # noqa: F401  (fails now, with the install hint)
-
-            reference._cvxpy()
         self.renormalize, self.simplex, self.backend = bool(renormalize), bool(simplex), backend
         self.rcond, self.ridge = rcond, float(ridge)
         self.solve_every = positive_int("solve_every", solve_every)
@@ -308,3 +287,44 @@ class QPBalancer(GramianBalancer):
         self.tracked_losses = state.get("tracked_losses")
         self.tracked_steps = int(state.get("tracked_steps", 0))
         self._pending = None
+
+
+def _checked_options(
+    *,
+    backend: Backend,
+    rcond: float | None,
+    ridge: float,
+    trust_radius: float | None,
+    renormalize: bool,
+    gradient_ema: float,
+    metric: Metric,
+) -> float | None:
+    """Check :class:`QPBalancer`'s options, and that cvxpy can be imported for
+    ``backend="cvxpy"``; returns ``trust_radius`` as a float (None stays None)."""
+    if backend not in ("analytic", "cvxpy"):
+        raise ValueError(f"backend must be 'analytic' or 'cvxpy', got {backend!r}")
+    if rcond is not None and not (math.isfinite(rcond) and rcond >= 0.0):
+        raise ValueError(f"rcond must be >= 0 or None, got {rcond!r}")
+    if not (math.isfinite(ridge) and ridge >= 0.0):
+        raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+    if trust_radius is not None:
+        if not (
+            isinstance(trust_radius, (int, float))
+            and math.isfinite(trust_radius)
+            and trust_radius >= 0.0
+        ):
+            raise ValueError(f"trust_radius must be a number >= 0 or None, got {trust_radius!r}")
+        if not renormalize:
+            raise ValueError(
+                "trust_radius bounds the renormalised coefficients; use it with renormalize=True"
+            )
+        trust_radius = float(trust_radius)
+    if not (isinstance(gradient_ema, (int, float)) and 0.0 <= gradient_ema < 1.0):
+        raise ValueError(f"gradient_ema must be a number in [0, 1), got {gradient_ema!r}")
+    if metric not in ("euclidean", "adam"):
+        raise ValueError(f"metric must be 'euclidean' or 'adam', got {metric!r}")
+    if backend == "cvxpy":
+        from moo_opt.solvers import reference  # noqa: F401  (fails now, with the install hint)
+
+        reference._cvxpy()
+    return trust_radius

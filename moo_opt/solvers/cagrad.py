@@ -42,21 +42,19 @@ def solve_cagrad(
     max_iter: int = 200,
     validate: bool | None = None,
 ) -> SolveResult:
-    r"""CAGrad's inner problem, :math:`\min_{w \in \Delta} F(w) = b^\top w + r\,\|Gw\|`, solved
-    exactly.
+    r"""CAGrad's inner problem :math:`\min_{w \in \Delta} b^\top w + r\,\|Gw\|`, solved exactly.
 
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning"
-    (NeurIPS 2021). With the gradients :math:`G = [g_1 \dots g_N]`, :math:`Q = G^\top G`, the
-    average gradient :math:`g_0 = Gm` (:math:`m = \mathbf 1/N`), :math:`b = Qm` (so
-    :math:`b^\top w = g_w^\top g_0` for :math:`g_w = Gw`) and the radius :math:`r = c\,\|g_0\|`,
-    CAGrad's update is :math:`d = g_0 + (r/\|g_{w^*}\|)\, g_{w^*}`: the maximiser of
-    :math:`\min_i g_i^\top d` over the ball :math:`\|d - g_0\| \le r`. Its weights on the raw
+    (NeurIPS 2021). With :math:`G = [g_1 \dots g_N]`, :math:`Q = G^\top G`, the average gradient
+    :math:`g_0 = Gm` (:math:`m = \mathbf 1/N`), :math:`b = Qm` and the radius
+    :math:`r = c\,\|g_0\|`, CAGrad's update :math:`d = g_0 + (r/\|Gw^*\|)\, Gw^*` maximises
+    :math:`\min_i g_i^\top d` over the ball :math:`\|d - g_0\| \le r`; its weights on the raw
     gradients are :func:`cagrad_direction_weights` ``= m + (r/‖Gw*‖) w*`` (the paper's code then
     divides by ``1 + c²``; that rescaling is the balancer's business, not the solver's).
 
     The method (a bisection on the shifted gradients' MGDA problems with active-set steps on the
-    closed form of each support), the special cases, the statuses and the certificate are
-    derived in :ref:`cagrad-solver`.
+    closed form of each support), the special cases, the statuses and the certificate:
+    :ref:`cagrad-solver`.
 
     Args:
         q: the N×N Gram matrix ``GᵀG`` (tensor on any device or numpy array, any float dtype),

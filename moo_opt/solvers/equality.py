@@ -9,7 +9,7 @@ from torch import Tensor
 
 from moo_opt.solvers._closed_form import solve_small
 from moo_opt.solvers._core import equality_condition, equality_core
-from moo_opt.solvers._input import prepare, to_weights
+from moo_opt.solvers._input import Gramian, prepare, to_weights
 from moo_opt.solvers.result import SolveResult, SolveStatus
 
 EqualityMethod = Literal["auto", "closed-form", "null-space"]
@@ -25,11 +25,10 @@ def solve_equality_qp(
 ) -> SolveResult:
     r"""Minimise :math:`\tfrac12 w^\top Q w` subject to :math:`\mathbf 1^\top w = 1`.
 
-    The KKT conditions are :math:`Qw = \mu\mathbf 1,\ \mathbf 1^\top w = 1`; for non-singular
-    :math:`Q`, :math:`w^* = Q^{-1}\mathbf 1 / \mathbf 1^\top Q^{-1}\mathbf 1`, and :math:`d = Gw^*`
-    satisfies :math:`g_i\cdot d = |d|^2` for every :math:`i` (every objective decreases at the same
-    first-order rate: the balance condition of Solution 2 in Zhang et al., "Balanced
-    Rate-Distortion Optimization in Learned Image Compression", CVPR 2025).
+    :math:`d = Gw^*` satisfies :math:`g_i\cdot d = |d|^2` for every :math:`i`: every objective
+    decreases at the same first-order rate, the balance condition of Solution 2 in Zhang et al.,
+    "Balanced Rate-Distortion Optimization in Learned Image Compression", CVPR 2025. The KKT
+    conditions, the closed form and the balance property: :ref:`equality-solver`.
 
     Args:
         q: symmetric positive semi-definite N×N Gram matrix (torch tensor on any device, float32 or
@@ -52,16 +51,8 @@ def solve_equality_qp(
     Raises:
         ValueError: ``q`` is not square, empty, not finite, not symmetric or not PSD.
     """
-    if ridge < 0.0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
-    if method not in ("auto", "closed-form", "null-space"):
-        raise ValueError(f"method must be 'auto', 'closed-form' or 'null-space', got {method!r}")
-    g = prepare(q, validate)
-    rc = g.default_rcond() if rcond is None else float(rcond)
+    g, rc = _options(q, rcond, ridge, method, validate)
     base = SolveStatus.REGULARIZED if ridge > 0.0 else SolveStatus.OPTIMAL
-    if method == "closed-form" and g.n > 2:
-        raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
-
     small = solve_small(
         g, rc, "equality", base=base, ridge=ridge, closed_form=method != "null-space"
     )
@@ -79,3 +70,22 @@ def solve_equality_qp(
     return SolveResult.solved(
         weights, "equality", method=sol.method, gram=host, status=status, condition=cond
     )
+
+
+def _options(
+    q: Tensor | np.ndarray,
+    rcond: float | None,
+    ridge: float,
+    method: EqualityMethod,
+    validate: bool | None,
+) -> tuple[Gramian, float]:
+    """Check the options of :func:`solve_equality_qp` and prepare ``q``: ``(Gramian, rcond)``."""
+    if ridge < 0.0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if method not in ("auto", "closed-form", "null-space"):
+        raise ValueError(f"method must be 'auto', 'closed-form' or 'null-space', got {method!r}")
+    g = prepare(q, validate)
+    rc = g.default_rcond() if rcond is None else float(rcond)
+    if method == "closed-form" and g.n > 2:
+        raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
+    return g, rc

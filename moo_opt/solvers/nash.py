@@ -33,32 +33,26 @@ def solve_nash(
     every i.
 
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
-    Bargaining Game" (ICML 2022): the Nash bargaining direction is :math:`d = G\alpha` with
-    :math:`G^\top G\alpha = 1/\alpha` elementwise. That is the stationarity condition of the
-    strictly convex, self-concordant
-    :math:`f(\alpha) = \tfrac12\alpha^\top Q\alpha - \sum_i\log\alpha_i` on :math:`\alpha > 0`,
-    which is solved exactly here (the paper's sequence of convex approximations is not used).
-
-    Damped Newton on the Jacobi-equilibrated problem (weights exactly covariant with the scale of
-    each gradient), N = 2 in closed form. [decision] Where no direction improves every objective (a
-    zero gradient, opposite gradients, zero in the convex hull of some gradients), the *blocked*
-    objectives get weight exactly 0 and Nash is solved on the rest (status ``INFEASIBLE``):
-    **an objective is blocked iff its weight is exactly 0** (:func:`nash_blocked` returns them
-    without solving). The method, the certificate, the blocked set and the cost:
+    Bargaining Game" (ICML 2022): the Nash bargaining direction is :math:`d = G\alpha`, with α the
+    stationary point of :math:`f(\alpha) = \tfrac12\alpha^\top Q\alpha - \sum_i\log\alpha_i`,
+    found exactly by damped Newton (N = 2: closed form). [decision] Where no direction improves
+    every objective (a zero gradient, opposite gradients, zero in the convex hull of some
+    gradients), the *blocked* objectives get weight exactly 0 and Nash is solved on the rest (status
+    ``INFEASIBLE``): **an objective is blocked iff its weight is exactly 0** (:func:`nash_blocked`
+    returns them without solving). The method, the certificate, the blocked set and the cost:
     :ref:`nash-solver`.
 
     Statuses: ``OPTIMAL`` (a solution exists and is certified to ``tol``); ``INFEASIBLE`` (some
     objectives blocked, the others certified to ``tol``); ``MAX_ITER`` (``max_iter`` Newton steps
     without reaching ``tol``); ``INACCURATE`` (Newton stopped improving in floating point above
     ``tol``: extremely large weights, i.e. a nearly blocked problem; the certificate tells how far).
-    The last two take precedence over ``INFEASIBLE``; the zero weights still mark ``B``.
+    The last two take precedence over ``INFEASIBLE``; zero weights still mark blocked objectives.
 
     Args:
-        q: the N×N Gram matrix ``GᵀG`` (tensor or array, any float dtype; validated as in
-            :func:`~moo_opt.solvers.solve_equality_qp`, plus a positive semi-definiteness check
-            whenever ``C`` is not comfortably positive definite: eigenvalues below
-            ``−√rcond·max(1, λmax)`` raise ``ValueError``; smaller negative ones are rounding and
-            count as 0 for ``B``, and Newton runs on ``C`` as given).
+        q: the N×N Gram matrix ``GᵀG`` (tensor or array, any float dtype), validated as for
+            :func:`~moo_opt.solvers.solve_equality_qp`, plus a PSD check whenever the equilibrated
+            Gramian ``C`` is not comfortably positive definite: eigenvalues below
+            ``−√rcond·max(1, λmax)`` raise ``ValueError`` (smaller negative ones are rounding).
         rcond: relative eigenvalue threshold of singularity; default ``100·eps`` of ``q``'s dtype.
         tol: stationarity tolerance (> 0).
         max_iter: cap on the Newton steps (≥ 1).
@@ -70,7 +64,6 @@ def solve_nash(
         A :class:`SolveResult` with ``problem="nash"``, ``method`` ``"newton"`` or
         ``"closed-form"`` (N ≤ 2), ``iterations`` the Newton steps, weights α (float64, on ``q``'s
         device, not normalised: ``d = Gα``).
-
     """
     g, host = host_gramian(q, validate)
     rc = iteration_options(g, rcond, tol, max_iter)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from moo_opt.solvers._closed_form import solve_small
 from moo_opt.solvers._core import equality_core, jacobi_scales
-from moo_opt.solvers._input import prepare, to_weights
+from moo_opt.solvers._input import Gramian, prepare, to_weights
 from moo_opt.solvers._tolerances import TOUCHING
 from moo_opt.solvers.result import SolveResult, SolveStatus, relative_multipliers
 
@@ -32,36 +32,24 @@ def solve_simplex_qp(
     :math:`d = Gw^*` is the point of minimum norm in the convex hull of the gradients
     (Désidéri 2012; Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", 2018).
     KKT: with :math:`\mu = w^\top Q w`, :math:`\nu = Qw - \mu\mathbf 1 \ge 0`, :math:`w \ge 0`,
-    :math:`w_i\nu_i = 0`.
+    :math:`w_i\nu_i = 0`; their derivation and the closed form for N = 2: :ref:`simplex-solver`.
 
     N = 2: the closed form ``w1 = clip((q22 − q12) / |g1 − g2|², 0, 1)``. N > 2: a few
-    primal-dual active-set iterations from the equality optimum (method ``"active-set"``; exact
-    when they reach a KKT point, which is checked); when they do not, Wolfe's exact active-set
-    algorithm for the nearest point of a polytope (Wolfe,
-    "Finding the nearest point in a polytope", Math. Programming 1976), whose affine sub-problems
-    are solved by the equilibrated solver of :func:`solve_equality_qp`. It stops when the relative
-    dual infeasibility ``max(−νᵢ)/scaleᵢ`` (see :class:`KKTReport`) is at most ``tol``, or at
-    ``max_iter`` (default ``50·N``) with status ``MAX_ITER``, never silently.
+    primal-dual active-set iterations from the equality optimum (method ``"active-set"``), kept
+    when they reach a certified KKT point; otherwise Wolfe's exact algorithm (Wolfe, "Finding the
+    nearest point in a polytope", Math. Programming 1976). It stops when the relative dual
+    infeasibility ``max(−νᵢ)/scaleᵢ`` (see :class:`KKTReport`) is at most ``tol``, or at
+    ``max_iter`` (default ``50·N``) with status ``MAX_ITER``, never silently (``INACCURATE`` when
+    rounding stops its progress short of ``tol``).
 
-    [decision] When the optimal weights are not unique (affinely dependent gradients on the
-    optimal face, e.g. duplicated gradients), Wolfe's method returns an optimum of minimal support
-    and the status is ``DEGENERATE`` if the final support's sub-problem is singular; for N = 2 with
-    g1 ≈ g2 the weights are (½, ½).
+    [decision] When the optimal weights are not unique (affinely dependent gradients on the optimal
+    face, e.g. duplicated gradients) the status is ``DEGENERATE``, and the weights are the
+    minimum-norm optimal ones if they are non-negative, else Wolfe's optimum of minimal support;
+    for N = 2 with g1 ≈ g2 they are (½, ½). See :ref:`degenerate-cases`.
 
     Args and cost as for :func:`solve_equality_qp` (N = 2 never synchronises on CUDA).
     """
-    if method not in ("auto", "closed-form", "wolfe"):
-        raise ValueError(f"method must be 'auto', 'closed-form' or 'wolfe', got {method!r}")
-    if tol <= 0.0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    g = prepare(q, validate)
-    rc = g.default_rcond() if rcond is None else float(rcond)
-    if method == "closed-form" and g.n > 2:
-        raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
-    cap = 50 * g.n if max_iter is None else int(max_iter)
-    if cap < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-
+    g, rc, cap = _options(q, rcond, tol, max_iter, method, validate)
     small = solve_small(g, rc, "simplex", base=SolveStatus.OPTIMAL, closed_form=method != "wolfe")
     if small is not None:
         return small
@@ -90,6 +78,30 @@ def solve_simplex_qp(
         gram=host,
         status=status,
     )
+
+
+def _options(
+    q: Tensor | np.ndarray,
+    rcond: float | None,
+    tol: float,
+    max_iter: int | None,
+    method: SimplexMethod,
+    validate: bool | None,
+) -> tuple[Gramian, float, int]:
+    """Check the options of :func:`solve_simplex_qp` and prepare ``q``: ``(Gramian, rcond,
+    iteration cap)``."""
+    if method not in ("auto", "closed-form", "wolfe"):
+        raise ValueError(f"method must be 'auto', 'closed-form' or 'wolfe', got {method!r}")
+    if tol <= 0.0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    g = prepare(q, validate)
+    rc = g.default_rcond() if rcond is None else float(rcond)
+    if method == "closed-form" and g.n > 2:
+        raise ValueError(f"method='closed-form' needs N <= 2, got N = {g.n}; use 'auto'")
+    cap = 50 * g.n if max_iter is None else int(max_iter)
+    if cap < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    return g, rc, cap
 
 
 # Iterations allowed to the primal-dual active-set guess before Wolfe's method takes over.
@@ -198,13 +210,8 @@ def wolfe(
                 w[:] = 0.0
                 w[idx] = alpha
                 break
-            cur = w[idx]
-            neg = alpha <= 0.0
-            theta = float(np.min(cur[neg] / (cur[neg] - alpha[neg])))
-            new = cur + theta * (alpha - cur)
-            drop = new <= 0.0
-            drop[np.argmin(np.where(neg, cur / np.where(neg, cur - alpha, 1.0), np.inf))] = True
-            w[idx] = np.where(drop, 0.0, new)
+            new, drop, theta = _step_back(w[idx], alpha)
+            w[idx] = new
             corral = [int(i) for i, d in zip(idx, drop) if not d]
             if len(corral) == 0:  # cannot happen in exact arithmetic; keep the best vertex
                 corral = [int(np.argmax(w))]
@@ -222,3 +229,18 @@ def wolfe(
     if stalled:
         return w, iterations, SolveStatus.INACCURATE
     return w, iterations, SolveStatus.DEGENERATE if degenerate else SolveStatus.OPTIMAL
+
+
+def _step_back(cur: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Wolfe's minor step when the affine minimiser ``alpha`` of the corral leaves the simplex:
+    from the corral's weights ``cur`` as far towards ``alpha`` as the simplex allows.
+
+    Returns ``(new weights on the corral, dropped, θ)``: the step θ, and the mask of the vertices
+    that leave the corral (those whose weight reaches zero, and always the one that blocks the
+    step), whose new weights are exactly 0."""
+    neg = alpha <= 0.0
+    theta = float(np.min(cur[neg] / (cur[neg] - alpha[neg])))
+    new = cur + theta * (alpha - cur)
+    drop = new <= 0.0
+    drop[np.argmin(np.where(neg, cur / np.where(neg, cur - alpha, 1.0), np.inf))] = True
+    return np.where(drop, 0.0, new), drop, theta

@@ -207,6 +207,8 @@ def fmt(x: float, digits: int = 2, suffix: str = "") -> str:
 def write_report(
     results: list[dict[str, Any]], anchor: str, out: Path, logs: list[Path], command: str
 ) -> dict[str, dict[str, Any]]:
+    """Write ``rd.png``, ``figure1.png`` (with ``logs``) and ``report.md`` into ``out``; returns
+    the BD metrics of every run but the anchor, by name."""
     names = [r["name"] for r in results]
     if anchor not in names:
         raise UsageError(f"--anchor {anchor}: no results named so; names: {', '.join(names)}")
@@ -216,6 +218,18 @@ def write_report(
         plot_figure1(logs, out / "figure1.png")
     base = next(r for r in results if r["name"] == anchor)
     table = {r["name"]: bd_metrics(base, r) for r in results if r["name"] != anchor}
+    lines = _bd_section(results, anchor, table) + _points_section(results)
+    if logs:
+        lines += _training_section(logs)
+    lines += ["", "## Reproduce", "", "```", command, "```", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return table
+
+
+def _bd_section(
+    results: list[dict[str, Any]], anchor: str, table: dict[str, dict[str, Any]]
+) -> list[str]:
+    """The report's title, the R-D plot and the BD-rate table (one row per run)."""
     lines = [
         "# Rate-distortion report",
         "",
@@ -245,7 +259,12 @@ def write_report(
             )
         )
         lines.append(row)
-    lines += [
+    return lines
+
+
+def _points_section(results: list[dict[str, Any]]) -> list[str]:
+    """Every evaluated point of every run, and a warning when a curve is not monotonic."""
+    lines = [
         "",
         "## Points",
         "",
@@ -267,18 +286,19 @@ def write_report(
             "A curve that is not monotonic (higher rate, higher PSNR) makes its BD-rate "
             "unreliable: train longer before quoting it.",
         ]
-    if logs:
-        lines += [
-            "",
-            "## Training (the paper's Figure 1 view)",
-            "",
-            "![Figure 1](figure1.png)",
-            "",
-            "Logs: " + ", ".join(f"`{p}`" for p in logs),
-        ]
-    lines += ["", "## Reproduce", "", "```", command, "```", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    return table
+    return lines
+
+
+def _training_section(logs: list[Path]) -> list[str]:
+    """The Figure 1 view of the training logs."""
+    return [
+        "",
+        "## Training (the paper's Figure 1 view)",
+        "",
+        "![Figure 1](figure1.png)",
+        "",
+        "Logs: " + ", ".join(f"`{p}`" for p in logs),
+    ]
 
 
 def build_parser() -> ArgumentParser:

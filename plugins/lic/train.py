@@ -36,7 +36,23 @@ DEFAULT_LAMBDA = 1e-2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: CompressAI's ``examples/train.py`` flags and this plugin's, in the
+    order ``--help`` lists them."""
     p = ArgumentParser(prog="python -m plugins.lic.train", description=__doc__.split("\n\n")[0])
+    _add_model_and_data_arguments(p)
+    _add_optimizer_arguments(p)
+    _add_loss_and_batch_arguments(p)
+    _add_architecture_and_device_arguments(p)
+    _add_checkpoint_arguments(p)
+    _add_run_arguments(p)
+    _add_balancer_arguments(p)
+    _add_schedule_arguments(p)
+    _add_output_arguments(p)
+    return p
+
+
+def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The architecture, the training data and the number of passes over it."""
     p.add_argument(
         "-m",
         "--model",
@@ -55,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-e", "--epochs", type=int, default=100, help="passes over the training set (see --steps)"
     )
+
+
+def _add_optimizer_arguments(p: argparse.ArgumentParser) -> None:
+    """The optimisers, their learning rates and the weight average (``--ema``)."""
     p.add_argument(
         "-lr",
         "--learning-rate",
@@ -88,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
             "tested, evaluated and saved as state_dict; 0: off"
         ),
     )
+
+
+def _add_loss_and_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """The rate-distortion loss (λ, metric) and the batch and crop sizes."""
     p.add_argument(
         "--lambda",
         dest="lmbda",
@@ -116,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="training crop: H W, or one value for a square",
     )
+
+
+def _add_architecture_and_device_arguments(p: argparse.ArgumentParser) -> None:
+    """The model's size (``--quality``, ``--N``, ``--M``) and where and how it runs."""
     p.add_argument(
         "--quality",
         type=int,
@@ -141,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="channels-last memory format for the model and batches (faster convolutions on CPUs)",
     )
+
+
+def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """What the run starts from: a checkpoint to resume, or weights to fine-tune."""
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -173,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
             "(Adam's moments; the same --optimizer), at the new -lr"
         ),
     )
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The seed, the gradient clipping and the data-loading processes."""
     p.add_argument(
         "--seed",
         type=int,
@@ -189,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="data-loading processes (0: in the training process)",
     )
+
+
+def _add_balancer_arguments(p: argparse.ArgumentParser) -> None:
+    """The balancer of the rate and distortion objectives and its options."""
     p.add_argument("--balancer", default="fixed", help=f"one of {', '.join(moo_opt.available())}")
     p.add_argument(
         "--balancer-opt",
@@ -197,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="balancer option, repeatable",
     )
+
+
+def _add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    """The step budget, the crops per epoch, when to test and to save, and the learning-rate
+    schedule."""
     p.add_argument(
         "--steps",
         type=int,
@@ -244,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr-gamma", type=finite, default=0.1, help="factor of each --lr-milestones step"
     )
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """The output folder, the logging and the tolerance of non-finite steps."""
     p.add_argument(
         "--out", type=Path, default=Path("runs/train"), help="folder for checkpoints and logs"
     )
@@ -260,7 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many consecutive steps with a NaN/Inf loss or gradient",
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p
 
 
 # --------------------------------------------------------------------------- validation
@@ -392,11 +440,23 @@ def model_spec(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> models.
 
 
 def validate(args: argparse.Namespace) -> None:
+    """Check the flags (after :func:`apply_checkpoint_defaults`); the first bad one raises a
+    :class:`UsageError`. Normalises ``--patch-size`` to H W and ``--crops-per-image`` K to an
+    int."""
     args.patch_size = patch_size(list(args.patch_size))
     if not (args.lmbda > 0 and math.isfinite(args.lmbda)):
         raise UsageError(
             f"--lambda {args.lmbda}: must be > 0 (e.g. 0.0018 … 0.0483, CompressAI's range)"
         )
+    _validate_counts(args)
+    _validate_schedule(args)
+    _validate_patch(args)
+    _validate_optimizer(args)
+    _validate_run(args)
+
+
+def _validate_counts(args: argparse.Namespace) -> None:
+    """The sizes, periods and limits that must be positive, and ``--crops-per-image``."""
     for flag, value in (
         ("--batch-size", args.batch_size),
         ("--test-batch-size", args.test_batch_size),
@@ -419,6 +479,10 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--crops-per-image {args.crops_per_image}: must be positive (or auto)"
             )
+
+
+def _validate_schedule(args: argparse.Namespace) -> None:
+    """``--lr-milestones`` with ``--lr-gamma``, and the step budget."""
     if args.lr_milestones is not None:
         if any(m <= 0 for m in args.lr_milestones) or list(args.lr_milestones) != sorted(
             set(args.lr_milestones)
@@ -431,6 +495,10 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--lr-gamma {args.lr_gamma}: must be > 0")
     if args.steps is not None and args.steps <= 0:
         raise UsageError(f"--steps {args.steps}: must be positive")
+
+
+def _validate_patch(args: argparse.Namespace) -> None:
+    """The training crop: positive, and large enough for MS-SSIM's five scales."""
     if min(args.patch_size) <= 0:
         raise UsageError(f"--patch-size {args.patch_size}: must be positive")
     if args.metric == "ms-ssim" and min(args.patch_size) <= 160:
@@ -438,6 +506,10 @@ def validate(args: argparse.Namespace) -> None:
             "--metric ms-ssim needs patches larger than 160 pixels (five scales); "
             f"got --patch-size {args.patch_size[0]} {args.patch_size[1]}"
         )
+
+
+def _validate_optimizer(args: argparse.Namespace) -> None:
+    """The learning rates, SGD's momentum and the weight average's decay."""
     for flag, rate in (
         ("-lr/--learning-rate", args.learning_rate),
         ("--aux-learning-rate", args.aux_learning_rate),
@@ -453,6 +525,10 @@ def validate(args: argparse.Namespace) -> None:
         )
     if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
         raise UsageError(f"--ema {args.ema}: a decay in (0, 1), e.g. 0.999, or 0 for none")
+
+
+def _validate_run(args: argparse.Namespace) -> None:
+    """``--keep-optimizer``'s pairing with ``--finetune``, the workers and the device."""
     if args.keep_optimizer and not args.finetune:
         raise UsageError(
             "--keep-optimizer goes with --finetune (a resumed run always keeps its optimiser state)"
@@ -551,6 +627,8 @@ class StepMeter:
 
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
+        """Everything a run needs, from the flags: the balancer, the data, the model and its
+        optimisers, and the state of ``--checkpoint`` (resumed, or its weights to fine-tune)."""
         if args.finetune and args.checkpoint is None and args.pretrained is None:
             raise UsageError(
                 "--finetune needs --checkpoint or --pretrained "
@@ -567,6 +645,20 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.rank, self.world = distributed_setup(args.cuda)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if args.cuda else "cpu")
+        self._set_up_data()
+        self._set_up_model()
+        self._set_up_optimizers()
+        self.step, self.epoch, self.best = 0, 0, math.inf
+        self.last_test_loss: float | None = None
+        self.skipped_steps = self.consecutive_skips = 0
+        if ckpt is not None:
+            self._load(args.checkpoint, ckpt)
+        self.steps_per_epoch = self.sampler.batches_per_epoch()
+        self.total = args.steps if args.steps is not None else args.epochs * self.steps_per_epoch
+
+    def _set_up_data(self) -> None:
+        """The training crops and their sampler (this process's share), and the test batches."""
+        args = self.args
         patch = tuple(args.patch_size)
         pictures = data.resolve(args.dataset, "train", args.seed)
         self.train_set = data.PatchDataset(pictures, patch, args.seed)  # type: ignore[arg-type]
@@ -591,6 +683,10 @@ class Trainer:
         self.sampler = data.EpochSampler(
             len(self.train_set), args.batch_size, args.seed, self.rank, self.world
         )
+
+    def _set_up_model(self) -> None:
+        """The network (it must fit the crop size) on the device, and its parameter groups."""
+        patch = tuple(self.args.patch_size)
         self.net = models.build(self.spec)
         factor = int(getattr(self.net, "downsampling_factor", 1))
         if any(side % factor for side in patch):
@@ -600,9 +696,14 @@ class Trainer:
                 f"use multiples of {factor}, e.g. --patch-size {k} {k}"
             )
         self.net = self.net.to(self.device)
-        if args.channels_last:
+        if self.args.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
+
+    def _set_up_optimizers(self) -> None:
+        """The model's optimiser (bound to the balancer), the auxiliary loss's Adam, the weight
+        average and the learning-rate schedule."""
+        args = self.args
         self.optimizer = optim.build(
             args.optimizer, self.main_params, args.learning_rate, args.momentum
         )
@@ -623,13 +724,6 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 self.optimizer, args.lr_milestones, args.lr_gamma
             )
-        self.step, self.epoch, self.best = 0, 0, math.inf
-        self.last_test_loss: float | None = None
-        self.skipped_steps = self.consecutive_skips = 0
-        if ckpt is not None:
-            self._load(args.checkpoint, ckpt)
-        self.steps_per_epoch = self.sampler.batches_per_epoch()
-        self.total = args.steps if args.steps is not None else args.epochs * self.steps_per_epoch
 
     @property
     def plateau(self) -> bool:
@@ -637,6 +731,19 @@ class Trainer:
         return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def _load(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Start from ``ckpt`` (read from ``path``): its weights; with ``--finetune
+        --keep-optimizer`` also its optimisers' state; when resuming, the whole training state."""
+        self._load_weights(path, ckpt)
+        if self.args.finetune and not self.args.keep_optimizer:
+            return
+        self._load_optimizers(path, ckpt)
+        if self.args.finetune:  # the moments carry over; the learning rates are this run's
+            self._set_learning_rates()
+            return
+        self._load_training_state(path, ckpt)
+
+    def _load_weights(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """The network's weights; an architecture they do not fit is a usage error."""
         resume = not self.args.finetune
         # a resumed run continues from the raw weights; a fine-tune starts from the model (the
         # EMA's, if any)
@@ -648,8 +755,9 @@ class Trainer:
                 f"--checkpoint {path}: its weights do not fit {self.spec.name} "
                 f"(N={self.spec.N}, M={self.spec.M}); pass the matching -m/--N/--M"
             ) from None
-        if self.args.finetune and not self.args.keep_optimizer:
-            return
+
+    def _load_optimizers(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Both optimisers' state, which must be of plugins.lic.train and of this --optimizer."""
         saved_optimizer = ckpt.get("optimizer_kind", "adam")
         if "optimizer" not in ckpt or checkpoint.kind(ckpt) != "moo-opt":
             raise UsageError(
@@ -663,16 +771,21 @@ class Trainer:
             )
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-        if self.args.finetune:  # the moments carry over; the learning rates are this run's
-            for opt, lr in (
-                (self.optimizer, self.args.learning_rate),
-                (self.aux_optimizer, self.args.aux_learning_rate),
-            ):
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                    if "initial_lr" in group:
-                        group["initial_lr"] = lr
-            return
+
+    def _set_learning_rates(self) -> None:
+        """This run's -lr and --aux-learning-rate on the loaded optimisers."""
+        for opt, lr in (
+            (self.optimizer, self.args.learning_rate),
+            (self.aux_optimizer, self.args.aux_learning_rate),
+        ):
+            for group in opt.param_groups:
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+
+    def _load_training_state(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """The rest of a resumed run: the weight average, the schedule, the balancer, the counters
+        and the random number generators."""
         if ("ema" in ckpt) != (self.ema is not None):
             flag = f"with --ema {ckpt['ema']['decay']}" if "ema" in ckpt else "without --ema"
             raise UsageError(f"--checkpoint {path}: resume it {flag}, as it was trained")

@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train the runs not finished yet, then ship every finished one: the models, the manifest,
+    the R-D report and the summary. Returns 1 when a run fails, else 0."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.photos / "photos.json").exists():
@@ -278,8 +280,27 @@ def main(argv: list[str] | None = None) -> int:
             f"--photos {args.photos}: not made by python -m plugins.lic.photos; "
             "run it first (make photos)"
         )
+    if not _train_all(args):
+        return 1
+    records = export(args, args.ship)
+    if records:
+        records = _write_manifest(args, records)
+        curve = [r for r in records if (r["model"], r["N"], r["M"]) == MODEL]
+        _write_curve_report(args, curve)
+        table = summary(curve)
+        (args.runs / "summary.md").write_text(table + "\n")
+        print(
+            f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); "
+            f"R-D plot: {args.runs / 'report' / 'rd.png'}"
+        )
+    return 0
+
+
+def _train_all(args: argparse.Namespace) -> bool:
+    """Train (or resume) every λ's run in a pool of ``--jobs`` processes (none with
+    ``--export-only``); False at the first that fails, after pointing at its log."""
     model, n, m = MODEL
-    jobs = [
+    queue = [
         (
             train_argv(args, lam, args.runs / run_name(model, n, m, "mse", lam)),
             args.runs / run_name(model, n, m, "mse", lam),
@@ -291,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.runs / "commit").write_text(git_commit() + "\n")
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
-        for out, code, seconds in pool.imap_unordered(_train, [] if args.export_only else jobs):
+        for out, code, seconds in pool.imap_unordered(_train, [] if args.export_only else queue):
             print(
                 f"{'ok' if code == 0 else 'FAILED'} {out} ({seconds / 60:.1f} min; "
                 f"{(time.perf_counter() - start) / 60:.1f} min elapsed)",
@@ -299,55 +320,57 @@ def main(argv: list[str] | None = None) -> int:
             )
             if code != 0:
                 print(f"see {out}/run.log", file=sys.stderr)
-                return 1
-    records = export(args, args.ship)
-    if records:
-        from plugins.lic import report
+                return False
+    return True
 
-        built = {r["name"] for r in records}
-        manifest = args.ship / "manifest.json"
-        kept = [
-            r
-            for r in (json.loads(manifest.read_text()) if manifest.exists() else [])
-            if r["name"] not in built and (args.ship / r["file"]).exists()
-        ]
-        records = sorted(
-            kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"])
-        )  # other λ shipped earlier stay listed
-        manifest.write_text(json.dumps(records, indent=2) + "\n")
-        curve = [r for r in records if (r["model"], r["N"], r["M"]) == MODEL]
-        keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "mse": "mse"}
-        results = {"name": "standard",
-                   "description": "the shipped models (mbt2018-mean N=32 M=48), entropy-coded",
-                   "dataset": args.eval_dataset,
-                   "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()},
-                               "lambda": [r["lambda"] for r in curve],
-                               "checkpoint": [f"plugins/lic/pretrained/{r['file']}"
-                                              for r in curve]}}  # fmt: skip
-        (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.runs / "jpeg.json").write_text(
-            json.dumps(jpeg_reference(args.eval_dataset), indent=2) + "\n"
+
+def _write_manifest(
+    args: argparse.Namespace, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Write ``manifest.json`` in ``--ship``: ``records`` and the models of other λ shipped
+    earlier (whose files are still there); returns its records."""
+    built = {r["name"] for r in records}
+    manifest = args.ship / "manifest.json"
+    kept = [
+        r
+        for r in (json.loads(manifest.read_text()) if manifest.exists() else [])
+        if r["name"] not in built and (args.ship / r["file"]).exists()
+    ]
+    records = sorted(
+        kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"])
+    )  # other λ shipped earlier stay listed
+    manifest.write_text(json.dumps(records, indent=2) + "\n")
+    return records
+
+
+def _write_curve_report(args: argparse.Namespace, curve: list[dict[str, Any]]) -> None:
+    """``shipped.json`` (the curve in CompressAI's results format), ``jpeg.json`` and the R-D
+    report of the two in ``RUNS/report``."""
+    from plugins.lic import report
+
+    keys = {"bpp": "bpp", "psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "mse": "mse"}
+    results = {"name": "standard",
+               "description": "the shipped models (mbt2018-mean N=32 M=48), entropy-coded",
+               "dataset": args.eval_dataset,
+               "results": {**{k: [r["eval"][v] for r in curve] for k, v in keys.items()},
+                           "lambda": [r["lambda"] for r in curve],
+                           "checkpoint": [f"plugins/lic/pretrained/{r['file']}"
+                                          for r in curve]}}  # fmt: skip
+    (args.runs / "shipped.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.runs / "jpeg.json").write_text(
+        json.dumps(jpeg_reference(args.eval_dataset), indent=2) + "\n"
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # the shipped curve, with Pillow's JPEG for scale
+        report.main(
+            [
+                str(args.runs / "shipped.json"),
+                str(args.runs / "jpeg.json"),
+                "--anchor",
+                "JPEG (Pillow)",
+                "--out",
+                str(args.runs / "report"),
+            ]
         )
-        with contextlib.redirect_stdout(
-            sys.stderr
-        ):  # the shipped curve, with Pillow's JPEG for scale
-            report.main(
-                [
-                    str(args.runs / "shipped.json"),
-                    str(args.runs / "jpeg.json"),
-                    "--anchor",
-                    "JPEG (Pillow)",
-                    "--out",
-                    str(args.runs / "report"),
-                ]
-            )
-        table = summary(curve)
-        (args.runs / "summary.md").write_text(table + "\n")
-        print(
-            f"\n{table}\n\nmanifest: {args.ship / 'manifest.json'} ({len(records)} models); "
-            f"R-D plot: {args.runs / 'report' / 'rd.png'}"
-        )
-    return 0
 
 
 if __name__ == "__main__":
