@@ -447,3 +447,25 @@ def test_functions_and_solver_modules_stay_small() -> None:
         if len(p.read_text().splitlines()) > 350
     ]
     assert not big, f"solver modules over 350 lines: {big}"
+
+
+def test_solver_regression_benchmark_runs() -> None:
+    """`benchmarks/solver_regression.py` times the checkout's solvers against an exported commit."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/solver_regression.py",
+            "--base",
+            "HEAD",
+            "--rounds",
+            "1",
+            "--calls",
+            "2",
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| cagrad 16 |" in proc.stdout and "geometric mean HEAD / base" in proc.stdout
