@@ -195,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from plugins.lic import pretrained
 
     models = pretrained.select(args.models)
-    variants = list(
-        dict.fromkeys([*(VARIANTS[v][1] for v in args.variants), *args.variants])
-    )  # anchors first
+    # anchors first
+    variants = list(dict.fromkeys([*(VARIANTS[v][1] for v in args.variants), *args.variants]))
     out: Path = args.out
     common = ["-d", args.photos, "--patch-size", str(args.patch), str(args.patch),
               "--batch-size", str(args.batch_size), "--test-batch-size", "16", "--log-every", "25",

@@ -243,10 +243,11 @@ def study_argv(part: str, seed: int, args: argparse.Namespace) -> tuple[str, lis
         for v in PARTS[part][0]
         if v not in args.skip and (seed in args.ablation_seeds or v not in ABLATIONS)
     ]
+    # the later wins
     lambdas = dict(
         g.split("=", 1)
         for g in [*PARTS[part][1], *(args.scratch_lambdas if part == "scratch" else [])]
-    )  # the later wins
+    )
     grids = [f"{v}={lams}" for v, lams in lambdas.items() if v in variants]
     common = ["--out", str(args.out / f"{part}-seed{seed}"), "--seed", str(seed),
               "--photos", args.photos, "--patch", str(args.patch),

@@ -85,9 +85,8 @@ def reachable_leaves(losses: Sequence[Tensor]) -> list[Tensor]:
     leaves: list[Tensor] = []
     stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
     for loss in losses:
-        if (
-            loss.grad_fn is None and loss.requires_grad and id(loss) not in seen
-        ):  # a loss that is a leaf
+        # a loss that is a leaf
+        if loss.grad_fn is None and loss.requires_grad and id(loss) not in seen:
             seen.add(id(loss))
             leaves.append(loss)
     visited: set[int] = set()

@@ -47,9 +47,8 @@ def adam_metric(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> l
         v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
         step = state["step"]
         beta2 = float(group["betas"][1])
-        if (
-            isinstance(step, Tensor) and step.device.type != "cpu"
-        ):  # capturable Adam: stay on the device
+        # capturable Adam: stay on the device
+        if isinstance(step, Tensor) and step.device.type != "cpu":
             bias: Tensor | float = 1.0 - torch.pow(beta2, step.to(torch.float64)).to(v.dtype)
         else:  # a host value already (a CPU tensor or a number)
             bias = 1.0 - beta2 ** float(step)

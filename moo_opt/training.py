@@ -47,14 +47,12 @@ def balanced_step(
     ``"unchecked"`` nothing is read back (no host synchronisation) and nothing is checked.
     """
     params = list(parameters)
-    balancer.bind_optimizer(
-        optimizer
-    )  # for balancers that measure balance in the optimiser's metric
+    # for balancers that measure balance in the optimiser's metric
+    balancer.bind_optimizer(optimizer)
     optimizer.zero_grad(set_to_none=True)
     checked = balancer.nonfinite != "unchecked"
-    snapshot = (
-        balancer.state_dict() if balancer.nonfinite == "skip" else None
-    )  # a few small tensors
+    # a few small tensors
+    snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None
     info = balancer.backward(compute_losses(), params)
     if not info.skipped and (checked or max_norm is not None):
         info = _clip_and_check(balancer, optimizer, info, snapshot, checked, max_norm)

@@ -26,9 +26,8 @@ def test_docs_build_without_warnings_and_doctests_pass(tmp_path: Path) -> None:
         site / "searchindex.js"
     ).is_file()
     remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"(?:https?:)?//")
-    for page in site.rglob(
-        "*.html"
-    ):  # scripts, styles and images served by the site itself: no CDN
+    # scripts, styles and images served by the site itself: no CDN
+    for page in site.rglob("*.html"):
         assert not remote.search(page.read_text(encoding="utf-8")), page
     assert "_static/mathjax/tex-chtml.js" in (site / "mathematics.html").read_text(encoding="utf-8")
     assert_every_public_name_documented(site / "objects.inv")
@@ -403,11 +402,11 @@ def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     variants = argv[argv.index("--variants") + 1 : argv.index("--steps")]
     assert name == "scratch_study" and variants == ["standard", "c2f", "c2f-gamma0", "c2f-norenorm"]
     assert argv[argv.index("--lambdas") + 1 :] == ["c2f=0.01,0.1"]
-    ns = reproduce.argparse.Namespace(**{
-        **vars(reproduce.argparse.Namespace()), "out": tmp_path, "skip": ["c2f-beta0.0025", "qp"],
-        "ablation_seeds": [0], "scratch_lambdas": [], "photos": "p", "patch": 64, "batch_size": 2,
-        "jobs": 1, "eval_dataset": "e", "steps": 2, "finetune_steps": 2,
-        "models": ["m"]})  # fmt: skip
+    ns = reproduce.argparse.Namespace(
+        out=tmp_path, skip=["c2f-beta0.0025", "qp"], ablation_seeds=[0], scratch_lambdas=[],
+        photos="p", patch=64, batch_size=2, jobs=1, eval_dataset="e", steps=2, finetune_steps=2,
+        models=["m"],
+    )  # fmt: skip
     seed1 = reproduce.study_argv("scratch", 1, ns)[1]
     assert seed1[seed1.index("--variants") + 1 : seed1.index("--steps")] == ["standard", "c2f"]
     ft = reproduce.study_argv("finetune", 1, ns)[1]

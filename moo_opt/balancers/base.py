@@ -389,9 +389,8 @@ class GramianBalancer(Balancer):
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
         grads = objective_gradients(losses, params)
-        if (
-            distributed.world_size() > 1
-        ):  # each objective's gradient of the whole batch, then the Gramian
+        # each objective's gradient of the whole batch, then the Gramian
+        if distributed.world_size() > 1:
             grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
             grads.other_grads = [
                 distributed.mean_tensors_(g, grads.others) for g in grads.other_grads

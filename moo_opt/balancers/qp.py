@@ -170,15 +170,13 @@ class QPBalancer(GramianBalancer):
                     # (the bias correction assumes all start together)
                     out.append((1.0 - beta) * g.detach())
                 else:
-                    out.append(
-                        torch.lerp(g.detach(), prev.to(g.device, g.dtype), beta)
-                    )  # β·prev + (1-β)·g
+                    # β·prev + (1-β)·g
+                    out.append(torch.lerp(g.detach(), prev.to(g.device, g.dtype), beta))
             new.append(out)
         steps = self.tracked_steps + 1
         self._pending = (new, steps)
-        correction = (
-            1.0 - beta**steps
-        )  # Adam's bias correction; a common factor of Q, kept for the values' sake
+        # Adam's bias correction; a common factor of Q, kept for the values' sake
+        correction = 1.0 - beta**steps
         scaled = [[None if t is None else t / correction for t in row] for row in new]
         return ObjectiveGradients(grads.params, scaled, [], [])
 

@@ -142,9 +142,8 @@ def _closed_form(gram: np.ndarray, rcond: float) -> tuple[np.ndarray, int, Solve
     d = np.diag(gram)
     live = d > 0.0
     if n == 1 or not live.all():
-        alpha = np.where(
-            live, 1.0 / np.sqrt(np.where(live, d, 1.0)), 0.0
-        )  # a gradient alone: αᵢ = 1/|gᵢ|
+        # a gradient alone: αᵢ = 1/|gᵢ|
+        alpha = np.where(live, 1.0 / np.sqrt(np.where(live, d, 1.0)), 0.0)
         return (
             alpha,
             0,
@@ -251,9 +250,8 @@ def _newton(c: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, 
         if full:
             beta = beta + step
             continue
-        trial = (
-            beta + step
-        )  # the full step when it is feasible and decreases f enough (Armijo), else damped
+        # the full step when it is feasible and decreases f enough (Armijo), else damped
+        trial = beta + step
         if bool((trial > 0.0).all()) and _f(c, trial) <= _f(c, beta) - _ARMIJO * lam * lam:
             beta = trial
         else:

@@ -96,13 +96,11 @@ def load(path: Path) -> dict[str, Any]:
             f"--checkpoint {path}: neither a checkpoint with a 'state_dict' nor a state_dict; "
             "pass a CompressAI-format checkpoint"
         )
-    with (
-        warnings.catch_warnings()
-    ):  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+    # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-        from compressai.zoo.pretrained import (
-            load_pretrained,
-        )  # the zoo's renaming of old and DataParallel keys
+        # the zoo's renaming of old and DataParallel keys
+        from compressai.zoo.pretrained import load_pretrained
 
     ckpt["state_dict"] = load_pretrained(ckpt["state_dict"])
     return ckpt

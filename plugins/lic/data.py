@@ -284,9 +284,8 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches_per_epoch(self) -> int:
-        return self.size // (
-            self.batch_size * self.world
-        )  # drop_last, as CompressAI's training loader
+        # drop_last, as CompressAI's training loader
+        return self.size // (self.batch_size * self.world)
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

@@ -27,9 +27,8 @@ class ModelSpec:
 
 
 def _zoo() -> tuple[dict[str, type[nn.Module]], dict[str, dict[int, tuple[int, ...]]]]:
-    with (
-        warnings.catch_warnings()
-    ):  # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+    # compressai 1.2.8 scripts a function at import: torch warns, users can do nothing
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         from compressai.zoo.image import cfgs, model_architectures
 

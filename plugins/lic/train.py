@@ -709,9 +709,8 @@ class Trainer:
         )
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=args.aux_learning_rate)
         try:
-            self.balancer.bind_optimizer(
-                self.optimizer
-            )  # QPBalancer(metric="adam") reads Adam's preconditioner
+            # QPBalancer(metric="adam") reads Adam's preconditioner
+            self.balancer.bind_optimizer(self.optimizer)
         except ValueError as exc:
             raise UsageError(
                 f"--balancer-opt: {exc}; use --optimizer adam or cautious-adam"
@@ -912,9 +911,8 @@ class Trainer:
         """Write ``checkpoint.pth.tar`` (``last``) and/or ``checkpoint_best.pth.tar`` (``best``)
         with the whole training state at this step; ``loss`` is the latest test loss."""
         extra: dict[str, Any] = {}
-        if (
-            self.ema is not None
-        ):  # the model is the EMA's; the raw weights and the average resume the run
+        # the model is the EMA's; the raw weights and the average resume the run
+        if self.ema is not None:
             with self.ema.applied():
                 model = {k: v.clone() for k, v in self.net.state_dict().items()}
             extra = {"raw_state_dict": self.net.state_dict(), "ema": self.ema.state_dict()}

@@ -24,9 +24,8 @@ def test_reach_and_the_shared_gramian() -> None:
     torch.testing.assert_close(grads.gramian(shared_only=True), expected, rtol=1e-12, atol=0)
     full = grads.gramian()
     head = [sum((g * g).sum() for g in grads.grads[i][n_trunk:] if g is not None) for i in range(2)]
-    torch.testing.assert_close(
-        full, expected + torch.diag(torch.stack(head)), rtol=1e-12, atol=0
-    )  # the heads add only to the diagonal
+    # the heads add only to the diagonal
+    torch.testing.assert_close(full, expected + torch.diag(torch.stack(head)), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -23,9 +23,8 @@ def test_the_coefficients_stay_in_the_region_on_the_segment(seed: int, radius: f
     assert float((c - std).abs().max()) <= radius + 1e-12
     t = float(info.extras["trust_scale"])
     assert 0.0 <= t <= 1.0
-    torch.testing.assert_close(
-        c, std + t * (c_free.to(c.dtype) - std), rtol=1e-12, atol=1e-12
-    )  # on the segment
+    # on the segment
+    torch.testing.assert_close(c, std + t * (c_free.to(c.dtype) - std), rtol=1e-12, atol=1e-12)
     if float((c_free - std).abs().max()) <= radius:
         assert t == 1.0  # inside: the QP's own coefficients
         torch.testing.assert_close(c, c_free.to(c.dtype), rtol=0, atol=0)

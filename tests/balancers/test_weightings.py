@@ -47,9 +47,8 @@ def _gramian(*columns: list[float]) -> torch.Tensor:
 
 def test_each_method_keeps_its_promise_on_a_gramian_alone() -> None:
     q = _gramian([1.0, 0.0], [-0.5, 2.0], [0.2, 0.3])
-    w, r = weightings.mgda_weights(
-        q
-    )  # the min-norm point of the hull: on the simplex, no direction shorter
+    # the min-norm point of the hull: on the simplex, no direction shorter
+    w, r = weightings.mgda_weights(q)
     assert (
         abs(float(w.sum()) - 1.0) < 1e-12
         and bool((w >= 0).all())

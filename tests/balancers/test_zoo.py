@@ -236,9 +236,8 @@ def test_aligned_mtl_aligns_into_orthogonal_equal_norm_components(
     assert result.kkt_residual <= 1e-12 * result.condition and result.status is SolveStatus.OPTIMAL
     lam = torch.linalg.eigvalsh(q)
     expected = {"min": lam.min(), "median": lam.median(), "rmse": lam.mean()}[scale]
-    if (
-        scale != "median" or n % 2 == 1
-    ):  # torch's median of an even count is the lower middle, numpy's the mean
+    # torch's median of an even count is the lower middle, numpy's the mean
+    if scale != "median" or n % 2 == 1:
         assert sigma2 == pytest.approx(float(expected), rel=1e-8)
     info = b.backward(p.losses(), p.shared())
     if scale != "median":
@@ -384,9 +383,8 @@ def test_upgrad_direction_has_a_non_negative_inner_product_with_every_gradient(
     inner = g.T @ d
     assert bool((inner >= -1e-10 * g.norm(dim=0) * d.norm()).all()), inner
     assert info.solve.kkt_residual <= 1e-9
-    assert bool(
-        (info.weights >= 1.0 / n - 1e-12).all()
-    )  # every projection keeps at least its own share
+    # every projection keeps at least its own share
+    assert bool((info.weights >= 1.0 / n - 1e-12).all())
 
 
 def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
@@ -404,9 +402,8 @@ def test_cagrad_two_orthogonal_gradients_by_hand() -> None:
     )
     assert info.solve.status is SolveStatus.OPTIMAL
     theta, losses = _linear_losses([1.0, 0.0], [0.0, 1.0])
-    mean = CAGradBalancer(2, c=0.0, rescale="none").backward(
-        losses, [theta]
-    )  # c = 0: the average gradient
+    # c = 0: the average gradient
+    mean = CAGradBalancer(2, c=0.0, rescale="none").backward(losses, [theta])
     torch.testing.assert_close(
         mean.weights, torch.tensor([0.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=0
     )

@@ -76,9 +76,8 @@ def test_image_folder_converts_modes_and_skips_small_images(tmp_path: Path) -> N
     ds.set_epoch(1)
     assert not np.array_equal(first.numpy(), ds[1].numpy())  # crops change with the epoch
     ds.set_epoch(0)
-    assert np.array_equal(
-        first.numpy(), ds[1].numpy()
-    )  # and are a function of (seed, epoch, index)
+    # and are a function of (seed, epoch, index)
+    assert np.array_equal(first.numpy(), ds[1].numpy())
 
 
 def test_folder_errors_name_the_file(tmp_path: Path) -> None:

@@ -58,9 +58,8 @@ def test_a_fault_costs_one_step(tmp_path: Path, monkeypatch, balancer: str, kind
         torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
     )
     if balancer == "coarse-to-fine":
-        assert (
-            ckpt["balancer"]["state"]["step"] == 6
-        )  # the logits learned from the 6 good steps only
+        # the logits learned from the 6 good steps only
+        assert ckpt["balancer"]["state"]["step"] == 6
 
 
 def test_skipped_step_leaves_the_model_and_optimiser_untouched(tmp_path: Path, monkeypatch) -> None:

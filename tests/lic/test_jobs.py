@@ -70,9 +70,8 @@ def test_a_finetune_stopped_part_way_resumes_and_matches_an_uninterrupted_one(
     assert code == 0 and "resuming:" in (tmp_path / "b" / "run.log").read_text()
     a, b = (torch.load(tmp_path / n / checkpoint.LAST, weights_only=False) for n in ("a", "b"))
     assert b["step"] == 6 and b["balancer"]["options"] == a["balancer"]["options"]
-    assert (
-        a["balancer"]["options"]["trust_radius"] == 0.1
-    )  # the fine-tuning default survived the resume
+    # the fine-tuning default survived the resume
+    assert a["balancer"]["options"]["trust_radius"] == 0.1
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     assert json.loads((tmp_path / "b" / "run.done").read_text().split("\n")[1]) == [

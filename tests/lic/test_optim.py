@@ -323,6 +323,7 @@ def test_qp_finetune_takes_the_recommended_options_unless_given(tmp_path: Path, 
     assert "note: --balancer qp --finetune uses" in capsys.readouterr().err
     opts = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"]["options"]
     assert {k: opts[k] for k in FINETUNE_QP_DEFAULTS} == FINETUNE_QP_DEFAULTS
+    # resume
     assert (
         train(
             tmp_path / "ft",
@@ -334,7 +335,7 @@ def test_qp_finetune_takes_the_recommended_options_unless_given(tmp_path: Path, 
             "3",
         )
         == 0
-    )  # resume
+    )
     resumed = torch.load(tmp_path / "ft" / checkpoint.LAST, weights_only=False)["balancer"][
         "options"
     ]

@@ -92,9 +92,8 @@ def test_build_writes_loadable_files_and_a_manifest(registry: Path) -> None:
         ckpt = torch.load(path, weights_only=False)
         net = MeanScaleHyperprior(N=32, M=48)
         net.load_state_dict(ckpt["state_dict"])  # the plain CompressAI class
-        assert (
-            ckpt["state_dict"]["entropy_bottleneck._quantized_cdf"].numel() > 0
-        )  # tables already updated
+        # tables already updated
+        assert ckpt["state_dict"]["entropy_bottleneck._quantized_cdf"].numel() > 0
         assert r["steps"] == 4 and r["eval"]["L_D"] == pytest.approx(
             r["lambda"] * 255**2 * r["eval"]["mse"]
         )

@@ -216,9 +216,8 @@ def test_bad_folders_and_files(tmp_path: Path, capsys) -> None:
     cases.append((["-d", str(tmp_path / "missing")], "neither a registered dataset"))
     (tmp_path / "afile").write_text("x")
     cases.append((["--out", str(tmp_path / "afile")], "is a file"))
-    cases.append(
-        (["--out", "/proc/moo-opt-cannot-write-here"], "cannot create it")
-    )  # unwritable even for root
+    # unwritable even for root
+    cases.append((["--out", "/proc/moo-opt-cannot-write-here"], "cannot create it"))
     corrupt = tmp_path / "corrupt.pth.tar"
     corrupt.write_bytes(b"not a checkpoint")
     cases.append((["--checkpoint", str(corrupt)], "not a readable checkpoint"))

@@ -218,9 +218,8 @@ def test_upgrad_by_hand() -> None:
     assert result.status is SolveStatus.OPTIMAL
     assert result.iterations == 2
     assert_dual_cone(q, rows.sum(0), np.full(2, 0.5), tol=0.0)
-    assert result.objective == pytest.approx(
-        0.5 * (0.125 + 0.25), rel=1e-15
-    )  # ½(|(¼,¼)|² + |(0,½)|²)
+    # ½(|(¼,¼)|² + |(0,½)|²)
+    assert result.objective == pytest.approx(0.5 * (0.125 + 0.25), rel=1e-15)
     assert result.as_dict()["iterations"] == 2
 
 

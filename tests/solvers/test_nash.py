@@ -146,9 +146,8 @@ def test_scaling_q_scales_weights_by_inverse_sqrt(c: float) -> None:
 def test_max_iter_is_reported() -> None:
     rng = np.random.default_rng(1)
     g = rng.standard_normal((20, 6)) * np.logspace(-3, 3, 6)
-    g[:, 1] = -g[:, 0] / np.linalg.norm(g[:, 0]) + 1e-3 * rng.standard_normal(
-        20
-    )  # nearly opposite: large weights
+    # nearly opposite: large weights
+    g[:, 1] = -g[:, 0] / np.linalg.norm(g[:, 0]) + 1e-3 * rng.standard_normal(20)
     q = g.T @ g
     full = solve_nash(q)
     assert full.status is SolveStatus.OPTIMAL and full.iterations > 2

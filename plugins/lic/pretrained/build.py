@@ -123,9 +123,8 @@ def export(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         spec = models.ModelSpec(**ckpt["model"])
         net = models.build(spec)
         net.load_state_dict(ckpt["state_dict"])
-        net.update(
-            force=True
-        )  # the entropy coders' tables travel with the weights: compress() works at once
+        # the entropy coders' tables travel with the weights: compress() works at once
+        net.update(force=True)
         ckpt["state_dict"] = net.state_dict()
         target = folder / f"{name}.pth.tar"
         checkpoint.save_atomic(ckpt, target)
@@ -336,9 +335,8 @@ def _write_manifest(
         for r in (json.loads(manifest.read_text()) if manifest.exists() else [])
         if r["name"] not in built and (args.ship / r["file"]).exists()
     ]
-    records = sorted(
-        kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"])
-    )  # other λ shipped earlier stay listed
+    # other λ shipped earlier stay listed
+    records = sorted(kept + records, key=lambda r: (r["model"], r["N"], r["M"] or 0, r["lambda"]))
     manifest.write_text(json.dumps(records, indent=2) + "\n")
     return records
 
