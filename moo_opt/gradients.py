@@ -79,27 +79,42 @@ def accumulate_grad(tensor: Tensor, grad: Tensor) -> None:
         tensor.grad.add_(grad)
 
 
-def reachable_leaves(losses: Sequence[Tensor]) -> list[Tensor]:
-    """Every leaf tensor requiring a gradient that the losses depend on, in a stable order."""
-    seen: set[int] = set()
+def reachable_leaves(roots: Sequence[Tensor], stop: Sequence[Tensor] = ()) -> list[Tensor]:
+    """Every leaf tensor requiring a gradient that the ``roots`` depend on, in a stable order.
+
+    Paths through a tensor of ``stop`` (matched by its producing node and output, or by identity
+    for a leaf) are not followed, and that tensor is not listed: the leaves past a cut of the
+    graph.
+    """
+    cut = {(id(t.grad_fn), t.output_nr) for t in stop if t.grad_fn is not None}
+    seen: set[int] = {id(t) for t in stop}
+    # the graph's Python node objects are created on access: keep every one alive so that the
+    # ids compared below stay unique for the walk
+    alive: list[object] = [t.grad_fn for t in stop]
     leaves: list[Tensor] = []
-    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
-    for loss in losses:
-        # a loss that is a leaf
-        if loss.grad_fn is None and loss.requires_grad and id(loss) not in seen:
-            seen.add(id(loss))
-            leaves.append(loss)
+    stack = []
+    for root in roots:
+        if root.grad_fn is None:  # a root that is a leaf
+            if root.requires_grad and id(root) not in seen:
+                seen.add(id(root))
+                leaves.append(root)
+        elif (id(root.grad_fn), root.output_nr) not in cut:
+            stack.append(root.grad_fn)
     visited: set[int] = set()
     while stack:
         node = stack.pop()
-        if node is None or id(node) in visited:
+        alive.append(node)
+        if id(node) in visited:
             continue
         visited.add(id(node))
         variable = getattr(node, "variable", None)
         if variable is not None and id(variable) not in seen:
             seen.add(id(variable))
             leaves.append(variable)
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
+        for next_fn, nr in node.next_functions:
+            alive.append(next_fn)
+            if next_fn is not None and (id(next_fn), nr) not in cut:
+                stack.append(next_fn)
     return leaves
 
 
@@ -181,18 +196,22 @@ class ObjectiveGradients:
             cols.append(torch.cat(parts))
         return torch.stack(cols, dim=1)
 
-    def accumulate(self, weights: Tensor, own: Tensor | None = None) -> None:
-        """Add ``Σᵢ wᵢ ∂Lᵢ/∂θ`` to ``θ.grad`` for every parameter, balanced or not. With ``own``
-        (N coefficients), a balanced parameter that one objective ``i`` alone reaches receives
-        ``ownᵢ ∂Lᵢ/∂θ`` instead (its objective's own gradient, whatever the sign of ``wᵢ``)."""
-        cast: dict[
-            tuple[torch.dtype, torch.device, bool], Tensor
-        ] = {}  # the coefficients, converted once per dtype
+    def directions(
+        self, weights: Tensor, own: Tensor | None = None
+    ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        """``Σᵢ wᵢ ∂Lᵢ/∂θ`` for every parameter, balanced and other (None where no objective
+        reaches it). With ``own`` (N coefficients), a balanced parameter that one objective ``i``
+        alone reaches gets ``ownᵢ ∂Lᵢ/∂θ`` instead (its objective's own gradient, whatever the
+        sign of ``wᵢ``). The objectives' gradients are left untouched."""
+        # the coefficients, converted once per (dtype, device, own)
+        cast: dict[tuple[torch.dtype, torch.device, bool], Tensor] = {}
+        out: list[list[Tensor | None]] = []
         for params, grads, balanced in (
             (self.params, self.grads, True),
             (self.others, self.other_grads, False),
         ):
-            for k, p in enumerate(params):
+            combined: list[Tensor | None] = []
+            for k in range(len(params)):
                 direction: Tensor | None = None
                 alone = own is not None and balanced and sum(g[k] is not None for g in grads) == 1
                 for i, g in enumerate(grads):
@@ -203,10 +222,19 @@ class ObjectiveGradients:
                     if key not in cast:
                         cast[key] = (own if alone else weights).to(device=gk.device, dtype=gk.dtype)  # type: ignore[union-attr]
                     w = cast[key][i]
-                    # one new tensor per parameter; the objectives' gradients are left untouched
                     direction = gk * w if direction is None else direction.addcmul_(gk, w)
-                if direction is not None:
-                    accumulate_grad(p, direction)
+                combined.append(direction)
+            out.append(combined)
+        return out[0], out[1]
+
+    def accumulate(self, weights: Tensor, own: Tensor | None = None) -> None:
+        """Add :meth:`directions` to ``θ.grad`` for every parameter, balanced or not, as
+        ``torch.autograd.backward(Σᵢ wᵢ Lᵢ)`` would (``.grad`` left as it is where no objective
+        reaches)."""
+        balanced, others = self.directions(weights, own)
+        for p, d in zip(self.params + self.others, balanced + others):
+            if d is not None:
+                accumulate_grad(p, d)
 
 
 def objective_gradients(

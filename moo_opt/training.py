@@ -22,6 +22,7 @@ def balanced_step(
     *,
     max_norm: float | None = None,
     after_step: Callable[[], None] | None = None,
+    representation: torch.nn.Module | None = None,
 ) -> BalanceInfo:
     """Zero the gradients, balance, clip, step, and let an amortised balancer learn.
 
@@ -37,7 +38,10 @@ def balanced_step(
 
     ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step.
     ``after_step`` runs right after the optimiser's step, before the amortised update (e.g. an
-    auxiliary optimiser's step, a weight average's update).
+    auxiliary optimiser's step, a weight average's update). ``representation``: for a Gramian
+    balancer built with ``gramian="representation"``, the module whose output is the shared
+    representation (e.g. a codec's analysis transform ``model.g_a``): its outputs during
+    ``compute_losses``'s forward are passed to :meth:`~moo_opt.Balancer.backward`.
 
     Non-finite values never reach the parameters. A balancer with ``nonfinite="skip"`` skips a step
     whose losses are NaN or Inf by itself, and this function also skips one whose gradient norm is
@@ -53,7 +57,11 @@ def balanced_step(
     checked = balancer.nonfinite != "unchecked"
     # a few small tensors
     snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None
-    info = balancer.backward(compute_losses(), params)
+    if representation is None:
+        info = balancer.backward(compute_losses(), params)
+    else:
+        losses, reps = _with_outputs_of(representation, compute_losses)
+        info = balancer.backward(losses, params, representations=reps)
     if not info.skipped and (checked or max_norm is not None):
         info = _clip_and_check(balancer, optimizer, info, snapshot, checked, max_norm)
     if info.skipped:
@@ -66,6 +74,30 @@ def balanced_step(
         with torch.no_grad():
             balancer.update(compute_losses())
     return info
+
+
+def _with_outputs_of(
+    module: torch.nn.Module, compute_losses: Callable[[], Sequence[Tensor]]
+) -> tuple[Sequence[Tensor], list[Tensor]]:
+    """The losses, and the tensor outputs of ``module`` in the forward that computed them."""
+    outputs: list[Tensor] = []
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        items = output if isinstance(output, (tuple, list)) else (output,)
+        outputs.extend(t for t in items if isinstance(t, Tensor) and t.requires_grad)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        losses = compute_losses()
+    finally:
+        handle.remove()
+    if not outputs:
+        raise ValueError(
+            f"the representation module ({type(module).__name__}) gave no output with a graph "
+            "while the losses were computed: pass the module whose output is the shared "
+            "representation (e.g. model.g_a), and compute the losses outside torch.no_grad()"
+        )
+    return losses, outputs
 
 
 def _clip_and_check(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, preferences
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, preferences
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.solvers.alignment import ALIGNMENT_SCALES, AlignmentScale
@@ -33,6 +33,8 @@ class AlignedMTLBalancer(GramianBalancer):
         task_weights: the preferences u (N non-negative finite numbers), default 1/N each.
         scale: σ from the ``"min"`` (paper), ``"median"`` or ``"rmse"`` singular value.
         rcond: relative eigenvalue cut-off of the rank (default ``N·100·eps``).
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -46,9 +48,10 @@ class AlignedMTLBalancer(GramianBalancer):
         task_weights: Sequence[float] | None = None,
         scale: AlignmentScale = "min",
         rcond: float | None = None,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         if scale not in ALIGNMENT_SCALES:
             raise ValueError(f"scale must be one of {ALIGNMENT_SCALES}, got {scale!r}")
         self.task_weights = preferences(task_weights, num_objectives)

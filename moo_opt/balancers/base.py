@@ -24,10 +24,18 @@ from moo_opt.gradients import (
     objective_gradients,
     reachable_leaves,
 )
+from moo_opt.representations import (
+    backward_trunk,
+    check_representations,
+    cut_gramian,
+    representation_gradients,
+)
 from moo_opt.solvers import SolveResult
 
 NonFinite = Literal["raise", "skip", "unchecked"]
 _NONFINITE = ("raise", "skip", "unchecked")
+Gramian = Literal["parameters", "representation"]
+_GRAMIANS = ("parameters", "representation")
 
 
 class NonFiniteLossError(ValueError):
@@ -224,18 +232,46 @@ class Balancer(ABC):
         self.skips = 0
 
     # ------------------------------------------------------------------ the API
-    def backward(self, losses: Sequence[Tensor], parameters: Iterable[Tensor]) -> BalanceInfo:
+    def backward(
+        self,
+        losses: Sequence[Tensor],
+        parameters: Iterable[Tensor],
+        *,
+        representations: Sequence[Tensor] | Tensor | None = None,
+    ) -> BalanceInfo:
         """Fill ``.grad`` with the balanced combination of the losses' gradients.
 
         ``losses``: N scalar tensors with a graph, in a fixed order. ``parameters``: the balanced
         set (for gradient-based balancers, the parameters whose gradients form the Gramian);
         every other leaf the losses reach gets the plain weighted sum, as autograd would give it.
+        ``representations``: for a Gramian balancer built with ``gramian="representation"``, the
+        shared trunk's output(s) from the forward that computed the losses
+        (:class:`GramianBalancer`).
         """
         ls = check_losses(losses, self.num_objectives)
         params = check_parameters(parameters)
+        reps = self._representations(representations)
         values = torch.stack([loss.detach().reshape(()) for loss in ls]).to(torch.float64)
         distributed.mean_(values)  # the losses of the whole batch when several processes balance
-        return self._backward(ls, values, params)
+        if reps is None:
+            return self._backward(ls, values, params)
+        return self._backward_at(ls, values, params, reps)
+
+    def _representations(
+        self, representations: Sequence[Tensor] | Tensor | None
+    ) -> list[Tensor] | None:
+        """The checked representations of :meth:`backward` (none for this balancer)."""
+        if representations is not None:
+            raise ValueError(
+                f"balancer {self.name!r} does not balance a Gramian: representations apply to the "
+                "Gramian balancers built with gramian='representation'; drop them"
+            )
+        return None
+
+    def _backward_at(
+        self, losses: list[Tensor], values: Tensor, params: list[Tensor], reps: list[Tensor]
+    ) -> BalanceInfo:
+        raise NotImplementedError  # only the Gramian balancers accept representations
 
     @property
     def needs_update(self) -> bool:
@@ -374,7 +410,7 @@ class Balancer(ABC):
 
 
 class GramianBalancer(Balancer):
-    """Balancers that choose weights from the Gramian of the per-objective gradients.
+    r"""Balancers that choose weights from the Gramian of the per-objective gradients.
 
     Subclasses that offer ``shared_only`` (a constructor option kept in :attr:`shared_only`) balance
     only the parameters that two objectives or more reach: the Gramian is taken over those, and a
@@ -382,12 +418,64 @@ class GramianBalancer(Balancer):
     :meth:`_own`, 1 by default), as MGDA (Sener & Koltun) and TorchJD's ``mtl_backward`` treat
     task-specific parameters. Whatever the balanced weights, such a parameter is never pushed
     against its own objective.
+
+    ``gramian`` (an option of every Gramian balancer): ``"parameters"`` (the default) takes
+    :math:`Q = G^\top G` over the balanced parameters, exactly. ``"representation"`` takes it
+    over the shared trunk's output :math:`y` (passed as ``backward(..., representations=[y])``)
+    and the balanced parameters past it (the heads): with :math:`J` the Jacobian of :math:`y`
+    with respect to the trunk's parameters, the exact Gramian's trunk block
+    :math:`G_y^\top J J^\top G_y` is replaced by :math:`G_y^\top G_y`, so the two agree when
+    :math:`J J^\top = I` (the trunk's map to :math:`y` is the identity, or an isometry) and
+    otherwise differ by the trunk's metric (see the docs' derivation). The per-objective passes
+    stop at :math:`y` and the combined direction goes back through the trunk once, so the trunk's
+    backward is paid once per step, as in the standard loss; ``.grad`` receives the gradient of
+    :math:`\sum_i w_i L_i` (the heads' own gradients under ``shared_only``) either way.
     """
 
     #: balance the shared parameters only (see the class docstring); an option where offered
     shared_only: bool = False
+    #: where the Gramian is taken (see the class docstring)
+    gramian: Gramian = "parameters"
 
-    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
+    def __init__(
+        self,
+        num_objectives: int,
+        *,
+        gramian: Gramian = "parameters",
+        nonfinite: NonFinite = "raise",
+    ) -> None:
+        super().__init__(num_objectives, nonfinite=nonfinite)
+        if gramian not in _GRAMIANS:
+            raise ValueError(f"gramian must be one of {_GRAMIANS}, got {gramian!r}")
+        self.gramian = gramian
+
+    def _representations(
+        self, representations: Sequence[Tensor] | Tensor | None
+    ) -> list[Tensor] | None:
+        if self.gramian == "parameters":
+            if representations is not None:
+                raise ValueError(
+                    f"representations given to a {self.name!r} balancer with "
+                    "gramian='parameters': build it with gramian='representation' to use them, "
+                    "or drop them"
+                )
+            return None
+        if representations is None:
+            raise ValueError(
+                f"the {self.name!r} balancer has gramian='representation': pass the shared "
+                "trunk's output, backward(losses, parameters, representations=[y])"
+            )
+        return check_representations(representations)
+
+    def _backward(
+        self,
+        losses: list[Tensor],
+        values: Tensor,
+        params: list[Tensor],
+        reps: list[Tensor] | None = None,
+    ) -> BalanceInfo:
+        if reps is not None:
+            return self._balance_at(losses, values, params, reps)
         grads = objective_gradients(losses, params)
         # each objective's gradient of the whole batch, then the Gramian
         if distributed.world_size() > 1:
@@ -400,6 +488,30 @@ class GramianBalancer(Balancer):
             return self._skipped(values)
         weights, result, extras = self._weights(values, gram)
         grads.accumulate(weights, self._own(values) if self.shared_only else None)
+        return BalanceInfo(
+            weights=weights, losses=values, solve=result, extras=extras, skips=self.skips
+        )
+
+    def _backward_at(
+        self, losses: list[Tensor], values: Tensor, params: list[Tensor], reps: list[Tensor]
+    ) -> BalanceInfo:
+        return self._backward(losses, values, params, reps)
+
+    def _balance_at(
+        self, losses: list[Tensor], values: Tensor, params: list[Tensor], reps: list[Tensor]
+    ) -> BalanceInfo:
+        """The step with the Gramian at the representations (``gramian="representation"``)."""
+        grads = representation_gradients(losses, reps, params)
+        gram = cut_gramian(grads.at_cut, self.shared_only)
+        if grads.heads.params:
+            gram = gram + self._gramian(grads.heads)
+        if not self._finite_or_skip(values, gram):
+            return self._skipped(values)
+        weights, result, extras = self._weights(values, gram)
+        own = self._own(values) if self.shared_only else None
+        grads.heads.accumulate(weights, own)
+        at_reps, _ = grads.at_cut.directions(weights, own)
+        backward_trunk(grads.at_cut.params, at_reps, grads.trunk)
         return BalanceInfo(
             weights=weights, losses=values, solve=result, extras=extras, skips=self.skips
         )

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.weightings import CAGradRescale, cagrad_weights
@@ -34,6 +34,8 @@ class CAGradBalancer(GramianBalancer):
         c: the radius factor c ≥ 0 (0.5, the paper code's default; 0.4 on NYUv2).
         rescale: divide by ``"1+c^2"`` (default), ``"1+c"`` or not at all (``"none"``).
         rcond, tol: passed to the solver.
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -48,9 +50,10 @@ class CAGradBalancer(GramianBalancer):
         rescale: CAGradRescale = "1+c^2",
         rcond: float | None = None,
         tol: float = 1e-12,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         if not (math.isfinite(c) and c >= 0.0):
             raise ValueError(f"c must be finite and >= 0, got {c!r}")
         if rescale not in _RESCALES:

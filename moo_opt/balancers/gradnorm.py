@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, adam_step_
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, adam_step_
 from moo_opt.registry import register
 
 
@@ -42,6 +42,8 @@ class GradNormBalancer(GramianBalancer):
         lr: Adam learning rate of the weights (0.025).
         betas, eps: Adam's moment decays and epsilon.
         min_weight: floor of the weights before renormalisation (> 0).
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -56,9 +58,10 @@ class GradNormBalancer(GramianBalancer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         min_weight: float = 1e-4,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         if not (math.isfinite(alpha) and alpha >= 0.0):
             raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
         if not (math.isfinite(lr) and lr > 0.0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.weightings import imtl_g_weights
@@ -31,15 +31,22 @@ class IMTLGBalancer(GramianBalancer):
 
     Args:
         rcond: passed to :func:`~moo_opt.solvers.solve_equality_qp`.
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
     name = "imtl-g"
 
     def __init__(
-        self, num_objectives: int, *, rcond: float | None = None, nonfinite: NonFinite = "raise"
+        self,
+        num_objectives: int,
+        *,
+        rcond: float | None = None,
+        gramian: Gramian = "parameters",
+        nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         self.rcond = rcond
 
     def _weights(

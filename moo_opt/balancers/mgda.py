@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.weightings import MGDANormalization as Normalization
@@ -29,7 +29,9 @@ class MGDABalancer(GramianBalancer):
     optimization", C. R. Math. 2012; Sener & Koltun, "Multi-Task Learning as Multi-Objective
     Optimization", NeurIPS 2018. ``shared_only=True`` solves over the parameters two objectives or
     more reach and gives the others their objective's own gradient, as Sener & Koltun treat
-    task-specific parameters (see :class:`~moo_opt.GramianBalancer`).
+    task-specific parameters (see :class:`~moo_opt.GramianBalancer`). ``gramian="representation"``
+    balances the gradients at the shared trunk's output instead (MGDA-UB, Sener & Koltun's
+    upper-bound approximation; see :class:`~moo_opt.GramianBalancer`).
     """
 
     name = "mgda"
@@ -41,9 +43,10 @@ class MGDABalancer(GramianBalancer):
         normalization: Normalization = "none",
         rcond: float | None = None,
         shared_only: bool = False,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         self.shared_only = bool(shared_only)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.weightings import NashNormalization, nash_mtl_weights
@@ -37,6 +37,8 @@ class NashMTLBalancer(GramianBalancer):
         num_objectives: N.
         normalization: ``"none"`` or ``"frobenius"``.
         rcond, tol, max_iter: passed to the solver.
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -51,9 +53,10 @@ class NashMTLBalancer(GramianBalancer):
         rcond: float | None = None,
         tol: float = 1e-12,
         max_iter: int = 100,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}"

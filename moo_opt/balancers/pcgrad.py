@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite
 from moo_opt.registry import register
 from moo_opt.weightings import pcgrad_weights
 
@@ -33,6 +33,8 @@ class PCGradBalancer(GramianBalancer):
     Args:
         num_objectives: N.
         seed: seed of the order generator.
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -40,9 +42,14 @@ class PCGradBalancer(GramianBalancer):
     reads_host = True
 
     def __init__(
-        self, num_objectives: int, *, seed: int = 0, nonfinite: NonFinite = "raise"
+        self,
+        num_objectives: int,
+        *,
+        seed: int = 0,
+        gramian: Gramian = "parameters",
+        nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 

@@ -9,7 +9,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import BalanceInfo, GramianBalancer, NonFinite, Offsets, positive_int
+from moo_opt.balancers.base import (
+    BalanceInfo,
+    Gramian,
+    GramianBalancer,
+    NonFinite,
+    Offsets,
+    positive_int,
+)
 from moo_opt.gradients import ObjectiveGradients
 from moo_opt.metrics import adam_metric, require_adam
 from moo_opt.registry import register
@@ -82,6 +89,8 @@ class QPBalancer(GramianBalancer):
             that objective's own gradient, never a reversed one (see
             :class:`~moo_opt.GramianBalancer`). ``False``: the paper's Gramian over every balanced
             parameter.
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -103,9 +112,10 @@ class QPBalancer(GramianBalancer):
         trust_radius: float | None = None,
         gradient_ema: float = 0.0,
         shared_only: bool = False,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         self._offsets = Offsets(offsets, num_objectives)
         self.shared_only = bool(shared_only)
         self.trust_radius = _checked_options(
@@ -117,6 +127,12 @@ class QPBalancer(GramianBalancer):
             gradient_ema=gradient_ema,
             metric=metric,
         )
+        if gramian == "representation" and (metric != "euclidean" or gradient_ema > 0.0):
+            raise ValueError(
+                "QPBalancer(gramian='representation') takes the Gramian of one batch's "
+                "representation, which has no optimiser metric and no running average: use "
+                "metric='euclidean' and gradient_ema=0 with it, or gramian='parameters'"
+            )
         self.gradient_ema = float(gradient_ema)
         #: the averaged gradients (per objective, per balanced parameter; None where unreached) and
         #: losses, and the number of averaged steps (for the bias correction)
@@ -237,10 +253,16 @@ class QPBalancer(GramianBalancer):
         )
         return coeff, extras
 
-    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
+    def _backward(
+        self,
+        losses: list[Tensor],
+        values: Tensor,
+        params: list[Tensor],
+        reps: list[Tensor] | None = None,
+    ) -> BalanceInfo:
         age = self.calls % self.solve_every
         if age == 0 or self.last_z is None:
-            info = super()._backward(losses, values, params)
+            info = super()._backward(losses, values, params, reps)
             if not info.skipped:
                 self.calls = 1  # counted from this solve
                 self.last_z, self._last_solve = info.extras["z"], info.solve

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from moo_opt.balancers.base import GramianBalancer, NonFinite, preferences
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, preferences
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.weightings import upgrad_weights
@@ -31,6 +31,8 @@ class UPGradBalancer(GramianBalancer):
         num_objectives: N.
         task_weights: the preferences u (N finite numbers ≥ 0), default 1/N each (TorchJD's mean).
         rcond, tol: passed to the solver.
+        gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
+            output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
         nonfinite: ``"raise"``, ``"skip"`` or ``"unchecked"``.
     """
 
@@ -44,9 +46,10 @@ class UPGradBalancer(GramianBalancer):
         task_weights: Sequence[float] | None = None,
         rcond: float | None = None,
         tol: float = 1e-12,
+        gramian: Gramian = "parameters",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        super().__init__(num_objectives, nonfinite=nonfinite)
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
         self.task_weights = preferences(task_weights, num_objectives)
         self.rcond = rcond
         self.tol = float(tol)

@@ -89,6 +89,25 @@ def parameter_groups(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parame
 _CODER_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
+def representation(net: nn.Module) -> nn.Module:
+    """The module whose output is the representation that ``gramian="representation"`` balances
+    on: the analysis transform ``g_a``, whose output is the latent ``y``.
+
+    ``y`` is the only tensor both objectives reach in every CompressAI image model: the distortion
+    through the synthesis ``g_s`` (of the noisy or rounded ``ŷ``), the rate through ``y``'s
+    likelihoods and the hyperprior (``z = h_a(y)`` and the context model are downstream of ``y``
+    and reached by the rate alone, so ``z`` is not a second representation). Every parameter
+    except ``g_a``'s is past ``y``; the balancer checks that ``y`` is a cut of the graph.
+    """
+    g_a = getattr(net, "g_a", None)
+    if not isinstance(g_a, nn.Module):
+        raise UsageError(
+            f"{type(net).__name__} has no analysis transform g_a: gramian=representation needs "
+            "one; use gramian=parameters"
+        )
+    return g_a
+
+
 def _shapes(net: nn.Module) -> dict[str, tuple[int, ...]]:
     return {
         k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith(_CODER_BUFFERS)

@@ -699,6 +699,8 @@ class Trainer:
         if self.args.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.main_params, self.aux_params = models.parameter_groups(self.net)
+        uses_representation = getattr(self.balancer, "gramian", "parameters") == "representation"
+        self.representation = models.representation(self.net) if uses_representation else None
 
     def _set_up_optimizers(self) -> None:
         """The model's optimiser (bound to the balancer), the auxiliary loss's Adam, the weight
@@ -856,6 +858,7 @@ class Trainer:
             self.main_params,
             max_norm=max_norm,
             after_step=after_step,
+            representation=self.representation,
         )
         aux = auxiliary[0] if auxiliary else self.net.aux_loss().detach()
         self._count(info.skipped)

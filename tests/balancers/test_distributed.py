@@ -8,10 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moo_opt import available, balanced_step, create
+from moo_opt import GramianBalancer, available, balanced_step, create
 from tests.helpers.models import toy_problem
 
-NAMES = available()
+#: every balancer, and every Gramian balancer again with gramian="representation" ("+rep")
+NAMES = available() + [f"{n}+rep" for n in available() if isinstance(create(n, 2), GramianBalancer)]
 STEPS = 3
 
 
@@ -22,10 +23,13 @@ def run(name: str, rank: int, world: int) -> tuple[list[torch.Tensor], list[torc
     share = p.x.shape[0] // world
     p.x = p.x[rank * share : (rank + 1) * share]
     p.targets = [t[rank * share : (rank + 1) * share] for t in p.targets]
-    balancer = create(name, 2)
+    base, rep = name.removesuffix("+rep"), name.endswith("+rep")
+    balancer = create(base, 2, **({"gramian": "representation"} if rep else {}))
     opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
+    trunk = p.trunk if rep else None
     weights = [
-        balanced_step(balancer, opt, p.losses, p.shared()).weights.clone() for _ in range(STEPS)
+        balanced_step(balancer, opt, p.losses, p.shared(), representation=trunk).weights.clone()
+        for _ in range(STEPS)
     ]
     return weights, p.snapshot()
 

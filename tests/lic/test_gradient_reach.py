@@ -57,3 +57,35 @@ def test_qp_shared_only_trains_from_the_cli(tmp_path) -> None:
         ]
         is True
     )
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_the_latent_is_a_cut_of_every_architecture(name: str) -> None:
+    """``gramian=representation`` balances at ``y = g_a(x)``: every parameter but ``g_a``'s is
+    past it (the balancer checks the cut), and ``.grad`` is the gradient of the weighted sum of
+    the two objectives."""
+    import moo_opt
+
+    torch.manual_seed(0)
+    spec = models.spec_for(name, N=8, M=12) if models.takes_m(name) else models.spec_for(name, N=8)
+    net = models.build(spec).train()
+    main, _ = models.parameter_groups(net)
+    x = torch.rand(2, 3, 64, 64)
+
+    def losses() -> list[torch.Tensor]:
+        torch.manual_seed(1)  # the same quantisation noise in both forwards
+        return rd_losses(net(x), x, 0.01).as_list()
+
+    balancer = moo_opt.create("qp", 2, gramian="representation")
+    info = moo_opt.balanced_step(
+        balancer, torch.optim.SGD(main, lr=0.0), losses, main,
+        representation=models.representation(net),
+    )  # fmt: skip
+    assert info.solve is not None and info.solve.status.value == "optimal"
+    weighted = sum(w * loss for w, loss in zip(info.weights.tolist(), losses()))
+    expected = torch.autograd.grad(weighted, main, allow_unused=True)
+    for p, e in zip(main, expected, strict=True):
+        if e is None:
+            assert p.grad is None
+        else:
+            torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-7)

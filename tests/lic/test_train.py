@@ -30,9 +30,19 @@ def train(out: Path, *extra: str) -> int:
     return main([*TINY, "--out", str(out), *extra])
 
 
-@pytest.mark.parametrize("balancer", available())
+#: every balancer, and Solution 2 with the Gramian at the latent y
+BALANCERS = [*available(), "qp:gramian=representation"]
+
+
+def balancer_flags(balancer: str) -> list[str]:
+    """``--balancer NAME [--balancer-opt KEY=VALUE]`` for ``NAME[:KEY=VALUE]``."""
+    name, _, opt = balancer.partition(":")
+    return ["--balancer", name, *(["--balancer-opt", opt] if opt else [])]
+
+
+@pytest.mark.parametrize("balancer", BALANCERS)
 def test_twenty_steps_with_each_balancer(tmp_path: Path, balancer: str, capsys) -> None:
-    assert train(tmp_path, "--balancer", balancer, "--steps", "20") == 0
+    assert train(tmp_path, *balancer_flags(balancer), "--steps", "20") == 0
     assert "done: 20 steps" in capsys.readouterr().out
     records = [r for r in read(tmp_path) if "weight/distortion" in r]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
@@ -47,11 +57,11 @@ def test_twenty_steps_with_each_balancer(tmp_path: Path, balancer: str, capsys) 
             "step_time",
         ):
             assert math.isfinite(r[key]), (key, r)
-    if balancer in ("coarse-to-fine", "qp"):
+    if balancer.split(":")[0] in ("coarse-to-fine", "qp"):
         assert all(r["weight/distortion"] + r["weight/rate"] == pytest.approx(1.0) for r in records)
     if balancer == "coarse-to-fine":
         assert records[-1]["logits/distortion"] != 0.0 and "speed/distortion" in records[-1]
-    if balancer in ("qp", "mgda"):
+    if balancer.split(":")[0] in ("qp", "mgda"):
         assert records[-1]["solver/status"] == "optimal"
     assert (tmp_path / checkpoint.LAST).exists() and (tmp_path / checkpoint.BEST).exists()
     assert any("test/psnr" in r for r in read(tmp_path))
@@ -79,17 +89,16 @@ def test_checkpoint_is_compressai_format_and_loads_into_the_plain_class(tmp_path
     FactorizedPrior(N=8, M=12).load_state_dict(ckpt["state_dict"])
 
 
-@pytest.mark.parametrize("balancer", available())
+@pytest.mark.parametrize("balancer", BALANCERS)
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path, balancer: str) -> None:
     """12 steps in one go, or 6, stop, resume, 6 more: bit-identical parameters and balancer
     state."""
-    assert train(tmp_path / "a", "--balancer", balancer, "--steps", "12") == 0
-    assert train(tmp_path / "b", "--balancer", balancer, "--steps", "6") == 0
+    assert train(tmp_path / "a", *balancer_flags(balancer), "--steps", "12") == 0
+    assert train(tmp_path / "b", *balancer_flags(balancer), "--steps", "6") == 0
     assert (
         train(
             tmp_path / "b",
-            "--balancer",
-            balancer,
+            *balancer_flags(balancer),
             "--steps",
             "12",
             "--checkpoint",
