@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[str, list[str]] | tuple[str, list[str], list[str]]] = 
     "qp": ("qp", []),
     "qp-every2": ("qp", ["solve_every=2"]),
     "mgda": ("mgda", []),
+    "qp-rep": ("qp", ["gramian=representation"]),
+    "mgda-rep": ("mgda", ["gramian=representation"]),
     "fixed-cl": ("fixed", [], ["--channels-last"]),
     "c2f-same-cl": ("coarse-to-fine", [], ["--channels-last"]),
 }
