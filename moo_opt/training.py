@@ -22,6 +22,7 @@ def balanced_step(
     *,
     max_norm: float | None = None,
     after_step: Callable[[], None] | None = None,
+    update_losses: Callable[[], tuple[Sequence[Tensor], Sequence[Tensor]]] | None = None,
 ) -> BalanceInfo:
     """Zero the gradients, balance, clip, step, and let an amortised balancer learn.
 
@@ -38,6 +39,13 @@ def balanced_step(
     ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step.
     ``after_step`` runs right after the optimiser's step, before the amortised update (e.g. an
     auxiliary optimiser's step, a weight average's update).
+
+    ``update_losses``, if given, replaces that second call (at the same point, under ``no_grad``):
+    it returns ``(before, after)``, the losses of samples of the caller's choosing before and after
+    the optimiser step, and the balancer learns from those (``update(after, before=before)``). For
+    a sub-batch, ``after`` comes from a forward pass on those samples alone and ``before`` from
+    ``compute_losses``'s forward, kept by the caller: Solution 1's sub-batch approximation
+    (:class:`~moo_opt.CoarseToFineBalancer`).
 
     Non-finite values never reach the parameters. A balancer with ``nonfinite="skip"`` skips a step
     whose losses are NaN or Inf by itself, and this function also skips one whose gradient norm is
@@ -64,8 +72,22 @@ def balanced_step(
         after_step()
     if balancer.needs_update:
         with torch.no_grad():
-            balancer.update(compute_losses())
+            _update(balancer, compute_losses, update_losses)
     return info
+
+
+def _update(
+    balancer: Balancer,
+    compute_losses: Callable[[], Sequence[Tensor]],
+    update_losses: Callable[[], tuple[Sequence[Tensor], Sequence[Tensor]]] | None,
+) -> None:
+    """The amortised update: from the whole batch's losses recomputed, or from the ``(before,
+    after)`` losses that ``update_losses`` gives."""
+    if update_losses is None:
+        balancer.update(compute_losses())
+        return
+    before, after = update_losses()
+    balancer.update(after, before=before)
 
 
 def _clip_and_check(
