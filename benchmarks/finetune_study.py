@@ -1,16 +1,18 @@
-"""Fine-tuning the shipped models: Solution 2's formulations against the standard loss, same
-steps.
+"""Fine-tuning the shipped models: Solution 2's formulations against the standard loss, and
+Solution 1's cheaper modes against exact Solution 1, same steps.
 
     python benchmarks/finetune_study.py --out ft-out [--models 'mbt2018-mean-N32-M48-mse-*'] \\
         [--steps 1000] [--lr 5e-5] [--sgd-lr 1e-4] [--variants qp qp-shared ...] [--jobs 2]
 
 Every shipped model (``plugins/lic/pretrained``, trained with the standard loss on the
 photographs of ``python -m plugins.lic.photos``) is fine-tuned at its own λ on the same
-photographs, for the same steps, once per variant (:data:`VARIANTS`: the standard loss and
-Solution 2 under each candidate formulation and optimiser setting), then entropy-coded on the
-``samples`` photographs. ``summary.md`` has, per variant and λ, the R-D cost
-``J = bpp + λ·255²·MSE`` (what the standard loss minimises; MSE the mean over images) against the
-anchor's (the standard fine-tune with the same optimiser setting) and against the starting model,
+photographs, for the same steps, once per variant (:data:`VARIANTS`: the standard loss,
+Solution 2 under each candidate formulation and optimiser setting, and Solution 1 exact and in its
+cheaper modes), then entropy-coded on the ``samples`` photographs. ``summary.md`` has, per variant
+and λ, the R-D cost ``J = bpp + λ·255²·MSE`` (what the standard loss minimises; MSE the mean over
+images) against the anchor's (each variant names its own: the standard fine-tune with the same
+optimiser setting, or for Solution 1's cheaper modes exact Solution 1, whose own anchor is the
+standard fine-tune; anchors run too) and against the starting model,
 where each point lands, the weight on distortion at the end, and BD-rates where the curves
 overlap. Finished runs (a ``.done`` file) are not run again.
 """
@@ -42,6 +44,7 @@ def qp(*opts: str) -> list[str]:
     return ["--balancer", "qp", *(x for o in opts for x in ("--balancer-opt", o))]
 
 
+C2F = ["--balancer", "coarse-to-fine"]
 SGD = ["--optimizer", "sgd", "--momentum", "0.9", "--clip_max_norm", "0"]  # unclipped: see below
 #: variant → (training flags, anchor); "{sgd_lr}" is replaced by --sgd-lr and "{sgd_lr2}" by
 #: twice it: Solution 2's coefficients sum to one where the standard loss's (1, 1) sum to two, so
@@ -72,8 +75,35 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # at the same λ_eff = 2λ/3, so that a gain is credited to the balancing only if this does not
     # have it
     "standard-lam0.667": (["--balancer", "fixed", "--lambda", "{lam*2/3}"], "standard"),
+    # Solution 1, exact (one extra forward per step on the whole batch), and its cheaper modes
+    # against it at equal steps: the extra forward on a random sub-batch of 2 of the batch's 8 (an
+    # estimate of δ), on one step in four, and in channels-last memory format (the same method)
+    "c2f": (C2F, "standard"),
+    "c2f-sub2": ([*C2F, "--update-subbatch", "2"], "c2f"),
+    "c2f-every4": ([*C2F, "--balancer-opt", "update_every=4"], "c2f"),
+    "c2f-cl": ([*C2F, "--channels-last"], "c2f"),
+    "c2f-next": ([*C2F, "--balancer-opt", "mode=next_batch"], "c2f"),
 }
 LAMBDA_SCALE = re.compile(r"\{lam\*(\d+)/(\d+)\}")  # "{lam*2/3}": the model's λ times 2/3
+
+
+def with_anchors(selected: list[str]) -> list[str]:
+    """The variants to run: ``selected`` and their anchors, the anchors' anchors and so on (exact
+    Solution 1 anchors its cheaper modes and has the standard fine-tune as its own), anchors
+    first."""
+    out: list[str] = []
+
+    def add(variant: str) -> None:
+        if variant not in out:
+            if VARIANTS[variant][1] != variant:
+                add(VARIANTS[variant][1])
+            out.append(variant)
+
+    for v in selected:
+        add(VARIANTS[v][1])
+    for v in selected:
+        add(v)
+    return out
 
 
 def rd_cost(point_bpp: float, mse: float, lam: float) -> float:
@@ -116,7 +146,8 @@ def summarise(
     lams = [m.lmbda for m in models]
     lines = [
         f"R-D cost J = bpp + λ·255²·MSE on `{dataset}` against the anchor "
-        "(the standard fine-tune with the same optimiser setting) "
+        "(the standard fine-tune with the same optimiser setting; "
+        "for Solution 1's cheaper modes, exact Solution 1 `c2f`) "
         "and, in brackets, against the shipped model the fine-tune started from; "
         "then bpp / PSNR, the weight on distortion "
         "and λ_eff/λ = w_D/w_R (the standard loss at λ·w_D/w_R takes the same step direction; "
@@ -197,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from plugins.lic import pretrained
 
     models = pretrained.select(args.models)
-    # anchors first
-    variants = list(dict.fromkeys([*(VARIANTS[v][1] for v in args.variants), *args.variants]))
+    variants = with_anchors(args.variants)
     out: Path = args.out
     common = ["-d", args.photos, "--patch-size", str(args.patch), str(args.patch),
               "--batch-size", str(args.batch_size), "--test-batch-size", "16", "--log-every", "25",

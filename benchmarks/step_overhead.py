@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[str, list[str]] | tuple[str, list[str], list[str]]] = 
     "mgda-rep": ("mgda", ["gramian=representation"]),
     "fixed-cl": ("fixed", [], ["--channels-last"]),
     "c2f-same-cl": ("coarse-to-fine", [], ["--channels-last"]),
+    # the extra forward on a random sub-batch of 2 (of --batch's 8 by default; an approximation)
+    "c2f-sub2": ("coarse-to-fine", [], ["--update-subbatch", "2"]),
+    "c2f-sub2-every4": ("coarse-to-fine", ["update_every=4"], ["--update-subbatch", "2"]),
 }
 #: the other registered balancers at their defaults (the zoo's cost table: --variants zoo)
 ZOO = [

@@ -23,6 +23,7 @@ def balanced_step(
     max_norm: float | None = None,
     after_step: Callable[[], None] | None = None,
     representation: torch.nn.Module | None = None,
+    update_losses: Callable[[], tuple[Sequence[Tensor], Sequence[Tensor]]] | None = None,
 ) -> BalanceInfo:
     """Zero the gradients, balance, clip, step, and let an amortised balancer learn.
 
@@ -42,6 +43,13 @@ def balanced_step(
     balancer built with ``gramian="representation"``, the module whose output is the shared
     representation (e.g. a codec's analysis transform ``model.g_a``): its outputs during
     ``compute_losses``'s forward are passed to :meth:`~moo_opt.Balancer.backward`.
+
+    ``update_losses``, if given, replaces that second call (at the same point, under ``no_grad``):
+    it returns ``(before, after)``, the losses of samples of the caller's choosing before and after
+    the optimiser step, and the balancer learns from those (``update(after, before=before)``). For
+    a sub-batch, ``after`` comes from a forward pass on those samples alone and ``before`` from
+    ``compute_losses``'s forward, kept by the caller: Solution 1's sub-batch approximation
+    (:class:`~moo_opt.CoarseToFineBalancer`).
 
     Non-finite values never reach the parameters. A balancer with ``nonfinite="skip"`` skips a step
     whose losses are NaN or Inf by itself, and this function also skips one whose gradient norm is
@@ -72,7 +80,7 @@ def balanced_step(
         after_step()
     if balancer.needs_update:
         with torch.no_grad():
-            balancer.update(compute_losses())
+            _update(balancer, compute_losses, update_losses)
     return info
 
 
@@ -98,6 +106,20 @@ def _with_outputs_of(
             "representation (e.g. model.g_a), and compute the losses outside torch.no_grad()"
         )
     return losses, outputs
+
+
+def _update(
+    balancer: Balancer,
+    compute_losses: Callable[[], Sequence[Tensor]],
+    update_losses: Callable[[], tuple[Sequence[Tensor], Sequence[Tensor]]] | None,
+) -> None:
+    """The amortised update: from the whole batch's losses recomputed, or from the ``(before,
+    after)`` losses that ``update_losses`` gives."""
+    if update_losses is None:
+        balancer.update(compute_losses())
+        return
+    before, after = update_losses()
+    balancer.update(after, before=before)
 
 
 def _clip_and_check(

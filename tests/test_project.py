@@ -109,7 +109,7 @@ def test_solver_benchmark_runs_and_reports_ratios() -> None:
 
 
 def test_step_overhead_benchmark_runs_and_reports_ratios() -> None:
-    variants = "fixed,compressai,c2f-every4,qp-every2"
+    variants = "fixed,compressai,c2f-every4,qp-every2,c2f-sub2"
     proc = run(
         "benchmarks/step_overhead.py",
         "--models",
@@ -373,6 +373,30 @@ def test_readme_lists_every_registered_balancer() -> None:
         assert type(balancer).__name__ == cls and (gramian == "yes") == isinstance(
             balancer, GramianBalancer
         ), name
+
+
+def test_finetune_study_anchors_solution_1_cheaper_modes_on_exact_solution_1() -> None:
+    """Every variant's anchor is a variant; the cheaper modes of Solution 1 are compared with the
+    exact one at equal steps, which runs with them, and its own anchor (the standard loss) too."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import finetune_study
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    variants = finetune_study.VARIANTS
+    assert all(anchor in variants for _, anchor in variants.values())
+    assert [variants[v][1] for v in ("c2f", "c2f-sub2", "c2f-every4", "c2f-cl", "c2f-next")] == [
+        "standard",
+        *["c2f"] * 4,
+    ]
+    assert finetune_study.with_anchors(["c2f-sub2", "qp", "c2f-every4"]) == [
+        "standard",
+        "c2f",
+        "c2f-sub2",
+        "qp",
+        "c2f-every4",
+    ]
+    assert "--update-subbatch" in variants["c2f-sub2"][0]
 
 
 def test_reproduction_subsets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,12 +280,29 @@ class Balancer(ABC):
         others). See :func:`moo_opt.balanced_step`."""
         return False
 
-    def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
+    @property
+    def takes_update(self) -> bool:
+        """True for a balancer that learns from :meth:`update` on some steps (Solution 1 in
+        ``same_batch`` mode), whose :attr:`needs_update` can therefore be True; False for the
+        others, for which :meth:`update` is always a no-op. A caller that prepares something for
+        the update (e.g. a sub-batch) can check it once, up front."""
+        return False
+
+    def update(
+        self,
+        new_losses: Sequence[Tensor] | Tensor,
+        *,
+        before: Sequence[Tensor] | Tensor | None = None,
+    ) -> bool:
         """Amortised balancers: learn from the losses recomputed after the optimiser step.
         Returns whether it learned, which it does exactly when :attr:`needs_update` was True; a
         no-op returning False otherwise (and always for the other balancers). Raises only on
         misuse: losses of the wrong length, or (Solution 1) a mode or call order that never
-        asks for it."""
+        asks for it.
+
+        ``before``: the pre-step losses of the samples ``new_losses`` were computed on, when those
+        are a sub-batch rather than the whole batch of the last :meth:`backward` (which is what
+        ``None``, the default, means); see :func:`moo_opt.balanced_step`'s ``update_losses``."""
         return False
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:

@@ -51,6 +51,18 @@ class CoarseToFineBalancer(Balancer):
     current logits. In ``same_batch`` mode only those steps pay the extra forward
     (:attr:`needs_update` says when), so the overhead is divided by k.
 
+    A **sub-batch** makes the extra forward itself cheaper, also an **approximation**: the caller
+    recomputes the losses after the step on k of the batch's B samples only, :math:`L'_S`, and
+    passes the same k samples' losses *before* the step, :math:`L_S` (from the step's own forward
+    pass, at no cost), as ``update(L'_S, before=L_S)``; then
+    :math:`\delta_i = \log(L_{S,i} + c_i) - \log(L'_{S,i} + c_i)`, the sub-batch's estimate of
+    the whole batch's δ (noisier as k falls; the same when S is the whole batch). Both sides are
+    losses of the same samples, so the change of samples never enters δ (as it does in
+    ``next_batch`` mode). The extra forward costs about k/B of the whole batch's.
+    :func:`moo_opt.balanced_step` takes them from its ``update_losses`` argument; the balancer
+    cannot tell a sub-batch from a batch, so the caller labels such steps (the LIC trainer's
+    ``--update-subbatch K`` puts ``approximate=1`` in their info).
+
     ``warmup=k`` follows the standard R-D trajectory first (the abstract's "coarse-to-fine
     gradient descent along standard R-D optimization trajectories" read literally): the first k
     steps that are not skipped apply the standard loss's weights :math:`w_i = 1/N` (1 without
@@ -178,12 +190,28 @@ class CoarseToFineBalancer(Balancer):
             extras["approximate"] = torch.ones((), dtype=torch.float64, device=values.device)
         return BalanceInfo(weights=w, losses=values, extras=extras, skips=self.skips)
 
-    def update(self, new_losses: Sequence[Tensor] | Tensor) -> bool:
-        """One Adam step on the logits from the losses recomputed on the same batch after the
-        optimiser step, when :attr:`needs_update` says one is due; otherwise (a skipped
-        :meth:`backward`, a warm-up step, a step that does not learn under ``update_every``) a
-        no-op returning False. Raises in ``next_batch`` mode (the next backward learns) and before
-        any backward."""
+    @property
+    def takes_update(self) -> bool:
+        """True in ``same_batch`` mode: :meth:`update` learns (on the steps that learn)."""
+        return self.mode == "same_batch"
+
+    def update(
+        self,
+        new_losses: Sequence[Tensor] | Tensor,
+        *,
+        before: Sequence[Tensor] | Tensor | None = None,
+    ) -> bool:
+        """One Adam step on the logits from the losses recomputed after the optimiser step,
+        when :attr:`needs_update` says one is due; otherwise (a skipped :meth:`backward`, a
+        warm-up step, a step that does not learn under ``update_every``) a no-op returning False.
+        Raises in ``next_batch`` mode (the next backward learns) and before any backward.
+
+        ``new_losses``: :math:`L'`, by default on the whole batch of the last :meth:`backward`,
+        whose losses are :math:`L`. ``before``: when ``new_losses`` were computed on a sub-batch
+        only, that sub-batch's losses *before* the step (e.g. from the step's own forward pass),
+        which then stand for :math:`L` in δ: an estimate of the whole batch's δ (see the class
+        docstring). Under several processes both are averaged over the ranks.
+        """
         if self.mode != "same_batch":
             raise RuntimeError(
                 "update() is for mode='same_batch'; in 'next_batch' mode the next backward() learns"
@@ -193,24 +221,38 @@ class CoarseToFineBalancer(Balancer):
                 raise RuntimeError("update() needs a preceding backward() on the same batch")
             return False
         assert self.pending is not None
-        if isinstance(new_losses, Tensor) and new_losses.dim() == 1:
-            new = new_losses.detach().to(torch.float64)
-        else:
-            items = list(new_losses)
-            if len(items) != self.num_objectives:
-                raise ValueError(f"expected {self.num_objectives} new losses, got {len(items)}")
-            new = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in items]).to(
-                torch.float64
-            )
-        if new.numel() != self.num_objectives:
-            raise ValueError(f"expected {self.num_objectives} new losses, got {new.numel()}")
-        new = distributed.mean_(new.to(self.pending.device).clone())
-        if not self._finite_or_skip(new):
+        device = self.pending.device
+        new = self._loss_vector(new_losses, "new losses").to(device)
+        if before is None:
+            old = self.pending
+            new = distributed.mean_(new.clone())
+            checked = new
+        else:  # one all-reduce for both (the backward's losses are averaged already)
+            old, new = distributed.mean_(
+                torch.stack([self._loss_vector(before, "losses before").to(device), new])
+            ).unbind()
+            checked = torch.cat([old, new])
+        if not self._finite_or_skip(checked):
             self.pending = None
             return False
-        self._learn(self.pending, new)
+        self._learn(old, new)
         self.pending = None
         return True
+
+    def _loss_vector(self, losses: Sequence[Tensor] | Tensor, what: str) -> Tensor:
+        """The N loss values as a detached float64 vector (a 1-D tensor or N scalars)."""
+        if isinstance(losses, Tensor) and losses.dim() == 1:
+            values = losses.detach().to(torch.float64)
+        else:
+            items = list(losses)
+            if len(items) != self.num_objectives:
+                raise ValueError(f"expected {self.num_objectives} {what}, got {len(items)}")
+            values = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in items]).to(
+                torch.float64
+            )
+        if values.numel() != self.num_objectives:
+            raise ValueError(f"expected {self.num_objectives} {what}, got {values.numel()}")
+        return values
 
     def logit_gradient(self, before: Tensor, after: Tensor) -> Tensor:
         """``z ⊙ (δ − ⟨z, δ⟩) + γ ξ`` with ``δ = log(L + c) − log(L' + c)``."""

@@ -16,6 +16,7 @@ import importlib.util
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -299,6 +300,41 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.start_batch) * self.batch_size
+
+
+class SubBatchIndices:
+    """``k`` random positions of a batch, drawn afresh at each call from a private generator (never
+    the global RNG, whose stream is the quantisation noise), for ``--update-subbatch``: the samples
+    on which Solution 1's amortised update recomputes the losses after the step.
+
+    The generator is seeded from the run's seed (a stream of its own, not the crops' or the batch
+    order's) and its state is saved in the checkpoint, so a resumed run draws the sub-batches an
+    uninterrupted run would. Under several processes every rank draws the same positions of its
+    own batch (same seed, same number of draws: rank 0's saved state is every rank's).
+    """
+
+    #: the stream of the seed sequence that seeds the generator (``SeedSequence([seed, STREAM])``)
+    STREAM = 0x5B
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k = k
+        entropy = np.random.SeedSequence([seed, self.STREAM]).generate_state(1, np.uint64)[0]
+        self.generator = torch.Generator().manual_seed(int(entropy) >> 1)
+
+    def draw(self, batch_size: int) -> Tensor:
+        """``k`` distinct positions in ``[0, batch_size)``, increasing (CPU, int64)."""
+        if not 1 <= self.k <= batch_size:
+            raise ValueError(
+                f"a sub-batch of {self.k} needs a batch of at least as many, got {batch_size}"
+            )
+        return torch.randperm(batch_size, generator=self.generator)[: self.k].sort().values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The generator's state (``k`` is the run's: the caller checks that it matches)."""
+        self.generator.set_state(state["generator"])
 
 
 def center_crop(img: np.ndarray, patch: tuple[int, int]) -> np.ndarray:

@@ -41,5 +41,23 @@ def rd_losses(out: dict, x: Tensor, lmbda: float, metric: str = "mse") -> RDLoss
     return RDLosses(distortion, bpp(out["likelihoods"], n * h * w), mse)
 
 
+def select(out: dict, index: Tensor) -> dict:
+    """The output of the samples ``index`` of a batch: ``x_hat`` and every likelihood tensor
+    (batch-first, as in every CompressAI model) indexed along the batch dimension, so that
+    :func:`rd_losses` of it and of ``x[index]`` is the loss of those samples alone (the losses are
+    batch means: the same formula on fewer samples)."""
+    n = out["x_hat"].shape[0]
+    for name, lk in out["likelihoods"].items():
+        if lk.shape[0] != n:
+            raise ValueError(
+                f"likelihoods {name!r} of shape {tuple(lk.shape)} are not batch-first "
+                f"(batch {n}): a sub-batch cannot be selected from them"
+            )
+    return {
+        "x_hat": out["x_hat"][index],
+        "likelihoods": {name: lk[index] for name, lk in out["likelihoods"].items()},
+    }
+
+
 def psnr(mse: float) -> float:
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")

@@ -4,7 +4,8 @@
         --balancer coarse-to-fine --steps 200 --out runs/x
 
 CompressAI's ``examples/train.py`` flags, plus ``--balancer NAME`` (``fixed`` is the standard
-loss L_R + L_D), ``--balancer-opt key=value``, ``--steps``, ``--out`` and ``--finetune``.
+loss L_R + L_D), ``--balancer-opt key=value``, ``--update-subbatch K``, ``--steps``, ``--out`` and
+``--finetune``.
 Checkpoints (``checkpoint.pth.tar``, ``checkpoint_best.pth.tar``) keep CompressAI's keys; their
 ``state_dict`` loads into the CompressAI class alone. Bad input: one line on stderr, exit code 2.
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import math
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ import moo_opt
 from plugins.lic import checkpoint, data, models, optim
 from plugins.lic.errors import ArgumentParser, UsageError, finite, patch_size
 from plugins.lic.logs import RunLog
-from plugins.lic.objectives import OBJECTIVES, psnr, rd_losses
+from plugins.lic.objectives import OBJECTIVES, RDLosses, psnr, rd_losses, select
 
 DEFAULT_MODEL = "bmshj2018-factorized"
 DEFAULT_LAMBDA = 1e-2
@@ -237,6 +240,18 @@ def _add_balancer_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="balancer option, repeatable",
     )
+    p.add_argument(
+        "--update-subbatch",
+        type=int,
+        default=None,
+        metavar="K",
+        help=(
+            "recompute the losses after the step on K random samples of the batch only "
+            "(1 <= K <= --batch-size; balancers that learn from that recomputation, e.g. "
+            "coarse-to-fine): an approximation that makes the extra forward about K/batch of its "
+            "cost, logged approximate=1 (default: off, the whole batch, exact)"
+        ),
+    )
 
 
 def _add_schedule_arguments(p: argparse.ArgumentParser) -> None:
@@ -376,6 +391,17 @@ def make_balancer(args: argparse.Namespace) -> moo_opt.Balancer:
         raise UsageError(f"--balancer-opt: {exc}") from None
 
 
+def check_update_subbatch(args: argparse.Namespace, balancer: moo_opt.Balancer) -> None:
+    """``--update-subbatch`` only with a balancer that recomputes the losses after the step."""
+    if args.update_subbatch is not None and not balancer.takes_update:
+        opts = "".join(f" --balancer-opt {o}" for o in args.balancer_opt)
+        raise UsageError(
+            f"--update-subbatch goes with a balancer that learns from the losses recomputed after "
+            f"the step (e.g. coarse-to-fine in its default mode=same_batch); "
+            f"--balancer {args.balancer}{opts} does not"
+        )
+
+
 def apply_checkpoint_defaults(args: argparse.Namespace) -> dict[str, Any] | None:
     """Read ``--checkpoint`` (or ``--pretrained``'s file) and fill the flags left unset from it:
     λ and the metric from the run that wrote it, else the defaults. Returns the checkpoint."""
@@ -468,6 +494,11 @@ def _validate_counts(args: argparse.Namespace) -> None:
     ):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} {value}: must be positive")
+    if args.update_subbatch is not None and not 1 <= args.update_subbatch <= args.batch_size:
+        raise UsageError(
+            f"--update-subbatch {args.update_subbatch}: must lie between 1 and "
+            f"--batch-size ({args.batch_size})"
+        )
     if args.crops_per_image != "auto":
         try:
             args.crops_per_image = int(args.crops_per_image)
@@ -638,6 +669,12 @@ class Trainer:
         validate(args)
         self.args = args
         self.balancer = make_balancer(args)
+        check_update_subbatch(args, self.balancer)
+        self.subbatch = (
+            None
+            if args.update_subbatch is None
+            else data.SubBatchIndices(args.update_subbatch, args.seed)
+        )
         self.spec = model_spec(args, ckpt)
         prepare_out(args.out, resuming=args.checkpoint is not None and not args.finetune)
         random.seed(args.seed)
@@ -818,14 +855,31 @@ class Trainer:
         self.last_test_loss = None if loss is None else float(loss)
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        self._load_subbatch(path, ckpt)
+
+    def _load_subbatch(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """The sub-batch generator's state (``--update-subbatch``): a run resumes with the K it was
+        trained with, and draws the sub-batches an uninterrupted run would."""
+        saved = ckpt.get("update_subbatch")
+        k = None if saved is None else int(saved["k"])
+        if k != self.args.update_subbatch:
+            flag = "without --update-subbatch" if k is None else f"with --update-subbatch {k}"
+            raise UsageError(f"--checkpoint {path}: resume it {flag}, as it was trained")
+        if saved is not None and self.subbatch is not None:
+            self.subbatch.load_state_dict(saved)
 
     # ----------------------------------------------------------------------- one step
-    def losses(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+        """The model's output on ``x``, and ``x`` as the model saw it (channels-last with
+        ``--channels-last``)."""
         if self.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.amp):
             out = self.net(x)
-        return rd_losses(out, x, self.args.lmbda, self.args.metric)
+        return out, x
+
+    def losses(self, x: torch.Tensor) -> RDLosses:
+        return rd_losses(*self.forward(x), self.args.lmbda, self.args.metric)
 
     def train_step(self, x: torch.Tensor) -> tuple[moo_opt.BalanceInfo, Any, torch.Tensor, bool]:
         """One step (:func:`moo_opt.balanced_step`, with the auxiliary loss's step and the weight
@@ -835,9 +889,13 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         first: list[Any] = []  # the losses of the step (not those the amortised update recomputes)
         auxiliary: list[torch.Tensor] = []
+        kept: list[tuple[dict[str, Any], torch.Tensor]] = []  # its forward, for --update-subbatch
 
         def losses() -> list[torch.Tensor]:
-            rd = self.losses(x)
+            out, seen = self.forward(x)
+            if self.subbatch is not None:
+                kept.append((out, seen))
+            rd = rd_losses(out, seen, self.args.lmbda, self.args.metric)
             first.append(rd)
             return rd.as_list()
 
@@ -859,10 +917,40 @@ class Trainer:
             max_norm=max_norm,
             after_step=after_step,
             representation=self.representation,
+            update_losses=self._subbatch_update_losses(x, kept),
         )
+        if self.subbatch is not None and not info.skipped:
+            info = self._labelled_approximate(info)
         aux = auxiliary[0] if auxiliary else self.net.aux_loss().detach()
         self._count(info.skipped)
         return info, first[0], aux, info.skipped
+
+    def _subbatch_update_losses(
+        self, x: torch.Tensor, kept: list[tuple[dict[str, Any], torch.Tensor]]
+    ) -> Callable[[], tuple[list[torch.Tensor], list[torch.Tensor]]] | None:
+        """With ``--update-subbatch K``, :func:`moo_opt.balanced_step`'s ``update_losses``: K
+        random samples of the batch ``x``, their losses before the step from the step's own
+        forward (``kept``: its output and input) and after it from a forward pass on them alone;
+        without, None (the whole batch, recomputed)."""
+        subbatch = self.subbatch
+        if subbatch is None:
+            return None
+
+        def update_losses() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            out, seen = kept[0]
+            index = subbatch.draw(x.shape[0]).to(x.device)
+            before = rd_losses(select(out, index), seen[index], self.args.lmbda, self.args.metric)
+            return before.as_list(), self.losses(x[index]).as_list()
+
+        return update_losses
+
+    def _labelled_approximate(self, info: moo_opt.BalanceInfo) -> moo_opt.BalanceInfo:
+        """``info`` with ``approximate=1`` and ``update_subbatch=K`` in its extras (logged): the
+        amortised update learns from a sub-batch's estimate of the improvement."""
+        assert self.subbatch is not None
+        one = torch.ones((), dtype=torch.float64, device=info.losses.device)
+        extras = {**info.extras, "approximate": one, "update_subbatch": one * self.subbatch.k}
+        return dataclasses.replace(info, extras=extras)
 
     def _count(self, skipped: bool) -> None:
         if not skipped:
@@ -935,6 +1023,7 @@ class Trainer:
             "lr_scheduler_kind": type(self.scheduler).__name__,
             "balancer": self.balancer.state_dict(),
             "rng": rng_state(),
+            **({} if self.subbatch is None else {"update_subbatch": self.subbatch.state_dict()}),
             "model": self.spec.as_dict(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
         }

@@ -21,7 +21,7 @@ from moo_opt import (
 )
 from moo_opt.solvers import SolveStatus
 from moo_opt.weightings import renormalized
-from tests.helpers.models import toy_problem
+from tests.helpers.models import subbatch_step, toy_problem
 
 ALL = pytest.mark.parametrize("name", available())
 
@@ -274,6 +274,52 @@ def test_update_learns_exactly_when_due() -> None:
         assert b.update(p.losses()) is due and not b.needs_update
         assert b.update(p.losses()) is False  # a second call learns nothing
         assert due == (step % 2 == 0)
+
+
+def test_update_before_of_the_whole_batch_is_the_exact_update() -> None:
+    """The sub-batch estimate of δ with the whole batch as the sub-batch: the same logits, Adam
+    moments, weights and parameters as the exact mode, bit for bit."""
+    exact, sub = toy_problem(), toy_problem()
+    b_exact, b_sub = CoarseToFineBalancer(2, beta=0.1), CoarseToFineBalancer(2, beta=0.1)
+    opt_exact = torch.optim.SGD(exact.all_parameters(), lr=1e-2)
+    opt_sub = torch.optim.SGD(sub.all_parameters(), lr=1e-2)
+    everything = torch.arange(exact.x.shape[0])
+    for _ in range(5):
+        w_exact = balanced_step(b_exact, opt_exact, exact.losses, exact.shared()).weights
+        w_sub = subbatch_step(sub, b_sub, opt_sub, everything).weights
+        assert torch.equal(w_exact, w_sub)
+    assert b_sub.step == 5 and not torch.equal(b_sub.logits, torch.zeros(2, dtype=torch.float64))
+    for key in ("logits", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(getattr(b_exact, key), getattr(b_sub, key)), key
+    assert all(torch.equal(a, b) for a, b in zip(exact.snapshot(), sub.snapshot()))
+
+
+def test_update_before_takes_delta_between_the_sub_batch_losses() -> None:
+    """δ = log(L_S + c) − log(L'_S + c) from ``before`` and the new losses, whatever the whole
+    batch's losses of the backward were; the first Adam step is −β·sign of the gradient."""
+    p = toy_problem()
+    b = CoarseToFineBalancer(2, beta=0.1, gamma=0.0)
+    b.backward(p.losses(), p.shared())
+    before = torch.tensor([3.0, 0.5], dtype=torch.float64)
+    after = torch.tensor([2.0, 0.45], dtype=torch.float64)
+    assert b.update(after, before=[before[0], before[1]]) is True and not b.needs_update
+    delta = torch.log(before + 1) - torch.log(after + 1)
+    grad = 0.5 * (delta - 0.5 * delta.sum())  # z = (½, ½) at logits 0
+    torch.testing.assert_close(b.exp_avg, 0.1 * grad, rtol=1e-13, atol=0)
+    torch.testing.assert_close(b.logits, -0.1 * torch.sign(grad), rtol=1e-6, atol=0)
+    b.backward(p.losses(), p.shared())
+    with pytest.raises(ValueError, match="expected 2 losses before, got 3"):
+        b.update(after, before=[1.0, 2.0, 3.0])
+    skipping = CoarseToFineBalancer(2, nonfinite="skip")
+    skipping.backward(p.losses(), p.shared())
+    assert skipping.update(after, before=torch.tensor([float("nan"), 1.0])) is False
+    assert skipping.skips == 1 and skipping.step == 0 and not skipping.needs_update
+
+
+def test_takes_update_only_where_update_learns() -> None:
+    assert CoarseToFineBalancer(2).takes_update and create("famo", 2).takes_update
+    assert not CoarseToFineBalancer(2, mode="next_batch").takes_update
+    assert not create("qp", 2).takes_update and not create("fixed", 2).takes_update
 
 
 # ---------------------------------------------------------------- bad input and non-finite losses

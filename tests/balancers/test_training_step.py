@@ -70,3 +70,39 @@ def test_after_step_runs_between_the_step_and_the_amortised_update() -> None:
         after_step=lambda: order.append("after_step"),
     )
     assert order == ["after_step", "update"]
+
+
+def test_update_losses_replaces_the_recomputation_on_the_steps_that_learn() -> None:
+    """``update_losses`` is called, without gradients, exactly when an update is due, instead of
+    a second ``compute_losses``; the balancer learns from the ``(before, after)`` it returns."""
+    _, params, losses = problem(poisoned=False)
+    forwards: list[int] = []
+    pairs: list[bool] = []
+
+    def counted() -> list[torch.Tensor]:
+        forwards.append(1)
+        return losses()
+
+    before = [torch.tensor(3.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)]
+    after = [torch.tensor(2.0, dtype=torch.float64), torch.tensor(0.45, dtype=torch.float64)]
+
+    def update_losses() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        pairs.append(torch.is_grad_enabled())
+        return before, after
+
+    balancer = create("coarse-to-fine", 2, update_every=2, gamma=0.0)
+    opt = torch.optim.SGD(params, lr=0.1)
+    for _ in range(4):
+        balanced_step(balancer, opt, counted, params, update_losses=update_losses)
+    assert len(forwards) == 4 and pairs == [False, False] and balancer.step == 2
+    reference = create("coarse-to-fine", 2, gamma=0.0)
+    reference.backward(losses(), params)
+    reference.update(after, before=before)
+    grad = reference.exp_avg / 0.1  # the first step's gradient, from those values alone
+    delta = torch.log(torch.stack(before) + 1) - torch.log(torch.stack(after) + 1)
+    torch.testing.assert_close(grad, 0.5 * (delta - 0.5 * delta.sum()), rtol=1e-12, atol=0)
+    fixed_calls: list[int] = []
+    balanced_step(
+        create("fixed", 2), opt, losses, params, update_losses=lambda: fixed_calls.append(1)
+    )
+    assert not fixed_calls  # a balancer without an update never asks

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from moo_opt import BalanceInfo, Balancer, balanced_step
+
 
 @dataclass
 class ToyProblem:
@@ -24,6 +26,16 @@ class ToyProblem:
             s * ((head(h) - t) ** 2).mean()
             for head, t, s in zip(self.heads, self.targets, self.scales)
         ]
+
+    def outputs(self, index: Tensor | None = None) -> list[Tensor]:
+        """Each head's output on the batch, or on its samples ``index`` alone."""
+        h = self.trunk(self.x if index is None else self.x[index])
+        return [head(h) for head in self.heads]
+
+    def losses_of(self, outputs: list[Tensor], index: Tensor | None = None) -> list[Tensor]:
+        """The losses of :meth:`outputs` (of the samples ``index``): :meth:`losses`' formula."""
+        targets = self.targets if index is None else [t[index] for t in self.targets]
+        return [s * ((o - t) ** 2).mean() for o, t, s in zip(outputs, targets, self.scales)]
 
     def shared(self) -> list[Tensor]:
         return list(self.trunk.parameters())
@@ -54,3 +66,22 @@ def toy_problem(
     targets = [torch.randn(batch, 1, generator=gen, dtype=dtype) for _ in range(num_objectives)]
     scales = scales or [10.0 ** (2 * i) for i in range(num_objectives)]
     return ToyProblem(trunk, heads, x, targets, scales)
+
+
+def subbatch_step(
+    problem: ToyProblem, balancer: Balancer, optimizer: torch.optim.Optimizer, index: Tensor
+) -> BalanceInfo:
+    """:func:`~moo_opt.balanced_step` whose amortised update recomputes the losses on the samples
+    ``index`` alone, against their losses before the step taken from the step's own forward."""
+    kept: list[list[Tensor]] = []
+
+    def losses() -> list[Tensor]:
+        outputs = problem.outputs()
+        kept.append([o.detach() for o in outputs])
+        return problem.losses_of(outputs)
+
+    def update_losses() -> tuple[list[Tensor], list[Tensor]]:
+        before = problem.losses_of([o[index] for o in kept[0]], index)
+        return before, problem.losses_of(problem.outputs(index), index)
+
+    return balanced_step(balancer, optimizer, losses, problem.shared(), update_losses=update_losses)

@@ -202,6 +202,24 @@ BAD = [
         ["--patch-size", "32", "32", "32"],
         "--patch-size 32 32 32: one value (a square) or two (H W)",
     ),
+    (
+        ["--balancer", "coarse-to-fine", "--update-subbatch", "0"],
+        "--update-subbatch 0: must lie between 1 and --batch-size (2)",
+    ),
+    (
+        ["--balancer", "coarse-to-fine", "--update-subbatch", "3"],
+        "--update-subbatch 3: must lie between 1 and --batch-size (2)",
+    ),
+    (
+        ["--update-subbatch", "1"],
+        "--update-subbatch goes with a balancer that learns from the losses recomputed after the "
+        "step (e.g. coarse-to-fine in its default mode=same_batch); --balancer fixed does not",
+    ),
+    (
+        ["--balancer", "coarse-to-fine", "--balancer-opt", "mode=next_batch"]
+        + ["--update-subbatch", "1"],
+        "--balancer coarse-to-fine --balancer-opt mode=next_batch does not",
+    ),
 ]
 
 
@@ -288,6 +306,66 @@ def test_channels_last_trains_and_saves_a_plain_checkpoint(tmp_path: Path) -> No
 
     net = FactorizedPrior(N=8, M=12)
     net.load_state_dict(checkpoint.load(tmp_path / "checkpoint.pth.tar")["state_dict"])
+
+
+# --------------------------------------------------------------------------- --update-subbatch
+C2F = ["--balancer", "coarse-to-fine", "--balancer-opt", "beta=0.1"]
+
+
+def test_update_subbatch_of_the_whole_batch_is_the_exact_run(tmp_path: Path) -> None:
+    """K = --batch-size: the sub-batch is the batch (in its order), its pre-step losses are the
+    step's, so the run is Solution 1's exact mode bit for bit, only labelled approximate."""
+    assert train(tmp_path / "exact", *C2F, "--steps", "6") == 0
+    assert train(tmp_path / "sub", *C2F, "--steps", "6", "--update-subbatch", "2") == 0
+    a = torch.load(tmp_path / "exact" / checkpoint.LAST, weights_only=False)
+    b = torch.load(tmp_path / "sub" / checkpoint.LAST, weights_only=False)
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert torch.equal(a["balancer"]["state"]["logits"], b["balancer"]["state"]["logits"])
+    assert b["update_subbatch"]["k"] == 2 and "update_subbatch" not in a
+    records = [r for r in read(tmp_path / "sub") if "weight/distortion" in r]
+    assert all(r["approximate"] == 1.0 and r["update_subbatch"] == 2.0 for r in records)
+    assert not any("approximate" in r for r in read(tmp_path / "exact"))
+
+
+def test_update_subbatch_draws_from_its_own_seeded_generator() -> None:
+    from plugins.lic.data import SubBatchIndices
+
+    global_state = torch.get_rng_state()
+    draws = [SubBatchIndices(3, seed=5).draw(8) for _ in range(2)]
+    a, b = SubBatchIndices(3, seed=5), SubBatchIndices(3, seed=6)
+    seq_a = [a.draw(8).tolist() for _ in range(6)]
+    assert seq_a != [b.draw(8).tolist() for _ in range(6)]
+    assert torch.equal(draws[0], draws[1]) and draws[0].tolist() == seq_a[0]
+    assert all(len(set(d)) == 3 and d == sorted(d) and 0 <= min(d) and max(d) < 8 for d in seq_a)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG is left alone
+    resumed = SubBatchIndices(3, seed=0)
+    resumed.load_state_dict(SubBatchIndices(3, seed=5).state_dict())
+    assert [resumed.draw(8).tolist() for _ in range(6)] == seq_a
+
+
+def test_update_subbatch_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys) -> None:
+    """K = 1 of 2: 8 steps in one go, or 4, stop, resume, 4 more: the same weights, logits and
+    generator state (the sub-batches drawn after the resume are the uninterrupted run's)."""
+    sub = [*C2F, "--update-subbatch", "1"]
+    assert train(tmp_path / "a", *sub, "--steps", "8") == 0
+    assert train(tmp_path / "b", *sub, "--steps", "4") == 0
+    last = str(tmp_path / "b" / checkpoint.LAST)
+    assert train(tmp_path / "b", *C2F, "--steps", "8", "--checkpoint", last) == 2
+    assert "resume it with --update-subbatch 1, as it was trained" in capsys.readouterr().err
+    assert train(tmp_path / "b", *sub, "--steps", "8", "--checkpoint", last) == 0
+    a = torch.load(tmp_path / "a" / checkpoint.LAST, weights_only=False)
+    b = torch.load(tmp_path / "b" / checkpoint.LAST, weights_only=False)
+    assert b["step"] == 8
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    for key in ("logits", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(a["balancer"]["state"][key], b["balancer"]["state"][key]), key
+    assert torch.equal(a["update_subbatch"]["generator"], b["update_subbatch"]["generator"])
+    assert train(tmp_path / "exact", *C2F, "--steps", "8") == 0
+    exact = torch.load(tmp_path / "exact" / checkpoint.LAST, weights_only=False)
+    # a sub-batch of one sample is another estimate of δ
+    assert not torch.equal(exact["balancer"]["state"]["logits"], a["balancer"]["state"]["logits"])
 
 
 # --------------------------------------------------------------------------- small photo sets
