@@ -443,9 +443,10 @@ class GramianBalancer(Balancer):
     with respect to the trunk's parameters, the exact Gramian's trunk block
     :math:`G_y^\top J J^\top G_y` is replaced by :math:`G_y^\top G_y`, so the two agree when
     :math:`J J^\top = I` (the trunk's map to :math:`y` is the identity, or an isometry) and
-    otherwise differ by the trunk's metric (see the docs' derivation). The per-objective passes
-    stop at :math:`y` and the combined direction goes back through the trunk once, so the trunk's
-    backward is paid once per step, as in the standard loss; ``.grad`` receives the gradient of
+    otherwise differ by the trunk's metric (docs: :ref:`representation-gramian`). The
+    per-objective passes stop at :math:`y` and the combined direction goes back through the trunk
+    once, so the trunk's backward is paid once per step, as in the standard loss; ``.grad``
+    receives the gradient of
     :math:`\sum_i w_i L_i` (the heads' own gradients under ``shared_only``) either way.
     """
 
