@@ -5,8 +5,12 @@ Same Gramians for every solver, in one run: for each N, ``--gramians`` random Gr
 median over Gramians of the median of ``--repeats`` timed calls. Printed: microseconds, the ratio
 to :func:`~moo_opt.solvers.solve_simplex_qp` (MGDA, the solver every Gramian balancer already
 paid for before the zoo) on the same Gramians, the worst status and the largest KKT residual; and,
-where TorchJD (a dev dependency) has the method without extra packages, its time and the largest
-difference of its weights to ours.
+where TorchJD (a dev dependency; its UPGrad needs ``qpsolvers`` and ``quadprog``, also in ``dev``)
+has the method, its time and the largest difference of its weights to ours, relative to our largest
+weight. UPGrad is timed as :func:`~moo_opt.weightings.upgrad_weights` (the N projections of
+``gᵢ/N`` and their sum), against ``UPGradWeighting()``: TorchJD's default projector solves with
+``Q/tr(Q) + 1e-4·I`` (``reg_eps``), so its weights differ from the exact ones by that ridge; the
+difference to its projector with ``reg_eps=0`` (quadprog on the exact Gramian) is printed after it.
 
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
@@ -26,11 +30,11 @@ from moo_opt.solvers import (
     SolveResult,
     balance_transform,
     cagrad_direction_weights,
-    project_to_dual_cone,
     solve_cagrad,
     solve_nash,
     solve_simplex_qp,
 )
+from moo_opt.weightings import upgrad_weights
 
 C = 0.5
 
@@ -39,9 +43,7 @@ def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
     return {
         "simplex (MGDA, baseline)": solve_simplex_qp,
         "nash (Nash-MTL)": solve_nash,
-        "dual cone, N rows (UPGrad)": lambda q: project_to_dual_cone(
-            q, torch.eye(q.shape[0], dtype=torch.float64) / q.shape[0]
-        ),
+        "dual cone, N rows (UPGrad)": lambda q: upgrad_weights(q)[1],
         "cagrad (CAGrad, c=0.5)": lambda q: solve_cagrad(q, C),
         "balance transform (Aligned-MTL)": balance_transform,
     }
@@ -51,21 +53,49 @@ def direction_weights(name: str, q: torch.Tensor, result: SolveResult) -> np.nda
     """Our weights on the raw gradients, in TorchJD's convention, for the methods it has."""
     if name.startswith("cagrad"):
         return cagrad_direction_weights(q.numpy(), result.weights.numpy(), C)
+    if name.startswith("dual cone"):
+        return result.weights.numpy().sum(0)
     if name.startswith("balance"):
         n = q.shape[0]
         return result.weights.numpy() @ np.full(n, 1.0 / n)
     return None
 
 
-def torchjd_weightings() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+Weighting = Callable[[torch.Tensor], torch.Tensor]
+
+
+def torchjd_weightings() -> tuple[dict[str, Weighting], dict[str, Weighting]]:
+    """TorchJD's weightings by our row names, and the exact variants their diffs are also shown
+    against (UPGrad without its ridge)."""
     try:
         from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting
     except ImportError:  # pragma: no cover - dev dependency
-        return {}
-    return {
+        return {}, {}
+    timed: dict[str, Weighting] = {
         "cagrad (CAGrad, c=0.5)": CAGradWeighting(c=C),
         "balance transform (Aligned-MTL)": AlignedMTLWeighting(),
     }
+    exact: dict[str, Weighting] = {}
+    try:
+        import qpsolvers  # noqa: F401  (TorchJD's UPGrad imports them only when called)
+        import quadprog  # noqa: F401
+        from torchjd.aggregation import UPGradWeighting
+        from torchjd.linalg import QuadprogProjector
+    except ImportError:  # pragma: no cover - dev dependencies
+        return timed, exact
+    timed["dual cone, N rows (UPGrad)"] = UPGradWeighting()
+    exact["dual cone, N rows (UPGrad)"] = UPGradWeighting(projector=QuadprogProjector(reg_eps=0.0))
+    return timed, exact
+
+
+def max_diff(name: str, qs: list[torch.Tensor], rs: list[SolveResult], ref: Weighting) -> float:
+    """The largest difference of ``ref``'s weights to ours, relative to our largest weight."""
+    diffs = []
+    for q, r in zip(qs, rs):
+        w = direction_weights(name, q, r)
+        assert w is not None
+        diffs.append(float(np.abs(w - ref(q).numpy()).max() / np.abs(w).max()))
+    return max(diffs)
 
 
 def main() -> None:
@@ -80,7 +110,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()} · python {platform.python_version()} "
         f"· torch {torch.__version__} · 1 thread"
     )
-    solvers, references = ours(), torchjd_weightings()
+    solvers, (references, exact) = ours(), torchjd_weightings()
     print(
         "| N | solver | µs per solve | ratio to simplex | worst status | max KKT residual "
         "| TorchJD µs | max weight diff to TorchJD |"
@@ -104,12 +134,9 @@ def main() -> None:
                     time_per_call(lambda q=q, f=ref: f(q), args.repeats) for q in qs
                 )
                 jd_time = f"{1e6 * t_jd:.0f}"
-                diffs = []
-                for q, r in zip(qs, results):
-                    w = direction_weights(name, q, r)
-                    assert w is not None
-                    diffs.append(float(np.abs(w - ref(q).numpy()).max() / np.abs(w).max()))
-                jd_diff = f"{max(diffs):.1e}"
+                jd_diff = f"{max_diff(name, qs, results, ref):.1e}"
+                if name in exact:
+                    jd_diff += f" (reg_eps=0: {max_diff(name, qs, results, exact[name]):.1e})"
             print(
                 f"| {n} | {name} | {1e6 * t:.0f} | {t / base:.2f}× | {worst} | {kkt:.1e} "
                 f"| {jd_time} | {jd_diff} |"

@@ -3,22 +3,13 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from moo_opt.solvers._core import equilibrate, jacobi_scales
-from moo_opt.solvers._input import (
-    Gramian,
-    host_gramian,
-    iteration_options,
-    not_psd_error,
-    to_weights,
-)
-from moo_opt.solvers._tolerances import TOUCHING
+from moo_opt.solvers._box_active_set import active_set, compiled_rows, factor
+from moo_opt.solvers._core import jacobi_scales
+from moo_opt.solvers._input import Gramian, host_gramian, iteration_options, to_weights
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 
 # Worst first: the status of several projections solved at once is the worst of theirs.
@@ -55,8 +46,8 @@ def solve_box_qp(
     ``OPTIMAL`` (converged, unique optimum); ``DEGENERATE`` (converged, or stopped after a
     sub-problem singular to ``rcond``, with :math:`v^*` possibly not unique: :math:`Gv^*` still
     optimal); ``INACCURATE`` (no progress in floating point short of ``tol``); ``MAX_ITER``. The
-    returned :math:`v \ge u` exactly; ``result.kkt`` is the scale-free certificate. The algorithm,
-    tie-break, certificate and cost: :ref:`box-solver`.
+    returned :math:`v \ge u` exactly; ``result.kkt`` is the scale-free certificate. Algorithm
+    (SciPy's ``nnls`` first if definite), tie-break, certificate and cost: :ref:`box-solver`.
 
     Args:
         q: symmetric positive semi-definite N×N Gram matrix (torch tensor on any device or numpy
@@ -72,7 +63,7 @@ def solve_box_qp(
     Returns:
         :class:`SolveResult` with ``problem="box"``, ``method="active-set"``,
         ``weights`` = :math:`v^*` (float64, on ``q``'s device), ``iterations`` = sub-problem
-        solves.
+        solves (SciPy's: the indices moved off their bound).
 
     Raises:
         ValueError: ``q`` is not square, empty, not finite, not symmetric or not PSD; ``lower`` is
@@ -110,7 +101,7 @@ def project_to_dual_cone(
     :math:`(Qw)_j \ge 0` for every :math:`j` (it conflicts with no gradient).
 
     ``Q`` is validated and factorised once; each row runs the active-set method of
-    :func:`solve_box_qp` (each with its own ``max_iter`` cap).
+    :func:`solve_box_qp` (each with its own ``max_iter`` cap), exactly as it would alone.
 
     [decision] ``status`` is the worst of the rows, in the order ``MAX_ITER`` (worst: the row may
     be far from optimal), ``INACCURATE``, ``DEGENERATE``, ``OPTIMAL``; ``iterations`` is the total
@@ -119,10 +110,10 @@ def project_to_dual_cone(
 
     Args: as :func:`solve_box_qp`, with ``lowers`` a finite (K, N) matrix (K ≥ 0).
 
-    Cost: one ``eigh`` of the N×N matrix, then per row one ``lstsq`` per index moved off its bound
-    (none for a row whose gradient conflicts with no other). Measured on one CPU core for UPGrad's
-    ``I/N``: ~50 µs for N = 2, ~0.5 ms for N = 8, ~1.5 ms for N = 16 (about N²/5 iterations in all
-    on random conflicting gradients).
+    Cost: one ``eigh`` of the N×N matrix, then per row one call of :func:`scipy.optimize.nnls`
+    (definite Gramian; ours otherwise: one ``lstsq`` per index moved off its bound), about N²/2
+    sub-problems in all for UPGrad's ``I/N`` on random conflicting gradients. Measured against
+    TorchJD's: ``benchmarks/RESULTS.md``, "UPGrad's projections against TorchJD's".
 
     Returns:
         :class:`SolveResult` whose ``weights`` is the (K, N) float64 matrix of the :math:`v_k^*`
@@ -146,15 +137,15 @@ def box_kkt(gram: np.ndarray, lowers: np.ndarray, v: np.ndarray) -> KKTReport:
     """The relative certificate of :func:`solve_box_qp` for the rows of ``v`` (K, N) against the
     rows of ``lowers``: each residual is the maximum over the rows (0 for K = 0)."""
     s = jacobi_scales(gram)
+    t = np.maximum(np.abs(v), np.abs(lowers)) @ s
+    keep = t > 0.0  # rows with T = 0 (v = u = 0 up to zero gradients) have nothing to certify
     primal = dual = compl = 0.0
-    for u_k, v_k in zip(lowers, v):
-        t = float(s @ np.maximum(np.abs(v_k), np.abs(u_k)))
-        if t == 0.0:
-            continue
-        lam = gram @ v_k
-        primal = max(primal, float((np.maximum(u_k - v_k, 0.0) * s).max()) / t)
-        dual = max(dual, float((np.maximum(-lam, 0.0) / s).max()) / t)
-        compl = max(compl, float((np.abs(v_k - u_k) * np.abs(lam)).max()) / (t * t))
+    if keep.any():
+        u, v, t = lowers[keep], v[keep], t[keep, None]
+        lam = v @ gram  # row k: (Q v_k)ᵀ, Q symmetric
+        primal = float((np.maximum(u - v, 0.0) * s / t).max())
+        dual = float((np.maximum(-lam, 0.0) / s / t).max())
+        compl = float((np.abs(v - u) * np.abs(lam) / (t * t)).max())
     return KKTReport(
         stationarity=0.0, primal_feasibility=primal, dual_feasibility=dual, complementarity=compl
     )
@@ -187,30 +178,6 @@ def _bounds(x: Tensor | np.ndarray, shape: tuple[int, ...], name: str) -> np.nda
     return arr
 
 
-@dataclass(frozen=True)
-class _Factor:
-    """Jacobi equilibration ``Q = SCS`` and a factor ``BᵀB = C`` (rows: the positive
-    eigenvalues)."""
-
-    s: np.ndarray
-    c: np.ndarray
-    b: np.ndarray
-    #: relative cut-off on the singular values of ``B_P`` (``√rcond``: eigenvalues of C below rcond)
-    lsq_rcond: float
-
-
-def _factor(host: np.ndarray, rcond: float, check_psd: bool) -> _Factor:
-    s, c = equilibrate(host)
-    c = 0.5 * (c + c.T)
-    lam, vec = np.linalg.eigh(c)
-    top = max(1.0, float(lam[-1]))
-    if check_psd and lam[0] < -math.sqrt(rcond) * top:
-        raise not_psd_error(f"the equilibrated Gramian has eigenvalue {lam[0]:.3g}")
-    keep = lam > 0.0
-    b = np.sqrt(lam[keep])[:, None] * vec[:, keep].T
-    return _Factor(s, c, b, math.sqrt(rcond))
-
-
 def _project(
     host: np.ndarray,
     lowers: np.ndarray,
@@ -220,103 +187,25 @@ def _project(
     max_iter: int | None,
     validate: bool | None,
 ) -> tuple[np.ndarray, int, SolveStatus]:
-    """Every row's projection: ``(v (K, N), total iterations, worst status)``."""
+    """Every row's projection: ``(v (K, N), total iterations, worst status)``.
+
+    A definite C goes to SciPy's compiled Lawson–Hanson first (certified rows are ``OPTIMAL``:
+    every face is non-singular; their iterations are the indices moved off their bound, as SciPy
+    does not report its count); the rows it leaves, and every row of a singular C, to ours.
+    """
     cap = 10 * g.n + 10 if max_iter is None else int(max_iter)
     rc = iteration_options(g, rcond, tol, cap)
-    f = _factor(host, rc, validate is not False)
-    v = np.empty_like(lowers)
-    total = 0
+    f = factor(host, rc, validate is not False)
+    a = f.s * lowers
+    if f.definite:
+        z, done = compiled_rows(f, a, tol, cap)
+    else:
+        z, done = np.zeros_like(a), np.zeros(a.shape[0], dtype=bool)
+    iterations = np.count_nonzero(z > 0.0, axis=1)
     worst = SolveStatus.OPTIMAL
-    for k, u in enumerate(lowers):
-        z, iterations, status = _active_set(f, f.s * u, tol, cap)
-        v[k] = u + z / f.s  # exactly u where z = 0, and never below u
-        total += iterations
+    for k in np.flatnonzero(~done):
+        z[k], iterations[k], status = active_set(f, a[k], tol, cap)
         if _BADNESS.index(status) < _BADNESS.index(worst):
             worst = status
-    return v, total, worst
-
-
-def _relative(c: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``λᵢ/scaleᵢ = (Cy)ᵢ/T`` in equilibrated coordinates ``y = Sv``, ``a = Su``,
-    ``T = Σⱼ max(|yⱼ|, |aⱼ|)`` (0 when T = 0)."""
-    t = float(np.maximum(np.abs(y), np.abs(a)).sum())
-    return c @ y / t if t > 0.0 else np.zeros_like(y)
-
-
-def _active_set(
-    f: _Factor, a: np.ndarray, tol: float, cap: int
-) -> tuple[np.ndarray, int, SolveStatus]:
-    """Lawson–Hanson on ``min 1/2 (a + z)ᵀC(a + z)`` s.t. ``z ≥ 0``: ``(z, iterations, status)``."""
-    n = a.size
-    rhs = -(f.b @ a)  # the sub-problem on P: min ‖B_P z_P − rhs‖ (z = 0 off P)
-    z = np.zeros(n)
-    passive = np.zeros(n, dtype=bool)
-    seen: set[bytes] = set()
-    iterations = 0
-    # Whether the last sub-problem was singular to rcond: a stall is then the truncation's doing.
-    truncated = False
-    while True:
-        mu = _relative(f.c, a, a + z)
-        j = int(np.argmin(mu))
-        if mu[j] >= -tol:
-            break
-        if passive[j] or passive.tobytes() in seen:  # rounding stops progress short of tol
-            return z, iterations, _stalled(truncated)
-        if iterations >= cap:
-            return z, iterations, SolveStatus.MAX_ITER
-        seen.add(passive.tobytes())
-        passive[j] = True
-        while True:  # solve on P, stepping back to the orthant until the solution is interior
-            iterations += 1
-            idx = np.flatnonzero(passive)
-            sol, _, rank, _ = np.linalg.lstsq(f.b[:, idx], rhs, rcond=f.lsq_rcond)
-            truncated = int(rank) < idx.size
-            if bool((sol > 0.0).all()):
-                z[:] = 0.0
-                z[idx] = sol
-                break
-            cur = z[idx]
-            neg = np.flatnonzero(sol <= 0.0)
-            gap = cur[neg] - sol[neg]
-            ratios = np.where(gap > 0.0, cur[neg] / np.where(gap > 0.0, gap, 1.0), 0.0)
-            first = int(np.argmin(ratios))
-            theta = float(ratios[first])
-            new = cur + theta * (sol - cur)
-            drop = new <= 0.0
-            drop[neg[first]] = True
-            z[idx] = np.where(drop, 0.0, new)
-            passive[idx[drop]] = False
-            if theta == 0.0 and int(drop.sum()) == 1 and int(idx[drop][0]) == j:
-                # the index just added leaves again without a step: no progress in floating point
-                return z, iterations, _stalled(truncated)
-            if not passive.any():
-                break
-            if iterations >= cap:
-                return z, iterations, SolveStatus.MAX_ITER
-    face = (z > 0.0) | (mu <= TOUCHING)
-    return (
-        z,
-        iterations,
-        SolveStatus.DEGENERATE if _face_is_singular(f, face) else SolveStatus.OPTIMAL,
-    )
-
-
-def _stalled(truncated: bool) -> SolveStatus:
-    """A stall after a sub-problem singular to rcond is the documented truncation (its directions
-    are not resolvable in floating point): ``DEGENERATE``; otherwise rounding beat us:
-    ``INACCURATE``."""
-    return SolveStatus.DEGENERATE if truncated else SolveStatus.INACCURATE
-
-
-def _face_is_singular(f: _Factor, face: np.ndarray) -> bool:
-    """Whether ``B_F`` (F: the optimal face) has a singular value below ``√rcond·max(1, σmax)``.
-
-    Every optimal v is ``v* + S⁻¹d`` with ``C d = 0`` and d supported on F (with ``dᵢ ≥ 0`` where
-    ``vᵢ = uᵢ``): a full-rank ``B_F`` makes the optimum unique.
-    """
-    if not face.any():
-        return False
-    sv = np.linalg.svd(f.b[:, face], compute_uv=False)
-    if sv.size < int(face.sum()):  # fewer rows than columns: rank-deficient
-        return True
-    return bool(sv[-1] <= f.lsq_rcond * max(1.0, float(sv[0])))
+    # exactly u where z = 0, and never below u
+    return lowers + z / f.s, int(iterations.sum()), worst

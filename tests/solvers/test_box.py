@@ -13,8 +13,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import moo_opt.solvers._box_active_set as box_active_set
 from moo_opt.solvers import SolveStatus
 from moo_opt.solvers.box import project_to_dual_cone, solve_box_qp
+from moo_opt.weightings import upgrad_weights
 from tests.helpers.gramians import GramCase, jacobians, well_posed
 
 KKT_TOL = 1e-9
@@ -290,6 +292,67 @@ def test_matches_cvxpy(strategy: st.SearchStrategy[GramCase]) -> None:
     check()
 
 
+@given(case=well_posed(max_n=16))
+def test_upgrad_rows_match_cvxpy(case: GramCase) -> None:
+    """All N of UPGrad's projections at once (the compiled path, C definite) against cvxpy."""
+    q, g, n = case.q, case.g, case.n
+    lowers = np.eye(n) / n
+    result = project_to_dual_cone(q, lowers)
+    assert result.status is SolveStatus.OPTIMAL and result.kkt_residual <= KKT_TOL
+    for v, u in zip(_np(result.weights), lowers):
+        reference = box_reference(q, u)
+        if reference is None:
+            continue
+        gap = float(np.linalg.norm(g @ (v - reference[0])))
+        assert gap <= (1e-7 if reference[1] else 1e-5) * _size(g, v, u, reference[0])
+
+
+def _numpy_only(f, a, tol, cap):  # compiled_rows certifying no row: everything to active_set
+    return np.zeros_like(a), np.zeros(a.shape[0], dtype=bool)
+
+
+@given(case=jacobians(max_n=16), data=st.data())
+def test_compiled_and_numpy_paths_agree(case: GramCase, data: st.DataObject) -> None:
+    """SciPy's compiled Lawson–Hanson (definite C) and ours give the same projections: ``Gv``
+    always, and where the optimum is unique the weights to ``1e-14·max(100, condition)`` of T (1e-12
+    when well conditioned; measured: at most 4e-16·condition)."""
+    q, g = case.q, case.g
+    lowers = np.stack([data.draw(lower_bounds(case.n)), np.eye(case.n)[0] / case.n])
+    both = project_to_dual_cone(q, lowers)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("moo_opt.solvers.box.compiled_rows", _numpy_only)
+        ours = project_to_dual_cone(q, lowers)
+    assert ours.status in CERTIFIED and both.status in CERTIFIED
+    for v, w, u in zip(_np(both.weights), _np(ours.weights), lowers):
+        size = _size(g, v, w, u)
+        assert float(np.linalg.norm(g @ (v - w))) <= 1e-9 * size
+        if both.status is SolveStatus.OPTIMAL:
+            gap = float((np.linalg.norm(g, axis=0) * np.abs(v - w)).max())
+            assert gap <= 1e-14 * max(100.0, both.condition) * size
+
+
+@pytest.mark.parametrize("failure", ["cap", "uncertified"])
+def test_rows_the_compiled_path_leaves_are_solved_by_ours(failure: str) -> None:
+    """A row SciPy does not finish (its iteration cap) or finishes short of ``tol`` is solved again
+    by the numpy Lawson–Hanson: same answer, status and certificate, never a silent fallback."""
+
+    def broken(a: np.ndarray, b: np.ndarray, *, maxiter: int) -> tuple[np.ndarray, float]:
+        if failure == "cap":
+            raise RuntimeError("Maximum number of iterations reached.")
+        return np.zeros(a.shape[1]), 0.0  # z = 0: uncertified wherever a gradient conflicts
+
+    rng = np.random.default_rng(7)
+    g = rng.standard_normal((30, 6))
+    q = g.T @ g
+    lowers = np.eye(6) / 6
+    expected = project_to_dual_cone(q, lowers)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(box_active_set, "nnls", broken)
+        fallback = project_to_dual_cone(q, lowers)
+    assert fallback.status is SolveStatus.OPTIMAL and fallback.kkt_residual <= KKT_TOL
+    np.testing.assert_allclose(_np(fallback.weights), _np(expected.weights), rtol=1e-12)
+
+
 def assert_same_projection(base, other: np.ndarray, g: np.ndarray, u: np.ndarray) -> None:
     """``G·other = G·v*`` (the projection is unique) to 1e-8 of T; where v* is unique and well
     conditioned (``OPTIMAL``, condition ≤ 1e6), the weights too: ``|sᵢ(vᵢ − otherᵢ)| ≤ 1e-8·T``."""
@@ -456,3 +519,31 @@ def test_bad_options_raise() -> None:
         project_to_dual_cone(np.eye(2), np.eye(2), max_iter=0)
     with pytest.raises(ValueError, match="rcond"):
         solve_box_qp(np.eye(2), np.zeros(2), rcond=-1.0)
+
+
+# --------------------------------------------------------------------------- TorchJD
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 16])
+def test_upgrad_matches_torchjd(n: int) -> None:
+    """TorchJD's ``UPGradWeighting`` (quadprog through qpsolvers) returns weights on the raw
+    gradients, as :func:`upgrad_weights` does. Its default projector solves on ``Q/tr(Q) + 1e-4·I``:
+    ours on that ridged Gramian agree with it, and ours on Q with its projector at ``reg_eps=0``
+    (quadprog on the exact Gramian), to quadprog's accuracy (~1e-14 relative measured here)."""
+    pytest.importorskip("qpsolvers")
+    pytest.importorskip("quadprog")
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    linalg = pytest.importorskip("torchjd.linalg")
+    exact = aggregation.UPGradWeighting(projector=linalg.QuadprogProjector(reg_eps=0.0))
+    default = aggregation.UPGradWeighting()
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        g = rng.standard_normal((64, n)) * 10.0 ** rng.uniform(-1, 1, size=n)
+        q = torch.tensor(g.T @ g)
+        ridged = q / torch.trace(q) + 1e-4 * torch.eye(n, dtype=torch.float64)
+        for theirs, gram in ((exact(q), q), (default(q), ridged)):
+            ours, result = upgrad_weights(gram)
+            assert result.status is SolveStatus.OPTIMAL
+            np.testing.assert_allclose(
+                ours.numpy(), theirs.numpy(), rtol=0, atol=1e-10 * float(ours.abs().max())
+            )
