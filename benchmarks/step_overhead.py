@@ -12,6 +12,12 @@ amortised modes, whose cost falls on one step in k: use a multiple of k rounds).
     python benchmarks/step_overhead.py                       # both models, CPU sizes
     python benchmarks/step_overhead.py --models mbt2018-mean --patch 256 --cuda
     python benchmarks/step_overhead.py --profile qp          # where the time goes
+    python benchmarks/step_overhead.py --variants all --amp  # every variant, bf16 autocast
+
+``--variants all`` is every entry of ``VARIANTS`` (so every registered balancer, and whatever
+variant is added there later); ``--amp`` and ``--channels-last`` give every variant, the
+``compressai`` step included, the trainer's flag of that name. ``--max-seconds`` stops the timed
+rounds once that much time has gone (the table says how many ran); ``--json`` writes the rows.
 
 On CUDA the time is measured with CUDA events, and ``--sync-count`` counts the host
 synchronisations of one step of each variant with ``torch.cuda.set_sync_debug_mode("warn")``.
@@ -20,6 +26,7 @@ synchronisations of one step of each variant with ``torch.cuda.set_sync_debug_mo
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import statistics
@@ -71,11 +78,25 @@ MODELS: dict[str, list[str]] = {
 }
 
 
+def own_flags(variant: str) -> list[str]:
+    """The trainer flags of the variant itself (``fixed-cl``: ``--channels-last``)."""
+    entry = VARIANTS[variant]
+    return list(entry[2]) if len(entry) > 2 else []
+
+
 def make_trainer(
-    model: list[str], variant: str, patch: int, batch: int, cuda: bool, out: Path
+    model: list[str],
+    variant: str,
+    patch: int,
+    batch: int,
+    cuda: bool,
+    out: Path,
+    extra: tuple[str, ...] = (),
 ) -> Trainer:
-    balancer, opts, *flags = VARIANTS[variant]
-    argv = [*(flags[0] if flags else []), *model, "-d", "synthetic",
+    """The variant's trainer; ``extra`` are trainer flags given to every variant (``--amp``)."""
+    balancer, opts = VARIANTS[variant][:2]
+    own = [f for f in own_flags(variant) if f not in extra]
+    argv = [*extra, *own, *model, "-d", "synthetic",
             "--patch-size", str(patch), str(patch), "--batch-size", str(batch),
             "--test-batch-size", "1", "--balancer", balancer, "--out", str(out / variant),
             "--no-progress"]  # fmt: skip
@@ -87,17 +108,23 @@ def make_trainer(
 
 
 def compressai_step(trainer: Trainer) -> Callable[[torch.Tensor], None]:
-    """CompressAI's ``examples/train.py`` ``train_one_epoch`` body, with its own loss class."""
+    """CompressAI's ``examples/train.py`` ``train_one_epoch`` body, with its own loss class; under
+    the trainer's ``--amp`` / ``--channels-last`` its forward gets the same autocast / memory
+    format as the trainer's (CompressAI's script has neither), so the row stays like for like."""
     from compressai.losses import RateDistortionLoss
 
     net, opt, aux_opt = trainer.net, trainer.optimizer, trainer.aux_optimizer
     criterion = RateDistortionLoss(lmbda=trainer.args.lmbda)
     clip = trainer.args.clip_max_norm
+    amp, channels_last = trainer.args.amp, trainer.args.channels_last
 
     def step(x: torch.Tensor) -> None:
         opt.zero_grad()
         aux_opt.zero_grad()
-        out = net(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
         loss = criterion(out, x)["loss"]
         loss.backward()
         if clip > 0:
@@ -152,50 +179,140 @@ def batches(trainer: Trainer, batch: int, count: int, device: torch.device) -> l
     ]
 
 
-def run_model(label: str, args: argparse.Namespace, variants: list[str], out: Path) -> list[str]:
+Step = Callable[[torch.Tensor], None]
+
+
+def trainer_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The trainer flags that ``--amp`` / ``--channels-last`` give every variant."""
+    flags = (("--amp", args.amp), ("--channels-last", args.channels_last))
+    return tuple(flag for flag, on in flags if on)
+
+
+def select_variants(spec: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """``--variants``: ``all`` (every entry of VARIANTS, less those whose own flags ``extra``
+    already gives every variant: they would repeat their base row), ``zoo``, or a list."""
+    if spec == "all":
+        return [v for v in VARIANTS if not (own_flags(v) and set(own_flags(v)) <= set(extra))]
+    if spec == "zoo":
+        return ["fixed", "c2f-same", "qp", "mgda", *ZOO]
+    return spec.split(",")
+
+
+def build(
+    label: str, args: argparse.Namespace, variants: list[str], out: Path, failed: list[str]
+) -> dict[str, tuple[Trainer, Step]]:
+    """Each variant's trainer and step; one that cannot be built is left out (a line in
+    ``failed``) so the others' rows survive, except ``fixed``, the baseline."""
     torch.manual_seed(0)
-    trainers = {
-        v: make_trainer(MODELS[label], v, args.patch, args.batch, args.cuda, out) for v in variants
-    }
-    fns = {v: step_fn(t, v) for v, t in trainers.items()}
-    device = next(iter(trainers.values())).device
-    xs = batches(next(iter(trainers.values())), args.batch, args.warmup + args.reps, device)
-    spec = next(iter(trainers.values())).spec
+    built: dict[str, tuple[Trainer, Step]] = {}
+    for v in variants:
+        try:
+            t = make_trainer(
+                MODELS[label], v, args.patch, args.batch, args.cuda, out, trainer_flags(args)
+            )
+            built[v] = (t, step_fn(t, v))
+        except Exception as exc:
+            if v == "fixed":
+                raise
+            failed.append(f"{v}: {type(exc).__name__}: {exc}")
+    return built
+
+
+def attempt(
+    fns: dict[str, Step], v: str, x: torch.Tensor, cuda: bool, failed: list[str]
+) -> float | None:
+    """The seconds of one step of ``v``; a variant whose step raises is dropped from ``fns``."""
+    try:
+        return timed(fns[v], x, cuda)
+    except Exception as exc:
+        if v == "fixed":
+            raise
+        failed.append(f"{v}: {type(exc).__name__}: {exc}")
+        del fns[v]
+        return None
+
+
+def measure(
+    fns: dict[str, Step], xs: list[torch.Tensor], args: argparse.Namespace, failed: list[str]
+) -> tuple[dict[str, list[float]], int]:
+    """Warm-up, then interleaved rounds (shuffled order, same batch), until ``--reps`` rounds or
+    ``--max-seconds``; returns each surviving variant's times and the number of rounds."""
     for k in range(args.warmup):  # allocator, autotuning, Adam state
-        for v in variants:
-            fns[v](xs[k])
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    order = list(variants)
-    rng = random.Random(0)
+        for v in list(fns):
+            attempt(fns, v, xs[k], args.cuda, failed)
+    times: dict[str, list[float]] = {v: [] for v in fns}
+    order, rng = list(fns), random.Random(0)
+    start, rounds = time.perf_counter(), 0
     for k in range(args.warmup, args.warmup + args.reps):
         rng.shuffle(order)
-        for v in order:
-            times[v].append(timed(fns[v], xs[k], args.cuda))
-    syncs = (
-        {v: sync_count(fns[v], xs[0]) for v in variants} if args.cuda and args.sync_count else {}
-    )
+        for v in [v for v in order if v in fns]:
+            seconds = attempt(fns, v, xs[k], args.cuda, failed)
+            if seconds is not None:
+                times[v].append(seconds)
+        rounds += 1
+        if args.max_seconds and time.perf_counter() - start > args.max_seconds:
+            break
+    return {v: ts for v, ts in times.items() if v in fns}, rounds
+
+
+def rows(
+    times: dict[str, list[float]], syncs: dict[str, int], batch: int
+) -> list[dict[str, float | int | str | None]]:
+    """One record per variant: median and mean step, ratios to ``fixed``, images/s, syncs."""
     base = times["fixed"]
-    lines = [
-        f"\n{label}: {spec.name} N={spec.N} M={spec.M}, batch {args.batch}, "
-        f"{args.patch}² patches, {args.reps} interleaved rounds after {args.warmup} warm-up",
-        "",
-        "| variant | median step (ms) | mean step (ms) | median ratio to fixed | ratio IQR "
-        "| mean-time ratio |" + (" host syncs per step |" if syncs else ""),
-        "|---|---|---|---|---|---|" + ("---|" if syncs else ""),
-    ]
-    for v in variants:
-        ratios = sorted(t / b for t, b in zip(times[v], base))
+    out: list[dict[str, float | int | str | None]] = []
+    for v, ts in times.items():
+        ratios = sorted(t / b for t, b in zip(ts, base))
         q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [ratios[0], 0, ratios[-1]]
-        mean = statistics.fmean(times[v])
-        row = (
-            f"| {v} | {1000 * statistics.median(times[v]):.1f} | {1000 * mean:.1f} "
-            f"| {statistics.median(ratios):.3f}× | "
-            f"{q[0]:.3f}–{q[2]:.3f} | {mean / statistics.fmean(base):.3f}× |"
+        median, mean = statistics.median(ts), statistics.fmean(ts)
+        out.append({"variant": v, "median_ms": 1000 * median, "mean_ms": 1000 * mean,
+                    "median_ratio": statistics.median(ratios), "ratio_q1": q[0],
+                    "ratio_q3": q[2], "mean_ratio": mean / statistics.fmean(base),
+                    "images_per_s": batch / median, "syncs": syncs.get(v)})  # fmt: skip
+    return out
+
+
+def table(records: list[dict[str, float | int | str | None]], syncs: bool) -> list[str]:
+    lines = [
+        "| variant | median step (ms) | mean step (ms) | median ratio to fixed | ratio IQR "
+        "| mean-time ratio | images/s |" + (" host syncs per step |" if syncs else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if syncs else ""),
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['variant']} | {r['median_ms']:.1f} | {r['mean_ms']:.1f} "
+            f"| {r['median_ratio']:.3f}× | {r['ratio_q1']:.3f}–{r['ratio_q3']:.3f} "
+            f"| {r['mean_ratio']:.3f}× | {r['images_per_s']:.1f} |"
+            + (f" {r['syncs']} |" if syncs else "")
         )
-        if syncs:
-            row += f" {syncs[v]} |"
-        lines.append(row)
     return lines
+
+
+def run_model(
+    label: str, args: argparse.Namespace, variants: list[str], out: Path
+) -> tuple[list[str], dict[str, object]]:
+    """The table of one model (markdown lines) and its record (for ``--json``)."""
+    failed: list[str] = []
+    built = build(label, args, variants, out, failed)
+    trainer = built["fixed"][0]
+    fns = {v: fn for v, (_, fn) in built.items()}
+    xs = batches(trainer, args.batch, args.warmup + args.reps, trainer.device)
+    times, rounds = measure(fns, xs, args, failed)
+    syncs = {v: sync_count(fns[v], xs[0]) for v in times} if args.cuda and args.sync_count else {}
+    records = rows(times, syncs, args.batch)
+    spec, flags = trainer.spec, " ".join(trainer_flags(args))
+    head = (
+        f"\n{label}: {spec.name} N={spec.N} M={spec.M}, batch {args.batch}, "
+        f"{args.patch}² patches{', ' + flags if flags else ''}, {rounds} interleaved rounds "
+        f"after {args.warmup} warm-up"
+    )
+    lines = [head, "", *table(records, bool(syncs))]
+    lines += [f"left out: {line}" for line in failed]
+    record = {"model": label, "architecture": spec.name, "N": spec.N, "M": spec.M,
+              "batch": args.batch, "patch": args.patch, "flags": list(trainer_flags(args)),
+              "rounds": rounds, "warmup": args.warmup, "rows": records,
+              "left_out": failed}  # fmt: skip
+    return lines, record
 
 
 def forward_modes(label: str, args: argparse.Namespace, out: Path) -> list[str]:
@@ -283,14 +400,14 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--models", default="small,mbt2018-mean", help=f"comma-separated, of {', '.join(MODELS)}"
     )
     p.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in ZOO),
                    help=f"comma-separated, of {', '.join(VARIANTS)} (fixed is always run), "
-                        "or 'zoo': every registered balancer")  # fmt: skip
+                        "'zoo': every registered balancer, or 'all': every variant")  # fmt: skip
     p.add_argument(
         "--patch",
         type=int,
@@ -300,11 +417,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=15, help="interleaved rounds")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop the timed rounds of a model after the round that passes this many seconds",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cuda", action="store_true")
+    p.add_argument("--amp", action="store_true", help="every variant with the trainer's --amp")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="every variant with the trainer's --channels-last",
+    )
     p.add_argument(
         "--sync-count", action="store_true", help="CUDA: count host synchronisations per step"
     )
+    p.add_argument("--json", type=Path, default=None, help="also write the tables' rows here")
     p.add_argument(
         "--forward-modes",
         action="store_true",
@@ -316,21 +446,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="profile this variant on the first model instead",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = arg_parser()
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     labels = args.models.split(",")
-    variants = (
-        ["fixed", "c2f-same", "qp", "mgda", *ZOO]
-        if args.variants == "zoo"
-        else args.variants.split(",")
-    )
+    variants = select_variants(args.variants, trainer_flags(args))
     for name in [*labels, *variants]:
         if name not in MODELS and name not in VARIANTS:
             p.error(f"{name}: not a model ({', '.join(MODELS)}) or variant ({', '.join(VARIANTS)})")
     if "fixed" not in variants:
         variants.insert(0, "fixed")
     models.available()  # imports compressai once, outside the timings
+    records: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.profile:
             profile(labels[0], args.profile, args, Path(tmp))
@@ -341,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{' '.join(argv if argv is not None else sys.argv[1:])}"
         )
         for label in labels:
-            print("\n".join(run_model(label, args, variants, Path(tmp))), flush=True)
+            lines, record = run_model(label, args, variants, Path(tmp))
+            print("\n".join(lines), flush=True)
+            records.append(record)
+            if args.json:  # after each model: a later failure keeps the earlier rows
+                args.json.write_text(json.dumps({"machine": machine(), "models": records}))
             if args.forward_modes:
                 print("\n".join(forward_modes(label, args, Path(tmp))), flush=True)
     return 0
