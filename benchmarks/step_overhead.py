@@ -59,6 +59,7 @@ VARIANTS: dict[str, tuple[str, list[str]] | tuple[str, list[str], list[str]]] = 
     "qp-every2": ("qp", ["solve_every=2"]),
     "mgda": ("mgda", []),
     "qp-rep": ("qp", ["gramian=representation"]),
+    "qp-rep-shared": ("qp", ["gramian=representation", "shared_only=true"]),
     "mgda-rep": ("mgda", ["gramian=representation"]),
     "fixed-cl": ("fixed", [], ["--channels-last"]),
     "c2f-same-cl": ("coarse-to-fine", [], ["--channels-last"]),
