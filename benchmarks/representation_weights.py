@@ -61,19 +61,24 @@ def run(name: str, args: argparse.Namespace, out: Path) -> str:
     trainer = Trainer(build_parser().parse_args(argv))
     options = {k: v for k, v in trainer.balancer._options().items() if k != "num_objectives"}
     twin = moo_opt.create(args.balancer, 2, **{**options, "gramian": "representation"})
-    dw, dz, last = [], [], ""
-    for x in trainer._loader():
-        if trainer.step >= args.steps:
-            break
-        x = x.to(trainer.device)
-        rep = representation_info(trainer, twin, x)
-        exact, *_ = trainer.train_step(x)
-        trainer.step += 1
-        dw.append(abs(float(rep.weights[0]) - float(exact.weights[0])))
-        if "z" in exact.extras:
-            dz.append(abs(float(rep.extras["z"][0]) - float(exact.extras["z"][0])))
-            last = f"z_D {float(exact.extras['z'][0]):.4f} / {float(rep.extras['z'][0]):.4f}; "
-        last += f"w_D {float(exact.weights[0]):.4f} / {float(rep.weights[0]):.4f}"
+    dw: list[float] = []
+    dz: list[float] = []
+    last = ""
+    while trainer.step < args.steps:
+        for x in trainer._loader():
+            if trainer.step >= args.steps:
+                break
+            x = x.to(trainer.device)
+            rep = representation_info(trainer, twin, x)
+            exact, *_ = trainer.train_step(x)
+            trainer.step += 1
+            dw.append(abs(float(rep.weights[0]) - float(exact.weights[0])))
+            last = f"w_D {float(exact.weights[0]):.4f} / {float(rep.weights[0]):.4f}"
+            if "z" in exact.extras:
+                z, z_rep = float(exact.extras["z"][0]), float(rep.extras["z"][0])
+                dz.append(abs(z_rep - z))
+                last = f"z_D {z:.4f} / {z_rep:.4f}; {last}"
+        trainer.epoch += 1
     z_cells = quantiles(dz) if dz else "— | — | —"
     return f"| {name} | {len(dw)} | {quantiles(dw)} | {z_cells} | {last} |"
 

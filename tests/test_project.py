@@ -259,6 +259,19 @@ def test_finetune_study_runs_at_toy_size(tmp_path: Path) -> None:
         assert v in summary, summary
 
 
+def test_representation_weights_benchmark_runs(tmp_path: Path) -> None:
+    """`benchmarks/representation_weights.py`: exact and representation weights, side by side."""
+    import json
+
+    photos = image_folder(tmp_path / "photos", {"train": 3, "test": 1}, (128, 160))
+    (photos / "photos.json").write_text(json.dumps({"max_side": 0, "source": "test", "photos": []}))
+    proc = run("benchmarks/representation_weights.py", "--photos", str(photos), "--steps", "3",
+               "--patch", "64", "--batch", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| mbt2018-mean")]
+    assert len(row) == 1 and "| 3 |" in row[0] and "z_D" in row[0], proc.stdout
+
+
 def test_lic_demo_end_to_end_at_toy_size(tmp_path: Path) -> None:
     """`make demo`'s script on a private zoo of two toy models, two steps per fine-tune: every stage
     runs, the report has both curves, the BD-rate row, the R-D costs and Figure 1; a second call
