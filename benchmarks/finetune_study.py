@@ -67,6 +67,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "qp-shared-trust0.1": (qp("shared_only=true", "trust_radius=0.1"), "standard"),
     # the Gramian at the latent y (issue 19), against its exact counterpart
     "qp-trust0.1-rep": (qp("trust_radius=0.1", "gramian=representation"), "qp-trust0.1"),
+    "qp-rep": (qp("gramian=representation"), "qp"),
     "qp-ema0.99": (qp("gradient_ema=0.99"), "standard"),
     "qp-ema0.999": (qp("gradient_ema=0.999"), "standard"),
     "qp-sgd": ([*qp(), *SGD, "-lr", "{sgd_lr2}"], "standard-sgd"),
