@@ -39,17 +39,14 @@ def balanced_step(
 
     ``max_norm`` clips the gradient norm of all the optimiser's parameters before its step.
     ``after_step`` runs right after the optimiser's step, before the amortised update (e.g. an
-    auxiliary optimiser's step, a weight average's update). ``representation``: for a Gramian
-    balancer built with ``gramian="representation"``, the module whose output is the shared
-    representation (e.g. a codec's analysis transform ``model.g_a``): its outputs during
-    ``compute_losses``'s forward are passed to :meth:`~moo_opt.Balancer.backward`.
+    auxiliary optimiser's step, a weight average's update). ``representation`` (for
+    ``gramian="representation"``): the module whose outputs in ``compute_losses``'s forward are the
+    shared representation (e.g. ``model.g_a``), passed to :meth:`~moo_opt.Balancer.backward`.
 
     ``update_losses``, if given, replaces that second call (at the same point, under ``no_grad``):
     it returns ``(before, after)``, the losses of samples of the caller's choosing before and after
-    the optimiser step, and the balancer learns from those (``update(after, before=before)``). For
-    a sub-batch, ``after`` comes from a forward pass on those samples alone and ``before`` from
-    ``compute_losses``'s forward, kept by the caller: Solution 1's sub-batch approximation
-    (:class:`~moo_opt.CoarseToFineBalancer`).
+    the optimiser step (``update(after, before=before)``): for Solution 1's sub-batch, ``after``
+    from a forward on those samples alone and ``before`` from ``compute_losses``'s forward.
 
     Non-finite values never reach the parameters. A balancer with ``nonfinite="skip"`` skips a step
     whose losses are NaN or Inf by itself, and this function also skips one whose gradient norm is
@@ -59,17 +56,12 @@ def balanced_step(
     ``"unchecked"`` nothing is read back (no host synchronisation) and nothing is checked.
     """
     params = list(parameters)
-    # for balancers that measure balance in the optimiser's metric
-    balancer.bind_optimizer(optimizer)
+    balancer.bind_optimizer(optimizer)  # for balancers that read the optimiser's metric
     optimizer.zero_grad(set_to_none=True)
     checked = balancer.nonfinite != "unchecked"
-    # a few small tensors
-    snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None
-    if representation is None:
-        info = balancer.backward(compute_losses(), params)
-    else:
-        losses, reps = _with_outputs_of(representation, compute_losses)
-        info = balancer.backward(losses, params, representations=reps)
+    snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None  # small tensors
+    losses, reps = _with_outputs_of(representation, compute_losses)
+    info = balancer.backward(losses, params, representations=reps)
     if not info.skipped and (checked or max_norm is not None):
         info = _clip_and_check(balancer, optimizer, info, snapshot, checked, max_norm)
     if info.skipped:
@@ -85,9 +77,12 @@ def balanced_step(
 
 
 def _with_outputs_of(
-    module: torch.nn.Module, compute_losses: Callable[[], Sequence[Tensor]]
-) -> tuple[Sequence[Tensor], list[Tensor]]:
-    """The losses, and the tensor outputs of ``module`` in the forward that computed them."""
+    module: torch.nn.Module | None, compute_losses: Callable[[], Sequence[Tensor]]
+) -> tuple[Sequence[Tensor], list[Tensor] | None]:
+    """The losses, and the tensor outputs of ``module`` in the forward that computed them (None
+    without a module)."""
+    if module is None:
+        return compute_losses(), None
     outputs: list[Tensor] = []
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
