@@ -27,6 +27,7 @@ from moo_opt.solvers import (
     SolveResult,
     cagrad_direction_weights,
     project_to_dual_cone,
+    solve_box_qp,
     solve_cagrad,
     solve_equality_qp,
     solve_nash,
@@ -43,6 +44,7 @@ QPBackend = Literal["analytic", "cvxpy"]
 __all__ = [
     "aligned_mtl_weights",
     "cagrad_weights",
+    "dualproj_weights",
     "imtl_g_weights",
     "mgda_weights",
     "nash_mtl_weights",
@@ -223,6 +225,22 @@ def upgrad_weights(
     u = preference_vector(task_weights, gram.shape[0])
     result = project_to_dual_cone(gram, torch.diag(u), rcond=rcond, tol=tol)
     return result.weights.sum(dim=0), result
+
+
+def dualproj_weights(
+    gram: Tensor,
+    *,
+    task_weights: Sequence[float] | None = None,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+) -> tuple[Tensor, SolveResult]:
+    r"""DualProj: the preference-weighted mean :math:`Gu` (``task_weights``, 1/N each by default)
+    projected onto the dual cone of the gradients, :math:`v = \arg\min_{v \ge u} \tfrac12 v^\top
+    Qv` (:func:`~moo_opt.solvers.solve_box_qp`, one of UPGrad's projections); the weights are
+    :math:`v`."""
+    u = preference_vector(task_weights, gram.shape[0])
+    result = solve_box_qp(gram, u, rcond=rcond, tol=tol)
+    return result.weights, result
 
 
 def nash_mtl_weights(

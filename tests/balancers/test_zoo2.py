@@ -1,0 +1,89 @@
+"""Hand cases, promised properties and agreement with TorchJD of the balancer zoo, part 2
+(issue 20): DualProj, ConFIG, FairGrad."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moo_opt import DualProjBalancer
+from moo_opt.solvers import SolveStatus
+from moo_opt.weightings import dualproj_weights
+from tests.helpers.models import toy_problem
+
+
+def _linear_losses(*gradients: list[float]):
+    """Losses ``gᵢ·θ`` at θ = 0: their gradients are exactly the given vectors."""
+    theta = torch.zeros(len(gradients[0]), dtype=torch.float64, requires_grad=True)
+    return theta, [torch.tensor(g, dtype=torch.float64) @ theta + 1.0 for g in gradients]
+
+
+def _random_gram(rng: np.random.Generator, n: int, dim: int = 64) -> torch.Tensor:
+    g = rng.standard_normal((dim, n)) * 10.0 ** rng.uniform(-1, 1, size=n)
+    return torch.tensor(g.T @ g)
+
+
+# --------------------------------------------------------------------------- DualProj
+
+
+def test_dualproj_by_hand() -> None:
+    # g1 = (1, 0), g2 = (-1, 1): the mean (0, 1/2) has g1·mean = 0, so it is already in the cone
+    theta, losses = _linear_losses([1.0, 0.0], [-1.0, 1.0])
+    info = DualProjBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # g1 = (1, 0), g2 = (-2, 1): the mean (-1/2, 1/2) conflicts with g1; its projection onto the
+    # cone {x: x1 ≥ 0, -2x1 + x2 ≥ 0} is (0, 1/2) = v1 g1 + v2 g2 with v = (1, 1/2)
+    theta, losses = _linear_losses([1.0, 0.0], [-2.0, 1.0])
+    info = DualProjBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([1.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(theta.grad, torch.tensor([0.0, 0.5], dtype=torch.float64))
+    assert info.solve.status is SolveStatus.OPTIMAL
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5))
+def test_dualproj_conflicts_with_no_gradient_and_keeps_an_unconflicting_mean(
+    seed: int, n: int
+) -> None:
+    p = toy_problem(seed=seed, num_objectives=n, width=8, scales=[1.0] * n)
+    b = DualProjBalancer(n)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    info = b.backward(p.losses(), p.shared())
+    d = g @ info.weights
+    assert info.solve.status in (SolveStatus.OPTIMAL, SolveStatus.DEGENERATE)
+    assert float((g.T @ d).min()) >= -1e-10 * float(g.norm(dim=0).max() * d.norm())
+    assert bool((info.weights >= 1.0 / n).all())  # v ≥ u
+    mean = g.mean(dim=1)
+    if bool((g.T @ mean >= 0.0).all()):
+        torch.testing.assert_close(d, mean, rtol=1e-10, atol=1e-14)
+
+
+def test_dualproj_preferences_and_bad_options() -> None:
+    q = torch.eye(3, dtype=torch.float64)  # orthogonal gradients: nothing conflicts
+    w, result = dualproj_weights(q, task_weights=[0.5, 0.25, 0.25])
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+    assert result.status is SolveStatus.OPTIMAL
+    with pytest.raises(ValueError, match="task_weights"):
+        DualProjBalancer(2, task_weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="task_weights"):
+        DualProjBalancer(2, task_weights=[1.0])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_dualproj_matches_torchjd(n: int) -> None:
+    """TorchJD's ``DualProjWeighting`` with its quadprog projector at ``reg_eps=0`` (quadprog on
+    the exact, trace-normalised Gramian) gives the same weights, to quadprog's accuracy."""
+    pytest.importorskip("qpsolvers")
+    pytest.importorskip("quadprog")
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    linalg = pytest.importorskip("torchjd.linalg")
+    theirs = aggregation.DualProjWeighting(projector=linalg.QuadprogProjector(reg_eps=0.0))
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        q = _random_gram(rng, n)
+        ours, result = dualproj_weights(q)
+        assert result.status is SolveStatus.OPTIMAL
+        torch.testing.assert_close(ours, theirs(q), rtol=0, atol=1e-10 * float(ours.abs().max()))
