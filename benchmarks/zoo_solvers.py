@@ -12,7 +12,9 @@ weight. UPGrad is timed as :func:`~moo_opt.weightings.upgrad_weights` (the N pro
 ``Q/tr(Q) + 1e-4·I`` (``reg_eps``), so its weights differ from the exact ones by that ridge; the
 difference to its projector with ``reg_eps=0`` (quadprog on the exact Gramian) is printed after it.
 DualProj (:func:`~moo_opt.weightings.dualproj_weights`, one projection of the mean) likewise
-against ``DualProjWeighting()``.
+against ``DualProjWeighting()``. ConFIG (:func:`~moo_opt.solvers.solve_config`) has no TorchJD
+column: TorchJD's ConFIG takes the gradients, not their Gramian (tests/balancers/test_zoo2.py
+compares the directions).
 
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
@@ -33,6 +35,7 @@ from moo_opt.solvers import (
     balance_transform,
     cagrad_direction_weights,
     solve_cagrad,
+    solve_config,
     solve_nash,
     solve_simplex_qp,
 )
@@ -49,6 +52,7 @@ def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
         "dual cone, 1 row (DualProj)": lambda q: dualproj_weights(q)[1],
         "cagrad (CAGrad, c=0.5)": lambda q: solve_cagrad(q, C),
         "balance transform (Aligned-MTL)": balance_transform,
+        "pseudo-inverse (ConFIG)": solve_config,
     }
 
 

@@ -29,6 +29,7 @@ from moo_opt.solvers import (
     project_to_dual_cone,
     solve_box_qp,
     solve_cagrad,
+    solve_config,
     solve_equality_qp,
     solve_nash,
     solve_simplex_qp,
@@ -44,6 +45,7 @@ QPBackend = Literal["analytic", "cvxpy"]
 __all__ = [
     "aligned_mtl_weights",
     "cagrad_weights",
+    "config_weights",
     "dualproj_weights",
     "imtl_g_weights",
     "mgda_weights",
@@ -279,6 +281,40 @@ def cagrad_weights(
     divisor = {"none": 1.0, "1+c^2": 1.0 + c**2, "1+c": 1.0 + c}[rescale]
     _put(extras, inner=result.weights.to(gram.device))
     return (w / divisor).to(gram.device), result
+
+
+def config_weights(
+    gram: Tensor,
+    *,
+    task_weights: Sequence[float] | None = None,
+    rcond: float | None = None,
+    extras: Extras | None = None,
+) -> tuple[Tensor, SolveResult]:
+    r"""ConFIG: :math:`v = \hat Q^+ p` on the unit gradients' Gramian
+    (:func:`~moo_opt.solvers.solve_config`; ``task_weights`` p, ones by default), the unit direction
+    :math:`\hat d = Ga/|Ga|` with :math:`a_i = v_i/|g_i|` (0 for a zero gradient), scaled by
+    :math:`\sum_i g_i\cdot\hat d`: the weights on the raw losses are
+    :math:`w = a\,(\mathbf 1^\top Qa)/(a^\top Qa)` (0 when :math:`Ga = 0`)."""
+    u = None if task_weights is None else torch.tensor(tuple(task_weights), dtype=torch.float64)
+    result = solve_config(gram, u, rcond=rcond)
+    q = torch.as_tensor(result.gram)  # Q̂, the validated host copy normalised
+    host = gram.detach().to("cpu", torch.float64)
+    norms = host.diagonal().clamp(min=0.0).sqrt()
+    a = result.weights.cpu() / torch.where(norms > 0.0, norms, torch.ones_like(norms))
+    qa = host @ a
+    square = float(a @ qa)
+    length = float(qa.sum()) / math.sqrt(square) if square > 0.0 else 0.0
+    w = a * (float(qa.sum()) / square) if square > 0.0 else torch.zeros_like(a)
+    cosines = (
+        (q @ result.weights.cpu()) / math.sqrt(square) if square > 0.0 else torch.zeros_like(a)
+    )
+    _put(
+        extras,
+        v=result.weights,
+        cosine=cosines.to(gram.device),
+        length=torch.tensor(length, dtype=torch.float64, device=gram.device),
+    )
+    return w.to(gram.device), result
 
 
 def aligned_mtl_weights(

@@ -5,6 +5,7 @@ from moo_opt.balancers.aligned import AlignedMTLBalancer
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError
 from moo_opt.balancers.cagrad import CAGradBalancer
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
+from moo_opt.balancers.config import ConFIGBalancer
 from moo_opt.balancers.dualproj import DualProjBalancer
 from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.famo import FAMOBalancer
@@ -25,6 +26,7 @@ __all__ = [
     "Balancer",
     "CAGradBalancer",
     "CoarseToFineBalancer",
+    "ConFIGBalancer",
     "DualProjBalancer",
     "DWABalancer",
     "FAMOBalancer",

@@ -16,6 +16,7 @@ FUNCTIONS = {
     "imtl-g": lambda q, losses: weightings.imtl_g_weights(q),
     "upgrad": lambda q, losses: weightings.upgrad_weights(q),
     "dualproj": lambda q, losses: weightings.dualproj_weights(q),
+    "config": lambda q, losses: weightings.config_weights(q),
     "nash-mtl": lambda q, losses: weightings.nash_mtl_weights(q),
     "cagrad": lambda q, losses: weightings.cagrad_weights(q),
     "aligned-mtl": lambda q, losses: weightings.aligned_mtl_weights(q),

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moo_opt import DualProjBalancer
-from moo_opt.solvers import SolveStatus
-from moo_opt.weightings import dualproj_weights
+from moo_opt import ConFIGBalancer, DualProjBalancer
+from moo_opt.solvers import SolveStatus, solve_config
+from moo_opt.weightings import config_weights, dualproj_weights
 from tests.helpers.models import toy_problem
 
 
@@ -87,3 +87,92 @@ def test_dualproj_matches_torchjd(n: int) -> None:
         ours, result = dualproj_weights(q)
         assert result.status is SolveStatus.OPTIMAL
         torch.testing.assert_close(ours, theirs(q), rtol=0, atol=1e-10 * float(ours.abs().max()))
+
+
+# --------------------------------------------------------------------------- ConFIG
+
+
+def test_config_by_hand() -> None:
+    # g1 = (2, 0), g2 = (0, 1): unit gradients e1, e2; d̂ = (1, 1)/√2, length = (2 + 1)/√2,
+    # d = (3/2, 3/2): weights (3/4, 3/2) on the raw losses
+    theta, losses = _linear_losses([2.0, 0.0], [0.0, 1.0])
+    info = ConFIGBalancer(2).backward(losses, [theta])
+    torch.testing.assert_close(info.weights, torch.tensor([0.75, 1.5], dtype=torch.float64))
+    torch.testing.assert_close(theta.grad, torch.tensor([1.5, 1.5], dtype=torch.float64))
+    assert info.solve.status is SolveStatus.OPTIMAL
+    torch.testing.assert_close(info.extras["cosine"], torch.full((2,), 0.5**0.5).double())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5))
+def test_config_has_equal_positive_cosines_with_independent_gradients(seed: int, n: int) -> None:
+    p = toy_problem(seed=seed, num_objectives=n, width=8)
+    b = ConFIGBalancer(n)
+    g = b.gradients(p.losses(), p.shared()).matrix()
+    info = b.backward(p.losses(), p.shared())
+    assert info.solve.status is SolveStatus.OPTIMAL  # random gradients in 100+ dims: independent
+    assert info.solve.kkt_residual < 1e-12
+    d = g @ info.weights
+    cos = (g.T @ d) / (g.norm(dim=0) * d.norm())
+    assert float(cos.min()) > 0.0
+    torch.testing.assert_close(cos, cos.mean().expand(n), rtol=1e-9, atol=0)
+    torch.testing.assert_close(info.extras["cosine"], cos, rtol=1e-9, atol=0)
+    # the length: the sum of the gradients' projections on the unit direction
+    torch.testing.assert_close(d.norm(), (g.T @ d).sum() / d.norm(), rtol=1e-10, atol=0)
+
+
+def test_config_preferences_set_the_cosines_ratios() -> None:
+    rng = np.random.default_rng(1)
+    g = torch.tensor(rng.standard_normal((32, 3)))
+    w, result = config_weights(g.T @ g, task_weights=[1.0, 2.0, 3.0])
+    d = g @ w
+    cos = (g.T @ d) / (g.norm(dim=0) * d.norm())
+    torch.testing.assert_close(cos / cos[0], torch.tensor([1.0, 2.0, 3.0]).double())
+    assert result.status is SolveStatus.OPTIMAL
+
+
+@pytest.mark.parametrize(
+    ("rows", "status"),
+    [
+        ([[1.0, 0, 0], [1, 0, 0], [0, 1, 0]], SolveStatus.DEGENERATE),  # duplicate: still equal
+        ([[2.0, 1, 0], [4, 2, 0], [0, 1, 0]], SolveStatus.DEGENERATE),  # parallel
+        ([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0]], SolveStatus.INFEASIBLE),  # opposed
+        ([[1.0, 0, 0], [0, 0, 0], [0, 1, 0]], SolveStatus.INFEASIBLE),  # a zero gradient
+        ([[1.0, 0], [-1, 0]], SolveStatus.INFEASIBLE),  # d = 0
+    ],
+)
+def test_config_singular_gramians_are_reported_and_match_torchjd(
+    rows: list[list[float]], status: SolveStatus
+) -> None:
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    g = torch.tensor(rows, dtype=torch.float64)  # rows are the gradients (TorchJD's matrix)
+    w, result = config_weights(g @ g.T)
+    assert result.status is status
+    assert result.kkt_residual < 1e-14
+    torch.testing.assert_close(g.T @ w, aggregation.ConFIG()(g), rtol=0, atol=1e-14)
+    if status is SolveStatus.DEGENERATE:  # equal cosines with every gradient still hold
+        d = g.T @ w
+        cos = (g @ d) / (g.norm(dim=1) * d.norm())
+        torch.testing.assert_close(cos, cos.mean().expand(len(rows)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_config_matches_torchjd(n: int) -> None:
+    """TorchJD's ``ConFIG`` (``pinv`` of the unit rows) gives the same direction, to rounding."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        g = torch.tensor(rng.standard_normal((n, 64)) * 10.0 ** rng.uniform(-1, 1, size=(n, 1)))
+        w, result = config_weights(g @ g.T)
+        assert result.status is SolveStatus.OPTIMAL
+        theirs = aggregation.ConFIG()(g)
+        torch.testing.assert_close(g.T @ w, theirs, rtol=0, atol=1e-13 * float(theirs.abs().max()))
+
+
+def test_config_bad_options() -> None:
+    with pytest.raises(ValueError, match="task_weights"):
+        ConFIGBalancer(2, task_weights=[1.0, float("nan")])
+    with pytest.raises(ValueError, match="preferences"):
+        solve_config(np.eye(2), np.ones(3))
+    with pytest.raises(ValueError, match="rcond"):
+        solve_config(np.eye(2), rcond=-1.0)
