@@ -14,7 +14,8 @@ difference to its projector with ``reg_eps=0`` (quadprog on the exact Gramian) i
 DualProj (:func:`~moo_opt.weightings.dualproj_weights`, one projection of the mean) likewise
 against ``DualProjWeighting()``. ConFIG (:func:`~moo_opt.solvers.solve_config`) has no TorchJD
 column: TorchJD's ConFIG takes the gradients, not their Gramian (tests/balancers/test_zoo2.py
-compares the directions).
+compares the directions). FairGrad (:func:`~moo_opt.solvers.solve_fairgrad`, α = 2) against
+``FairGradWeighting(alpha=2)`` (``scipy.optimize.least_squares`` at its default tolerances).
 
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
@@ -36,6 +37,7 @@ from moo_opt.solvers import (
     cagrad_direction_weights,
     solve_cagrad,
     solve_config,
+    solve_fairgrad,
     solve_nash,
     solve_simplex_qp,
 )
@@ -53,6 +55,7 @@ def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
         "cagrad (CAGrad, c=0.5)": lambda q: solve_cagrad(q, C),
         "balance transform (Aligned-MTL)": balance_transform,
         "pseudo-inverse (ConFIG)": solve_config,
+        "fairgrad (FairGrad, alpha=2)": lambda q: solve_fairgrad(q, 2.0),
     }
 
 
@@ -62,6 +65,8 @@ def direction_weights(name: str, q: torch.Tensor, result: SolveResult) -> np.nda
         return cagrad_direction_weights(q.numpy(), result.weights.numpy(), C)
     if name.startswith("dual cone"):
         return result.weights.numpy().reshape(-1, q.shape[0]).sum(0)
+    if name.startswith("fairgrad"):
+        return result.weights.numpy()
     if name.startswith("balance"):
         n = q.shape[0]
         return result.weights.numpy() @ np.full(n, 1.0 / n)
@@ -75,11 +80,12 @@ def torchjd_weightings() -> tuple[dict[str, Weighting], dict[str, Weighting]]:
     """TorchJD's weightings by our row names, and the exact variants their diffs are also shown
     against (UPGrad without its ridge)."""
     try:
-        from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting
+        from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting, FairGradWeighting
     except ImportError:  # pragma: no cover - dev dependency
         return {}, {}
     timed: dict[str, Weighting] = {
         "cagrad (CAGrad, c=0.5)": CAGradWeighting(c=C),
+        "fairgrad (FairGrad, alpha=2)": FairGradWeighting(alpha=2.0),
         "balance transform (Aligned-MTL)": AlignedMTLWeighting(),
     }
     exact: dict[str, Weighting] = {}

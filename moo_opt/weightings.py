@@ -31,6 +31,7 @@ from moo_opt.solvers import (
     solve_cagrad,
     solve_config,
     solve_equality_qp,
+    solve_fairgrad,
     solve_nash,
     solve_simplex_qp,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "cagrad_weights",
     "config_weights",
     "dualproj_weights",
+    "fairgrad_weights",
     "imtl_g_weights",
     "mgda_weights",
     "nash_mtl_weights",
@@ -261,6 +263,24 @@ def nash_mtl_weights(
     if normalization == "frobenius":
         alpha = alpha * math.sqrt(float(gram.norm()))
     return alpha, result
+
+
+def fairgrad_weights(
+    gram: Tensor,
+    *,
+    alpha: float = 2.0,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+    extras: Extras | None = None,
+) -> tuple[Tensor, SolveResult]:
+    r"""FairGrad: the α-fair weights :math:`w > 0` with :math:`(Qw)_i = w_i^{-1/\alpha}`
+    (:func:`~moo_opt.solvers.solve_fairgrad`); ``extras`` gets ``improvement``, :math:`Qw` (each
+    objective's first-order improvement :math:`g_i\cdot d`)."""
+    result = solve_fairgrad(gram, alpha, rcond=rcond, tol=tol, max_iter=max_iter)
+    w = result.weights
+    _put(extras, improvement=gram.to(torch.float64) @ w.to(gram.device))
+    return w, result
 
 
 def cagrad_weights(

@@ -8,6 +8,7 @@ from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.balancers.config import ConFIGBalancer
 from moo_opt.balancers.dualproj import DualProjBalancer
 from moo_opt.balancers.dwa import DWABalancer
+from moo_opt.balancers.fairgrad import FairGradBalancer
 from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.gradnorm import GradNormBalancer
@@ -29,6 +30,7 @@ __all__ = [
     "ConFIGBalancer",
     "DualProjBalancer",
     "DWABalancer",
+    "FairGradBalancer",
     "FAMOBalancer",
     "FixedWeights",
     "GradNormBalancer",

@@ -17,6 +17,7 @@ FUNCTIONS = {
     "upgrad": lambda q, losses: weightings.upgrad_weights(q),
     "dualproj": lambda q, losses: weightings.dualproj_weights(q),
     "config": lambda q, losses: weightings.config_weights(q),
+    "fairgrad": lambda q, losses: weightings.fairgrad_weights(q),
     "nash-mtl": lambda q, losses: weightings.nash_mtl_weights(q),
     "cagrad": lambda q, losses: weightings.cagrad_weights(q),
     "aligned-mtl": lambda q, losses: weightings.aligned_mtl_weights(q),

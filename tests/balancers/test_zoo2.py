@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moo_opt import ConFIGBalancer, DualProjBalancer
-from moo_opt.solvers import SolveStatus, solve_config
-from moo_opt.weightings import config_weights, dualproj_weights
+from moo_opt import ConFIGBalancer, DualProjBalancer, FairGradBalancer
+from moo_opt.solvers import SolveStatus, solve_config, solve_fairgrad, solve_nash
+from moo_opt.weightings import config_weights, dualproj_weights, fairgrad_weights, mgda_weights
 from tests.helpers.models import toy_problem
 
 
@@ -176,3 +176,123 @@ def test_config_bad_options() -> None:
         solve_config(np.eye(2), np.ones(3))
     with pytest.raises(ValueError, match="rcond"):
         solve_config(np.eye(2), rcond=-1.0)
+
+
+# --------------------------------------------------------------------------- FairGrad
+
+
+def test_fairgrad_orthogonal_gradients_by_hand() -> None:
+    # Q = diag(qᵢ): qᵢwᵢ = wᵢ^(−1/α) gives wᵢ = qᵢ^(−α/(α+1)); α = 2, q = (9, 1, 1/4)
+    theta, losses = _linear_losses([3.0, 0, 0], [0, 1.0, 0], [0, 0, 0.5])
+    info = FairGradBalancer(3).backward(losses, [theta])
+    q = torch.tensor([9.0, 1.0, 0.25], dtype=torch.float64)
+    torch.testing.assert_close(info.weights, q ** (-2.0 / 3.0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(info.extras["improvement"], q * q ** (-2.0 / 3.0))
+    assert info.solve.status is SolveStatus.OPTIMAL
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(2, 5),
+    alpha=st.sampled_from([0.5, 1.0, 2.0, 5.0]),
+)
+def test_fairgrad_fixed_point_holds(seed: int, n: int, alpha: float) -> None:
+    p = toy_problem(seed=seed, num_objectives=n, width=8, scales=[10.0**k for k in range(n)])
+    b = FairGradBalancer(n, alpha=alpha)
+    gram = b.gradients(p.losses(), p.shared()).gramian()
+    info = b.backward(p.losses(), p.shared())
+    assert info.solve.status is SolveStatus.OPTIMAL
+    assert info.solve.kkt_residual <= 1e-12
+    w = info.weights
+    assert bool((w > 0).all())
+    torch.testing.assert_close(gram @ w, w ** (-1.0 / alpha), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])
+def test_solve_fairgrad_matches_scipy_least_squares(n: int, alpha: float) -> None:
+    """scipy's ``least_squares`` on ``Qw − w^(−1/α)`` (FairGrad's code, at tight tolerances)
+    lands on the same root."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(n)
+    for _ in range(3):
+        q = _random_gram(rng, n).numpy()
+        result = solve_fairgrad(q, alpha)
+        assert result.status is SolveStatus.OPTIMAL and result.kkt_residual <= 1e-12
+        ref = least_squares(
+            lambda x, q=q: q @ x - x ** (-1.0 / alpha),
+            np.full(n, 1.0 / n),
+            bounds=(0, np.inf),
+            xtol=1e-15,
+            ftol=1e-15,
+            gtol=1e-15,
+        ).x
+        w = result.weights.numpy()
+        np.testing.assert_allclose(w, ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_fairgrad_matches_torchjd_and_nash_at_alpha_1(n: int) -> None:
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    rng = np.random.default_rng(10 + n)
+    for alpha in (1.0, 2.0):
+        q = _random_gram(rng, n)
+        ours, result = fairgrad_weights(q, alpha=alpha)
+        theirs = aggregation.FairGradWeighting(alpha=alpha)(q)  # least_squares, its tolerances
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    torch.testing.assert_close(solve_fairgrad(q, 1.0).weights, solve_nash(q).weights)
+
+
+def test_fairgrad_tends_to_the_max_min_direction_as_alpha_grows() -> None:
+    """The worst normalised improvement ``minᵢ gᵢ·d/|d|`` grows with α towards its largest value,
+    that of MGDA's min-norm direction (the max-min fair one), and d turns towards it; at α = 1
+    FairGrad is Nash-MTL, far from it."""
+    rng = np.random.default_rng(3)
+    g = torch.tensor((rng.standard_normal((32, 4)) + 1.0) * 10.0 ** rng.uniform(-0.5, 0.5, 4))
+    q = g.T @ g
+    wm, _ = mgda_weights(q)
+    dm = g @ wm
+    best = float(dm.norm())  # minᵢ gᵢ·d*/|d*| = |d*| at the min-norm point d* of the hull
+    worst, cosines = [], []
+    for alpha in (0.5, 1.0, 2.0, 5.0, 20.0, 100.0):
+        w, result = fairgrad_weights(q, alpha=alpha)
+        assert result.status is SolveStatus.OPTIMAL
+        d = g @ w
+        worst.append(float((g.T @ d).min() / d.norm()))
+        cosines.append(float(d @ dm / (d.norm() * dm.norm())))
+    assert all(a < b for a, b in zip(worst, worst[1:]))
+    assert all(a < b for a, b in zip(cosines, cosines[1:]))
+    assert worst[-1] <= best * (1 + 1e-12)
+    assert worst[1] < 0.95 * best and worst[-1] > (1 - 1e-4) * best and cosines[-1] > 0.9999
+
+
+def test_fairgrad_equalises_improvements_when_mgda_uses_every_gradient() -> None:
+    # nearly orthogonal gradients: the max-min direction improves every objective equally
+    rng = np.random.default_rng(0)
+    g = torch.tensor(np.eye(6, 3) * [1.0, 3.0, 10.0] + 0.05 * rng.standard_normal((6, 3)))
+    ratios = []
+    for alpha in (1.0, 5.0, 50.0):
+        extras: dict[str, torch.Tensor] = {}
+        fairgrad_weights(g.T @ g, alpha=alpha, extras=extras)
+        ratios.append(float(extras["improvement"].max() / extras["improvement"].min()))
+    assert ratios[0] > 2.0 and ratios[1] < ratios[0] and ratios[2] < 1.2
+
+
+def test_fairgrad_blocked_objectives_and_bad_options() -> None:
+    q = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 4.0]], dtype=torch.float64)
+    result = solve_fairgrad(q, 2.0)  # g1 = −g2: blocked; g3 alone: 4w = w^(−1/2)
+    assert result.status is SolveStatus.INFEASIBLE
+    torch.testing.assert_close(
+        result.weights, torch.tensor([0.0, 0.0, 4.0 ** (-2.0 / 3.0)], dtype=torch.float64)
+    )
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="alpha"):
+            FairGradBalancer(2, alpha=bad)
+    with pytest.raises(ValueError, match="alpha"):
+        solve_fairgrad(np.eye(2), 0.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        FairGradBalancer(2, max_iter=0)
+    with pytest.raises(ValueError, match="tol"):
+        FairGradBalancer(2, tol=0.0)
