@@ -11,6 +11,11 @@ weight. UPGrad is timed as :func:`~moo_opt.weightings.upgrad_weights` (the N pro
 ``gᵢ/N`` and their sum), against ``UPGradWeighting()``: TorchJD's default projector solves with
 ``Q/tr(Q) + 1e-4·I`` (``reg_eps``), so its weights differ from the exact ones by that ridge; the
 difference to its projector with ``reg_eps=0`` (quadprog on the exact Gramian) is printed after it.
+DualProj (:func:`~moo_opt.weightings.dualproj_weights`, one projection of the mean) likewise
+against ``DualProjWeighting()``. ConFIG (:func:`~moo_opt.solvers.solve_config`) has no TorchJD
+column: TorchJD's ConFIG takes the gradients, not their Gramian (tests/balancers/test_zoo2.py
+compares the directions). FairGrad (:func:`~moo_opt.solvers.solve_fairgrad`, α = 2) against
+``FairGradWeighting(alpha=2)`` (``scipy.optimize.least_squares`` at its default tolerances).
 
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
@@ -31,10 +36,12 @@ from moo_opt.solvers import (
     balance_transform,
     cagrad_direction_weights,
     solve_cagrad,
+    solve_config,
+    solve_fairgrad,
     solve_nash,
     solve_simplex_qp,
 )
-from moo_opt.weightings import upgrad_weights
+from moo_opt.weightings import dualproj_weights, upgrad_weights
 
 C = 0.5
 
@@ -44,8 +51,11 @@ def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
         "simplex (MGDA, baseline)": solve_simplex_qp,
         "nash (Nash-MTL)": solve_nash,
         "dual cone, N rows (UPGrad)": lambda q: upgrad_weights(q)[1],
+        "dual cone, 1 row (DualProj)": lambda q: dualproj_weights(q)[1],
         "cagrad (CAGrad, c=0.5)": lambda q: solve_cagrad(q, C),
         "balance transform (Aligned-MTL)": balance_transform,
+        "pseudo-inverse (ConFIG)": solve_config,
+        "fairgrad (FairGrad, alpha=2)": lambda q: solve_fairgrad(q, 2.0),
     }
 
 
@@ -54,7 +64,9 @@ def direction_weights(name: str, q: torch.Tensor, result: SolveResult) -> np.nda
     if name.startswith("cagrad"):
         return cagrad_direction_weights(q.numpy(), result.weights.numpy(), C)
     if name.startswith("dual cone"):
-        return result.weights.numpy().sum(0)
+        return result.weights.numpy().reshape(-1, q.shape[0]).sum(0)
+    if name.startswith("fairgrad"):
+        return result.weights.numpy()
     if name.startswith("balance"):
         n = q.shape[0]
         return result.weights.numpy() @ np.full(n, 1.0 / n)
@@ -68,23 +80,28 @@ def torchjd_weightings() -> tuple[dict[str, Weighting], dict[str, Weighting]]:
     """TorchJD's weightings by our row names, and the exact variants their diffs are also shown
     against (UPGrad without its ridge)."""
     try:
-        from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting
+        from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting, FairGradWeighting
     except ImportError:  # pragma: no cover - dev dependency
         return {}, {}
     timed: dict[str, Weighting] = {
         "cagrad (CAGrad, c=0.5)": CAGradWeighting(c=C),
+        "fairgrad (FairGrad, alpha=2)": FairGradWeighting(alpha=2.0),
         "balance transform (Aligned-MTL)": AlignedMTLWeighting(),
     }
     exact: dict[str, Weighting] = {}
     try:
         import qpsolvers  # noqa: F401  (TorchJD's UPGrad imports them only when called)
         import quadprog  # noqa: F401
-        from torchjd.aggregation import UPGradWeighting
+        from torchjd.aggregation import DualProjWeighting, UPGradWeighting
         from torchjd.linalg import QuadprogProjector
     except ImportError:  # pragma: no cover - dev dependencies
         return timed, exact
     timed["dual cone, N rows (UPGrad)"] = UPGradWeighting()
     exact["dual cone, N rows (UPGrad)"] = UPGradWeighting(projector=QuadprogProjector(reg_eps=0.0))
+    timed["dual cone, 1 row (DualProj)"] = DualProjWeighting()
+    exact["dual cone, 1 row (DualProj)"] = DualProjWeighting(
+        projector=QuadprogProjector(reg_eps=0.0)
+    )
     return timed, exact
 
 

@@ -27,8 +27,11 @@ from moo_opt.solvers import (
     SolveResult,
     cagrad_direction_weights,
     project_to_dual_cone,
+    solve_box_qp,
     solve_cagrad,
+    solve_config,
     solve_equality_qp,
+    solve_fairgrad,
     solve_nash,
     solve_simplex_qp,
 )
@@ -43,6 +46,9 @@ QPBackend = Literal["analytic", "cvxpy"]
 __all__ = [
     "aligned_mtl_weights",
     "cagrad_weights",
+    "config_weights",
+    "dualproj_weights",
+    "fairgrad_weights",
     "imtl_g_weights",
     "mgda_weights",
     "nash_mtl_weights",
@@ -225,6 +231,22 @@ def upgrad_weights(
     return result.weights.sum(dim=0), result
 
 
+def dualproj_weights(
+    gram: Tensor,
+    *,
+    task_weights: Sequence[float] | None = None,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+) -> tuple[Tensor, SolveResult]:
+    r"""DualProj: the preference-weighted mean :math:`Gu` (``task_weights``, 1/N each by default)
+    projected onto the dual cone of the gradients, :math:`v = \arg\min_{v \ge u} \tfrac12 v^\top
+    Qv` (:func:`~moo_opt.solvers.solve_box_qp`, one of UPGrad's projections); the weights are
+    :math:`v`."""
+    u = preference_vector(task_weights, gram.shape[0])
+    result = solve_box_qp(gram, u, rcond=rcond, tol=tol)
+    return result.weights, result
+
+
 def nash_mtl_weights(
     gram: Tensor,
     *,
@@ -241,6 +263,24 @@ def nash_mtl_weights(
     if normalization == "frobenius":
         alpha = alpha * math.sqrt(float(gram.norm()))
     return alpha, result
+
+
+def fairgrad_weights(
+    gram: Tensor,
+    *,
+    alpha: float = 2.0,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+    extras: Extras | None = None,
+) -> tuple[Tensor, SolveResult]:
+    r"""FairGrad: the α-fair weights :math:`w > 0` with :math:`(Qw)_i = w_i^{-1/\alpha}`
+    (:func:`~moo_opt.solvers.solve_fairgrad`); ``extras`` gets ``improvement``, :math:`Qw` (each
+    objective's first-order improvement :math:`g_i\cdot d`)."""
+    result = solve_fairgrad(gram, alpha, rcond=rcond, tol=tol, max_iter=max_iter)
+    w = result.weights
+    _put(extras, improvement=gram.to(torch.float64) @ w.to(gram.device))
+    return w, result
 
 
 def cagrad_weights(
@@ -261,6 +301,40 @@ def cagrad_weights(
     divisor = {"none": 1.0, "1+c^2": 1.0 + c**2, "1+c": 1.0 + c}[rescale]
     _put(extras, inner=result.weights.to(gram.device))
     return (w / divisor).to(gram.device), result
+
+
+def config_weights(
+    gram: Tensor,
+    *,
+    task_weights: Sequence[float] | None = None,
+    rcond: float | None = None,
+    extras: Extras | None = None,
+) -> tuple[Tensor, SolveResult]:
+    r"""ConFIG: :math:`v = \hat Q^+ p` on the unit gradients' Gramian
+    (:func:`~moo_opt.solvers.solve_config`; ``task_weights`` p, ones by default), the unit direction
+    :math:`\hat d = Ga/|Ga|` with :math:`a_i = v_i/|g_i|` (0 for a zero gradient), scaled by
+    :math:`\sum_i g_i\cdot\hat d`: the weights on the raw losses are
+    :math:`w = a\,(\mathbf 1^\top Qa)/(a^\top Qa)` (0 when :math:`Ga = 0`)."""
+    u = None if task_weights is None else torch.tensor(tuple(task_weights), dtype=torch.float64)
+    result = solve_config(gram, u, rcond=rcond)
+    q = torch.as_tensor(result.gram)  # Q̂, the validated host copy normalised
+    host = gram.detach().to("cpu", torch.float64)
+    norms = host.diagonal().clamp(min=0.0).sqrt()
+    a = result.weights.cpu() / torch.where(norms > 0.0, norms, torch.ones_like(norms))
+    qa = host @ a
+    square = float(a @ qa)
+    length = float(qa.sum()) / math.sqrt(square) if square > 0.0 else 0.0
+    w = a * (float(qa.sum()) / square) if square > 0.0 else torch.zeros_like(a)
+    cosines = (
+        (q @ result.weights.cpu()) / math.sqrt(square) if square > 0.0 else torch.zeros_like(a)
+    )
+    _put(
+        extras,
+        v=result.weights,
+        cosine=cosines.to(gram.device),
+        length=torch.tensor(length, dtype=torch.float64, device=gram.device),
+    )
+    return w.to(gram.device), result
 
 
 def aligned_mtl_weights(

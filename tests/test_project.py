@@ -191,6 +191,8 @@ def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
     for row in (
         "| 3 | nash (Nash-MTL) |",
         "| 2 | dual cone, N rows (UPGrad) |",
+        "| 3 | dual cone, 1 row (DualProj) |",
+        "| 3 | fairgrad (FairGrad, alpha=2) |",
         "| 3 | cagrad (CAGrad, c=0.5) |",
     ):
         assert row in proc.stdout

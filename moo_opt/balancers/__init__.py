@@ -5,7 +5,10 @@ from moo_opt.balancers.aligned import AlignedMTLBalancer
 from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFiniteLossError
 from moo_opt.balancers.cagrad import CAGradBalancer
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
+from moo_opt.balancers.config import ConFIGBalancer
+from moo_opt.balancers.dualproj import DualProjBalancer
 from moo_opt.balancers.dwa import DWABalancer
+from moo_opt.balancers.fairgrad import FairGradBalancer
 from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.gradnorm import GradNormBalancer
@@ -24,7 +27,10 @@ __all__ = [
     "Balancer",
     "CAGradBalancer",
     "CoarseToFineBalancer",
+    "ConFIGBalancer",
+    "DualProjBalancer",
     "DWABalancer",
+    "FairGradBalancer",
     "FAMOBalancer",
     "FixedWeights",
     "GradNormBalancer",

@@ -1,6 +1,6 @@
 """Pure math on Gram matrices: the equality-constrained QP (Solution 2), the simplex QP (MGDA),
 Nash-MTL's bargaining weights, UPGrad's projections, CAGrad's inner problem, Aligned-MTL's
-transform.
+transform, ConFIG's direction, FairGrad's α-fair weights.
 
 No autograd here: a solver takes ``Q = GᵀG`` (N×N) and returns a :class:`SolveResult` whose
 weights, status and KKT certificate say exactly what was solved.
@@ -9,7 +9,9 @@ weights, status and KKT certificate say exactly what was solved.
 from moo_opt.solvers.alignment import balance_transform
 from moo_opt.solvers.box import project_to_dual_cone, solve_box_qp
 from moo_opt.solvers.cagrad import cagrad_direction_weights, solve_cagrad
+from moo_opt.solvers.config import solve_config
 from moo_opt.solvers.equality import solve_equality_qp
+from moo_opt.solvers.fairgrad import solve_fairgrad
 from moo_opt.solvers.nash import solve_nash
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 from moo_opt.solvers.simplex import solve_simplex_qp
@@ -26,4 +28,6 @@ __all__ = [
     "solve_cagrad",
     "project_to_dual_cone",
     "solve_box_qp",
+    "solve_config",
+    "solve_fairgrad",
 ]

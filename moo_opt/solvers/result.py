@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 #: "equality" (Solution 2), "simplex" (MGDA), "box" (UPGrad's projections), "nash" (Nash-MTL),
-#: "cagrad" (CAGrad's inner problem), "alignment" (Aligned-MTL's balance transform)
-Problem = Literal["equality", "simplex", "box", "nash", "cagrad", "alignment"]
+#: "cagrad" (CAGrad's inner problem), "alignment" (Aligned-MTL's balance transform), "config"
+#: (ConFIG's least-squares direction), "fairgrad" (FairGrad's α-fair weights)
+Problem = Literal["equality", "simplex", "box", "nash", "cagrad", "alignment", "config", "fairgrad"]
 
 
 class SolveStatus(enum.Enum):
