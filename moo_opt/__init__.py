@@ -22,6 +22,7 @@ from moo_opt.balancers import (
     PCGradBalancer,
     QPBalancer,
     RLWBalancer,
+    TrimmedMeanBalancer,
     UncertaintyWeighting,
     UPGradBalancer,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "PCGradBalancer",
     "QPBalancer",
     "RLWBalancer",
+    "TrimmedMeanBalancer",
     "UncertaintyWeighting",
     "UPGradBalancer",
     "available",

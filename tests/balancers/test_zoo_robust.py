@@ -1,0 +1,114 @@
+"""Hand cases and promised properties of the robust and coordinate-wise balancers (issue 20):
+the trimmed mean, Krum, GradDrop; agreement with TorchJD's aggregators on shared matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchjd.aggregation import TrimmedMean
+
+from moo_opt import TrimmedMeanBalancer, create
+from moo_opt.gradients import objective_gradients
+from tests.helpers.models import toy_problem
+
+
+def _linear_losses(*gradients: list[float]):
+    """Losses ``gᵢ·θ`` at θ = 0: their gradients are exactly the given vectors."""
+    theta = torch.zeros(len(gradients[0]), dtype=torch.float64, requires_grad=True)
+    return theta, [torch.tensor(g, dtype=torch.float64) @ theta + 1.0 for g in gradients]
+
+
+def _matrix(seed: int, n: int, p: int) -> torch.Tensor:
+    return torch.randn(n, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------- trimmed mean
+@pytest.mark.parametrize(("n", "trim"), [(1, 0), (3, 1), (4, 1), (5, 2), (6, 2), (7, 1)])
+def test_trimmed_mean_agrees_with_torchjd_on_matrices(n: int, trim: int) -> None:
+    for seed in range(5):
+        m = _matrix(seed, n, 13)
+        m[:, 0] = 1.5  # a column of ties
+        ours = TrimmedMeanBalancer(n, trim=trim).combine(m)
+        torch.testing.assert_close(ours, TrimmedMean(trim)(m), rtol=1e-13, atol=1e-15)
+
+
+def test_trimmed_mean_backward_is_torchjds_on_the_gradients() -> None:
+    p = toy_problem(seed=3, num_objectives=5, scales=[1.0, 2.0, 0.5, 3.0, 1.0])
+    g = objective_gradients(p.losses(), p.shared()).matrix()
+    info = TrimmedMeanBalancer(5, trim=2).backward(p.losses(), p.shared())
+    applied = torch.cat([q.grad.reshape(-1) for q in p.shared()])
+    torch.testing.assert_close(applied, TrimmedMean(2)(g.T), rtol=1e-12, atol=1e-15)
+    assert abs(float(info.weights.sum()) - 1.0) < 1e-12 and (info.weights >= 0).all()
+
+
+def test_trimmed_mean_weights_are_the_kept_fractions_by_hand() -> None:
+    # per coordinate the median of three, over N − 2t = 1: g1 is the median of both coordinates
+    theta, losses = _linear_losses([1.0, 5.0], [0.0, 6.0], [2.0, 4.0])
+    info = TrimmedMeanBalancer(3, trim=1).backward(losses, [theta])
+    torch.testing.assert_close(theta.grad, torch.tensor([1.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(info.weights, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    # g1 the median of coordinate 0 (values 1, 0, 2), g2 of coordinate 1 (4, 5, 6): half each
+    theta, losses = _linear_losses([1.0, 4.0], [0.0, 5.0], [2.0, 6.0])
+    info = TrimmedMeanBalancer(3, trim=1).backward(losses, [theta])
+    torch.testing.assert_close(theta.grad, torch.tensor([1.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(info.weights, torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+
+
+def test_trimmed_mean_without_trimming_is_the_mean_as_weights() -> None:
+    p = toy_problem(seed=1, num_objectives=3, scales=[1.0, 10.0, 0.1])
+    g = objective_gradients(p.losses(), p.shared()).matrix()
+    info = create("trimmed-mean", 3).backward(p.losses(), p.shared())
+    torch.testing.assert_close(info.weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+    applied = torch.cat([q.grad.reshape(-1) for q in p.shared()])
+    torch.testing.assert_close(applied, g.mean(dim=1), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("trim", [1, 2])
+def test_trimmed_mean_bounds_the_influence_of_one_outlying_gradient(trim: int) -> None:
+    """Moved arbitrarily far, one gradient leaves every coordinate within the others' range."""
+    base = _matrix(7, 6, 40)
+    others = base[1:]
+    low, high = others.min(dim=0).values, others.max(dim=0).values
+    balancer = TrimmedMeanBalancer(6, trim=trim)
+    direction = torch.randn(40, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for scale in (1.0, 1e3, 1e8, 1e15, -1e15):
+        m = base.clone()
+        m[0] = scale * direction
+        d = balancer.combine(m)
+        assert torch.isfinite(d).all()
+        assert (d >= low - 1e-12).all() and (d <= high + 1e-12).all(), scale
+
+
+def test_trimmed_mean_objectives_not_reaching_a_parameter_count_as_zeros() -> None:
+    """The heads, each reached by one objective, in the balanced set: zeros elsewhere (the matrix
+    G); the leaves outside the balanced set get the plain mean."""
+    p = toy_problem(seed=2, num_objectives=3, scales=[1.0, 1.0, 1.0])
+    grads = objective_gradients(p.losses(), p.all_parameters())
+    g = grads.matrix()
+    TrimmedMeanBalancer(3, trim=1).backward(p.losses(), p.all_parameters())
+    applied = torch.cat([q.grad.reshape(-1) for q in p.all_parameters()])
+    torch.testing.assert_close(applied, TrimmedMean(1)(g.T), rtol=1e-12, atol=1e-15)
+
+    q = toy_problem(seed=2, num_objectives=3, scales=[1.0, 1.0, 1.0])
+    losses = q.losses()
+    own = [torch.autograd.grad(loss, list(h.parameters()), retain_graph=True)
+           for loss, h in zip(losses, q.heads)]  # fmt: skip
+    TrimmedMeanBalancer(3, trim=1).backward(losses, q.shared())
+    for head, gradients in zip(q.heads, own):
+        for w, gw in zip(head.parameters(), gradients):
+            torch.testing.assert_close(w.grad, gw / 3, rtol=1e-12, atol=0)
+
+
+def test_trimmed_mean_options_are_checked_and_representations_refused() -> None:
+    with pytest.raises(ValueError, match=r"trim=2 needs at least 5 objectives"):
+        create("trimmed-mean", 4, trim=2)
+    with pytest.raises(ValueError, match="trim must be an integer >= 0"):
+        create("trimmed-mean", 3, trim=-1)
+    with pytest.raises(ValueError, match="trim must be an integer >= 0"):
+        create("trimmed-mean", 3, trim=True)
+    with pytest.raises(ValueError, match="unknown option.*gramian"):
+        create("trimmed-mean", 3, gramian="representation")
+    p = toy_problem(num_objectives=3)
+    y = p.trunk(p.x)
+    with pytest.raises(ValueError, match="does not balance a Gramian"):
+        create("trimmed-mean", 3).backward(p.losses(), p.shared(), representations=[y])
