@@ -10,6 +10,7 @@ from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.gradnorm import GradNormBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
+from moo_opt.balancers.krum import KrumBalancer
 from moo_opt.balancers.mgda import MGDABalancer
 from moo_opt.balancers.nash import NashMTLBalancer
 from moo_opt.balancers.pcgrad import PCGradBalancer
@@ -31,6 +32,7 @@ __all__ = [
     "GradNormBalancer",
     "GramianBalancer",
     "IMTLGBalancer",
+    "KrumBalancer",
     "MGDABalancer",
     "NashMTLBalancer",
     "NonFiniteLossError",

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchjd.aggregation import TrimmedMean
+from torchjd.aggregation import Krum, TrimmedMean
 
-from moo_opt import TrimmedMeanBalancer, create
+from moo_opt import KrumBalancer, TrimmedMeanBalancer, create
+from moo_opt.balancers.krum import krum_weights
 from moo_opt.gradients import objective_gradients
 from tests.helpers.models import toy_problem
 
@@ -112,3 +113,99 @@ def test_trimmed_mean_options_are_checked_and_representations_refused() -> None:
     y = p.trunk(p.x)
     with pytest.raises(ValueError, match="does not balance a Gramian"):
         create("trimmed-mean", 3).backward(p.losses(), p.shared(), representations=[y])
+
+
+# ---------------------------------------------------------------------- Krum
+def _krum(matrix: torch.Tensor, f: int, m: int) -> torch.Tensor:
+    """Our Krum direction on the rows of ``matrix`` (the weights from its Gramian)."""
+    weights, _ = krum_weights(matrix @ matrix.T, f, m)
+    return weights @ matrix
+
+
+def test_krum_scores_are_the_sums_of_squared_distances_to_the_nearest() -> None:
+    for seed in range(10):
+        m = _matrix(seed, 6, 4)
+        weights, scores = krum_weights(m @ m.T, 1, 2)
+        squared = torch.cdist(m, m) ** 2
+        squared.fill_diagonal_(float("inf"))
+        expected = squared.sort(dim=1).values[:, :3].sum(dim=1)  # N − f − 2 = 3 neighbours
+        torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-10)
+        chosen = expected.argsort()[:2]
+        assert set(weights.nonzero().reshape(-1).tolist()) == set(chosen.tolist())
+        assert torch.equal(weights[chosen], torch.full((2,), 0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_krum_agrees_with_torchjd_with_one_neighbour(m: int) -> None:
+    """N − f − 2 = 1: one distance per score, squared or not, the same ranking."""
+    for seed in range(20):
+        matrix = _matrix(seed, 3, 5)
+        torch.testing.assert_close(_krum(matrix, 0, m), Krum(0, m)(matrix), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("n", "f"), [(5, 1), (7, 2), (9, 3), (6, 0)])
+def test_krum_agrees_with_torchjd_on_outliers_and_a_cluster(n: int, f: int) -> None:
+    """f far outlying rows and N − f clustered ones: both select the whole cluster with
+    m = N − f, and any m of it with a smaller m (the same rows for m = 1 or tightly spread)."""
+    for seed in range(5):
+        matrix = _matrix(seed, n, 6)
+        matrix[f:] = 1.0 + 1e-2 * matrix[f:]
+        matrix[:f] *= 1e4
+        torch.testing.assert_close(
+            _krum(matrix, f, n - f), Krum(f, n - f)(matrix), rtol=1e-12, atol=0
+        )
+        torch.testing.assert_close(
+            _krum(matrix, f, n - f), matrix[f:].mean(dim=0), rtol=1e-12, atol=0
+        )
+
+
+@pytest.mark.parametrize(("n", "f"), [(3, 0), (5, 1), (6, 1), (7, 2), (9, 3)])
+def test_krum_never_selects_one_arbitrarily_large_outlier(n: int, f: int) -> None:
+    """N ≥ 2f + 3: the outlier's score is the largest, whatever its size or direction; nor are
+    f identical (colluding) outliers selected."""
+    base = _matrix(n, n, 8)
+    direction = torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for m in range(1, n - max(f, 1) + 1):
+        for scale in (10.0, 1e4, 1e9, -1e9):
+            matrix = base.clone()
+            matrix[2] = scale * direction
+            weights, _ = krum_weights(matrix @ matrix.T, f, m)
+            assert weights[2] == 0, (m, scale, weights)
+            colluding = base.clone()
+            colluding[:f] = scale * direction
+            weights, _ = krum_weights(colluding @ colluding.T, f, m)
+            assert (weights[:f] == 0).all(), (m, scale, weights)
+
+
+def test_krum_balances_a_model_with_weights_one_over_m() -> None:
+    p = toy_problem(seed=4, num_objectives=5, scales=[1.0, 1.1, 0.9, 50.0, 1.0])
+    grads = objective_gradients(p.losses(), p.shared())
+    g, gram = grads.matrix(), grads.gramian()
+    info = KrumBalancer(5, n_byzantine=1, n_selected=2).backward(p.losses(), p.shared())
+    assert sorted(info.weights.tolist()) == [0.0, 0.0, 0.0, 0.5, 0.5]
+    assert info.weights[3] == 0  # the objective of 50x the scale is the outlier
+    applied = torch.cat([q.grad.reshape(-1) for q in p.shared()])
+    torch.testing.assert_close(applied, g @ info.weights, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(applied, Krum(1, 2)(g.T), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(info.extras["score"], krum_weights(gram, 1, 2)[1])
+
+
+def test_krum_with_fewer_than_three_objectives_takes_the_first() -> None:
+    theta, losses = _linear_losses([1.0, 0.0], [0.0, 3.0])
+    info = create("krum", 2).backward(losses, [theta])
+    assert info.weights.tolist() == [1.0, 0.0] and info.extras["score"].tolist() == [0.0, 0.0]
+    theta, losses = _linear_losses([1.0, 0.0], [0.0, 3.0])
+    info = create("krum", 2, n_selected=2).backward(losses, [theta])
+    assert info.weights.tolist() == [0.5, 0.5] and theta.grad.tolist() == [0.5, 1.5]
+
+
+def test_krum_options_are_checked_against_the_number_of_objectives() -> None:
+    with pytest.raises(ValueError, match=r"n_byzantine=1 needs at least 5 objectives"):
+        create("krum", 4, n_byzantine=1)
+    with pytest.raises(ValueError, match=r"n_selected must be at most num_objectives - n_byz"):
+        create("krum", 5, n_byzantine=1, n_selected=5)
+    with pytest.raises(ValueError, match="n_selected must be a positive integer"):
+        create("krum", 3, n_selected=0)
+    with pytest.raises(ValueError, match="n_byzantine must be an integer >= 0"):
+        create("krum", 3, n_byzantine=-1)
+    assert create("krum", 7, n_byzantine=2, n_selected=5).n_selected == 5
