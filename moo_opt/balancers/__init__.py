@@ -8,6 +8,7 @@ from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
+from moo_opt.balancers.graddrop import GradDropBalancer
 from moo_opt.balancers.gradnorm import GradNormBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.krum import KrumBalancer
@@ -29,6 +30,7 @@ __all__ = [
     "DWABalancer",
     "FAMOBalancer",
     "FixedWeights",
+    "GradDropBalancer",
     "GradNormBalancer",
     "GramianBalancer",
     "IMTLGBalancer",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchjd.aggregation import Krum, TrimmedMean
+from torchjd.aggregation import GradDrop, Krum, TrimmedMean
 
-from moo_opt import KrumBalancer, TrimmedMeanBalancer, create
+from moo_opt import GradDropBalancer, KrumBalancer, TrimmedMeanBalancer, create
 from moo_opt.balancers.krum import krum_weights
 from moo_opt.gradients import objective_gradients
 from tests.helpers.models import toy_problem
@@ -209,3 +209,95 @@ def test_krum_options_are_checked_against_the_number_of_objectives() -> None:
     with pytest.raises(ValueError, match="n_byzantine must be an integer >= 0"):
         create("krum", 3, n_byzantine=-1)
     assert create("krum", 7, n_byzantine=2, n_selected=5).n_selected == 5
+
+
+# ---------------------------------------------------------------------- GradDrop
+def _uniforms(seed: int, size: int) -> torch.Tensor:
+    """The draws of a fresh ``GradDropBalancer(seed=seed)`` (CPU, float64, one per coordinate)."""
+    return torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_graddrop_agrees_with_torchjd_given_the_same_draws(n: int) -> None:
+    for seed in range(5):
+        m = _matrix(seed, n, 17)
+        m[:, 0] = 0.0  # no value at all
+        m[:, 1] = m[:, 1].abs()  # one sign
+        torch.manual_seed(seed)  # TorchJD draws from the global generator, ours from its own
+        expected = GradDrop()(m)
+        torch.testing.assert_close(
+            GradDropBalancer(n, seed=seed).combine(m), expected, rtol=0, atol=0
+        )
+
+
+def test_graddrop_keeps_the_drawn_sign_in_every_coordinate() -> None:
+    m = _matrix(11, 4, 200)
+    u = _uniforms(3, 200)
+    d = GradDropBalancer(4, seed=3).combine(m)
+    purity = 0.5 * (1 + m.sum(dim=0) / m.abs().sum(dim=0))
+    positive = purity > u
+    torch.testing.assert_close(d[positive], m.clamp(min=0).sum(dim=0)[positive], rtol=0, atol=0)
+    torch.testing.assert_close(d[~positive], m.clamp(max=0).sum(dim=0)[~positive], rtol=0, atol=0)
+    assert (d[positive] >= 0).all() and (d[~positive] <= 0).all()
+    assert 0 < int(positive.sum()) < 200
+
+
+def test_graddrop_with_gradients_of_one_sign_is_their_sum() -> None:
+    theta, losses = _linear_losses([1.0, -2.0, 0.0], [3.0, -0.5, 1.0], [0.25, 0.0, 2.0])
+    info = GradDropBalancer(3, seed=5).backward(losses, [theta])
+    torch.testing.assert_close(theta.grad, torch.tensor([4.25, -2.5, 3.0], dtype=torch.float64))
+    assert info.weights.tolist() == [1.0, 1.0, 1.0] and float(info.extras["conflict"]) == 0.0
+
+
+def test_graddrop_weights_are_the_kept_fractions_by_hand() -> None:
+    # coordinate 0: values 1 and -3, purity 1/4; coordinate 1: values 2 and 1, always kept
+    theta, losses = _linear_losses([1.0, 2.0], [-3.0, 1.0])
+    info = GradDropBalancer(2, seed=9).backward(losses, [theta])
+    positive = bool(0.25 > _uniforms(9, 2)[0])
+    expected = [1.0, 0.5] if positive else [0.5, 1.0]
+    assert info.weights.tolist() == expected and float(info.extras["conflict"]) == 0.5
+    assert theta.grad.tolist() == [1.0 if positive else -3.0, 3.0]
+
+
+def test_graddrop_is_reproducible_from_its_seed_and_its_state() -> None:
+    def run(balancer: GradDropBalancer, steps: int) -> list[torch.Tensor]:
+        p = toy_problem(seed=6, num_objectives=3, scales=[1.0, 1.0, 1.0])
+        out = []
+        for _ in range(steps):
+            for q in p.all_parameters():
+                q.grad = None
+            balancer.backward(p.losses(), p.shared())
+            out.append(torch.cat([q.grad.reshape(-1) for q in p.shared()]))
+        return out
+
+    a, b = run(GradDropBalancer(3, seed=1), 3), run(GradDropBalancer(3, seed=1), 3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(run(GradDropBalancer(3, seed=2), 1)[0], a[0])
+    first = GradDropBalancer(3, seed=1)
+    run(first, 1)
+    resumed = GradDropBalancer(3)
+    resumed.load_state_dict(first.state_dict())  # applied to the generator made on first use
+    assert all(torch.equal(x, y) for x, y in zip(run(resumed, 2), a[1:]))
+    # an objective alone on a coordinate is always kept (its purity is 0 or 1)
+    p = toy_problem(seed=6, num_objectives=3, scales=[1.0, 1.0, 1.0])
+    heads = [list(h.parameters()) for h in p.heads]
+    own = [torch.autograd.grad(loss, h, retain_graph=True) for loss, h in zip(p.losses(), heads)]
+    GradDropBalancer(3).backward(p.losses(), p.all_parameters())
+    for h, gradients in zip(heads, own):
+        for w, gw in zip(h, gradients):
+            torch.testing.assert_close(w.grad, gw, rtol=0, atol=0)
+
+
+def test_graddrop_refuses_representations_and_a_generator_on_another_device() -> None:
+    with pytest.raises(ValueError, match="unknown option.*gramian"):
+        create("graddrop", 2, gramian="representation")
+    p = toy_problem()
+    with pytest.raises(ValueError, match="does not balance a Gramian"):
+        create("graddrop", 2).backward(p.losses(), p.shared(), representations=[p.trunk(p.x)])
+    b = GradDropBalancer(2)
+    saved = b.state_dict()
+    saved["state"] = {"device": "cuda", "generator": torch.zeros(16, dtype=torch.uint8)}
+    b.load_state_dict(saved)
+    assert b.state_dict()["state"]["device"] == "cuda"  # kept until used
+    with pytest.raises(ValueError, match="generator is on cuda, the parameters on cpu"):
+        b.backward(p.losses(), p.shared())
