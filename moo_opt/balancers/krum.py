@@ -30,9 +30,7 @@ def krum_weights(gram: Tensor, n_byzantine: int, n_selected: int) -> tuple[Tenso
     index), 0 on the others."""
     scores = krum_scores(gram, n_byzantine)
     chosen = torch.argsort(scores, stable=True)[:n_selected]
-    weights = torch.zeros_like(scores)
-    weights[chosen] = 1.0 / n_selected
-    return weights, scores
+    return torch.zeros_like(scores).scatter_(0, chosen, 1.0 / n_selected), scores
 
 
 @register
