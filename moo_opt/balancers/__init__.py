@@ -11,13 +11,16 @@ from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.fairgrad import FairGradBalancer
 from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
+from moo_opt.balancers.graddrop import GradDropBalancer
 from moo_opt.balancers.gradnorm import GradNormBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
+from moo_opt.balancers.krum import KrumBalancer
 from moo_opt.balancers.mgda import MGDABalancer
 from moo_opt.balancers.nash import NashMTLBalancer
 from moo_opt.balancers.pcgrad import PCGradBalancer
 from moo_opt.balancers.qp import QPBalancer
 from moo_opt.balancers.rlw import RLWBalancer
+from moo_opt.balancers.trimmed_mean import TrimmedMeanBalancer
 from moo_opt.balancers.uncertainty import UncertaintyWeighting
 from moo_opt.balancers.upgrad import UPGradBalancer
 
@@ -33,15 +36,18 @@ __all__ = [
     "FairGradBalancer",
     "FAMOBalancer",
     "FixedWeights",
+    "GradDropBalancer",
     "GradNormBalancer",
     "GramianBalancer",
     "IMTLGBalancer",
+    "KrumBalancer",
     "MGDABalancer",
     "NashMTLBalancer",
     "NonFiniteLossError",
     "PCGradBalancer",
     "QPBalancer",
     "RLWBalancer",
+    "TrimmedMeanBalancer",
     "UncertaintyWeighting",
     "UPGradBalancer",
 ]

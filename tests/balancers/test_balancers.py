@@ -1,5 +1,5 @@
-"""The balancers: hand-derived weights, ``.grad`` equal to autograd of Σ wᵢLᵢ, bad input,
-skipping."""
+"""The balancers: hand-derived weights, ``.grad`` equal to autograd of Σ wᵢLᵢ (a coordinate-wise
+balancer: its rule), bad input, skipping."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from moo_opt import (
     balanced_step,
     create,
 )
+from moo_opt.balancers.coordinatewise import CoordinateBalancer
+from moo_opt.gradients import objective_gradients
 from moo_opt.solvers import SolveStatus
 from moo_opt.weightings import renormalized
 from tests.helpers.models import subbatch_step, toy_problem
@@ -40,9 +42,19 @@ def grads_of(problem, weights: torch.Tensor) -> list[torch.Tensor | None]:
 @ALL
 def test_grad_equals_autograd_of_the_weighted_sum(name: str) -> None:
     p = toy_problem(num_objectives=2)
-    info = create(name, 2).backward(p.losses(), p.shared())
+    balancer = create(name, 2)
+    info = balancer.backward(p.losses(), p.shared())
     got = p.grads()
-    want = grads_of(p, info.weights)
+    if isinstance(balancer, CoordinateBalancer):
+        # no weighting gives a coordinate-wise rule: its own on the balanced set (the matrix G),
+        # and autograd of the plain combination elsewhere
+        g = objective_gradients(p.losses(), p.shared()).matrix()
+        shared = len(p.shared())
+        rule = create(name, 2).combine(g.T.contiguous())
+        torch.testing.assert_close(torch.cat([a.reshape(-1) for a in got[:shared]]), rule)
+        got, want = got[shared:], grads_of(p, balancer._plain(info.losses))[shared:]
+    else:
+        want = grads_of(p, info.weights)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 

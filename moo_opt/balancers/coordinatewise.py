@@ -1,0 +1,87 @@
+"""The plumbing of the coordinate-wise balancers (trimmed mean, GradDrop): their rule combines
+the N gradients' values coordinate by coordinate, which no weighting of whole gradients gives, so
+they work on the per-objective gradients themselves rather than on a Gramian."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import Tensor
+
+from moo_opt import distributed
+from moo_opt.balancers.base import BalanceInfo, Balancer
+from moo_opt.gradients import ObjectiveGradients, accumulate_grad, objective_gradients
+
+
+def stacked(grads: ObjectiveGradients) -> tuple[list[Tensor], list[Tensor]]:
+    """``(params, matrices)``: for each balanced parameter that some objective reaches, the
+    (N, numel) matrix of the objectives' gradients, zeros for an objective that does not reach it
+    (as in :meth:`ObjectiveGradients.matrix`); a parameter no objective reaches is left out."""
+    params: list[Tensor] = []
+    matrices: list[Tensor] = []
+    for k, p in enumerate(grads.params):
+        rows = [g[k] for g in grads.grads]
+        if all(r is None for r in rows):
+            continue
+        zero = torch.zeros_like(next(r for r in rows if r is not None))
+        params.append(p)
+        matrices.append(torch.stack([(r if r is not None else zero).reshape(-1) for r in rows]))
+    return params, matrices
+
+
+class CoordinateBalancer(Balancer):
+    r"""A balancer whose rule acts coordinate by coordinate on the N gradients' values.
+
+    :meth:`_combine` gets, per balanced parameter, the (N, numel) matrix of the objectives'
+    gradients (averaged over the ranks first under ``torch.distributed``, so that every rank
+    combines the gradients of the whole batch, as :class:`~moo_opt.GramianBalancer` does) and
+    returns the combined ``.grad`` of each parameter. ``info.weights`` cannot be coefficients
+    with ``.grad = G w`` in general: each class documents the per-objective summary it reports.
+    Leaves the losses reach outside the balanced set receive the plain combination
+    ``Σᵢ cᵢ ∇Lᵢ`` with the coefficients :meth:`_plain` (the rule's own when nothing is trimmed or
+    dropped). There is no Gramian, so no ``gramian="representation"``: representations passed to
+    :meth:`backward` are refused.
+    """
+
+    def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
+        grads = objective_gradients(losses, params)
+        if distributed.world_size() > 1:
+            grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
+            grads.other_grads = [
+                distributed.mean_tensors_(g, grads.others) for g in grads.other_grads
+            ]
+        reached, matrices = stacked(grads)
+        # each objective's sum of its values, in float64: NaN or Inf wherever a gradient has one
+        sums = torch.stack(
+            [
+                sum((m[i].sum(dtype=torch.float64) for m in matrices), values.new_zeros(()))
+                for i in range(self.num_objectives)
+            ]
+        )
+        if not self._finite_or_skip(values, sums):
+            return self._skipped(values)
+        directions, weights, extras = self._combine(matrices, values)
+        for p, d in zip(reached, directions):
+            accumulate_grad(p, d.view_as(p))
+        others = ObjectiveGradients([], [[] for _ in losses], grads.others, grads.other_grads)
+        others.accumulate(self._plain(values))
+        return BalanceInfo(weights=weights, losses=values, extras=extras, skips=self.skips)
+
+    def combine(self, matrix: Tensor) -> Tensor:
+        """The rule on an (N, P) matrix of the N gradients' values: the (P,) combined direction,
+        as :meth:`backward` gives it over the concatenated balanced parameters (a stochastic rule
+        draws from the balancer's generator: for inspection and tests)."""
+        directions, _, _ = self._combine([matrix], matrix.new_zeros(self.num_objectives))
+        return directions[0]
+
+    @abstractmethod
+    def _combine(
+        self, matrices: list[Tensor], values: Tensor
+    ) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+        """``(combined gradient of each parameter, flat; the reported (N,) weights on the losses'
+        device; extras)`` from the (N, numel) matrix of each balanced parameter."""
+
+    @abstractmethod
+    def _plain(self, values: Tensor) -> Tensor:
+        """The coefficients of the leaves outside the balanced set (float64, (N,))."""
