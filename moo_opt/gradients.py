@@ -10,7 +10,8 @@
   is for a parameter no objective reaches.
 
 Nothing here reads a value back to the host: on CUDA, N gradient passes and the Gramian stay on
-the device.
+the device (under several processes, :meth:`ObjectiveGradients.mean_over_ranks_` reads which
+parameters each rank reached, as :mod:`moo_opt.distributed` says).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from moo_opt import distributed
 
 
 def check_losses(losses: Sequence[Tensor], num_objectives: int) -> list[Tensor]:
@@ -131,6 +134,15 @@ class ObjectiveGradients:
     @property
     def num_objectives(self) -> int:
         return len(self.grads)
+
+    def mean_over_ranks_(self) -> ObjectiveGradients:
+        """Average each objective's gradients over the processes, in place (one flattened
+        all-reduce per objective and set; nothing with one process): the gradients of the whole
+        batch, which every rank then balances alike (:mod:`moo_opt.distributed`)."""
+        if distributed.world_size() > 1:
+            self.grads = [distributed.mean_tensors_(g, self.params) for g in self.grads]
+            self.other_grads = [distributed.mean_tensors_(g, self.others) for g in self.other_grads]
+        return self
 
     def reach(self) -> list[list[int]]:
         """For each balanced parameter, the objectives whose graph reaches it (autograd gives the

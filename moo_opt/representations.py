@@ -114,9 +114,7 @@ def representation_gradients(
     heads = ObjectiveGradients(
         head_params, [r[n : n + h] for r in rows], others, [r[n + h :] for r in rows]
     )
-    if distributed.world_size() > 1:
-        heads.grads = [distributed.mean_tensors_(g, heads.params) for g in heads.grads]
-        heads.other_grads = [distributed.mean_tensors_(g, heads.others) for g in heads.other_grads]
+    heads.mean_over_ranks_()
     at_cut = ObjectiveGradients(list(reps), [r[:n] for r in rows], [], [])
     return RepresentationGradients(at_cut, heads, trunk)
 

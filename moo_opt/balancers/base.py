@@ -494,13 +494,8 @@ class GramianBalancer(Balancer):
     ) -> BalanceInfo:
         if reps is not None:
             return self._balance_at(losses, values, params, reps)
-        grads = objective_gradients(losses, params)
-        # each objective's gradient of the whole batch, then the Gramian
-        if distributed.world_size() > 1:
-            grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
-            grads.other_grads = [
-                distributed.mean_tensors_(g, grads.others) for g in grads.other_grads
-            ]
+        # each objective's gradient of the whole batch
+        grads = objective_gradients(losses, params).mean_over_ranks_()
         gram = self._gramian(grads)
         if not self._finite_or_skip(values, gram):
             return self._skipped(values)

@@ -9,7 +9,6 @@ from abc import abstractmethod
 import torch
 from torch import Tensor
 
-from moo_opt import distributed
 from moo_opt.balancers.base import BalanceInfo, Balancer
 from moo_opt.gradients import ObjectiveGradients, accumulate_grad, objective_gradients
 
@@ -45,12 +44,8 @@ class CoordinateBalancer(Balancer):
     """
 
     def _backward(self, losses: list[Tensor], values: Tensor, params: list[Tensor]) -> BalanceInfo:
-        grads = objective_gradients(losses, params)
-        if distributed.world_size() > 1:
-            grads.grads = [distributed.mean_tensors_(g, grads.params) for g in grads.grads]
-            grads.other_grads = [
-                distributed.mean_tensors_(g, grads.others) for g in grads.other_grads
-            ]
+        # each objective's gradient of the whole batch
+        grads = objective_gradients(losses, params).mean_over_ranks_()
         reached, matrices = stacked(grads)
         # each objective's sum of its values, in float64: NaN or Inf wherever a gradient has one
         sums = torch.stack(
