@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import moo_opt  # noqa: E402
+from moo_opt.training import with_outputs_of  # noqa: E402
 from plugins.lic import models  # noqa: E402
 from plugins.lic.train import Trainer, build_parser  # noqa: E402
 
@@ -32,15 +33,10 @@ def representation_info(trainer: Trainer, twin: moo_opt.Balancer, x: torch.Tenso
     """``twin``'s info on batch ``x`` (the representation Gramian), leaving no gradient behind and
     the global random state (the quantisation noise) as it found it."""
     state = torch.random.get_rng_state()
-    captured: list[torch.Tensor] = []
-    handle = models.representation(trainer.net).register_forward_hook(
-        lambda _m, _i, out: captured.append(out)
+    losses, reps = with_outputs_of(
+        models.representation(trainer.net), lambda: trainer.losses(x).as_list()
     )
-    try:
-        losses = trainer.losses(x).as_list()
-    finally:
-        handle.remove()
-    info = twin.backward(losses, trainer.main_params, representations=captured)
+    info = twin.backward(losses, trainer.main_params, representations=reps)
     trainer.optimizer.zero_grad(set_to_none=True)
     torch.random.set_rng_state(state)
     return info

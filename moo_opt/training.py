@@ -60,7 +60,7 @@ def balanced_step(
     optimizer.zero_grad(set_to_none=True)
     checked = balancer.nonfinite != "unchecked"
     snapshot = balancer.state_dict() if balancer.nonfinite == "skip" else None  # small tensors
-    losses, reps = _with_outputs_of(representation, compute_losses)
+    losses, reps = with_outputs_of(representation, compute_losses)
     info = balancer.backward(losses, params, representations=reps)
     if not info.skipped and (checked or max_norm is not None):
         info = _clip_and_check(balancer, optimizer, info, snapshot, checked, max_norm)
@@ -76,11 +76,13 @@ def balanced_step(
     return info
 
 
-def _with_outputs_of(
+def with_outputs_of(
     module: torch.nn.Module | None, compute_losses: Callable[[], Sequence[Tensor]]
 ) -> tuple[Sequence[Tensor], list[Tensor] | None]:
-    """The losses, and the tensor outputs of ``module`` in the forward that computed them (None
-    without a module)."""
+    """The losses ``compute_losses()`` returns, and the outputs of ``module`` (tensors with a
+    graph) in the forward that computed them, e.g. the representations that
+    ``backward(..., representations=...)`` takes (None without a module); a ``ValueError`` when
+    the module gave none."""
     if module is None:
         return compute_losses(), None
     outputs: list[Tensor] = []
