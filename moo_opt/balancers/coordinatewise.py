@@ -5,6 +5,7 @@ they work on the per-objective gradients themselves rather than on a Gramian."""
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +28,44 @@ def stacked(grads: ObjectiveGradients) -> tuple[list[Tensor], list[Tensor]]:
         params.append(p)
         matrices.append(torch.stack([(r if r is not None else zero).reshape(-1) for r in rows]))
     return params, matrices
+
+
+class CoordinateBuffers:
+    """Per-coordinate running statistics of the N objectives (an average of their gradients, a sum
+    of their squares...): one (N, numel) tensor per balanced parameter, in the gradients' dtype
+    and on their device, zeros until the first step writes them. The balanced coordinates must
+    stay the same from step to step (a clear error otherwise); :meth:`state` and :meth:`load`
+    give the balancer's state dict an exact copy."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.tensors: list[Tensor] | None = None
+
+    def like(self, matrices: list[Tensor]) -> list[Tensor]:
+        """The buffers matching the (N, numel) ``matrices`` (zeros the first time), updated in
+        place by the caller."""
+        if self.tensors is None:
+            self.tensors = [torch.zeros_like(m) for m in matrices]
+        held = [tuple(t.shape) for t in self.tensors]
+        if held != [tuple(m.shape) for m in matrices]:
+            raise ValueError(
+                f"the balanced coordinates changed since {self.what} began ({len(held)} "
+                f"parameters held, {len(matrices)} given, or other shapes): balance the same "
+                "parameters, reached by the same objectives, every step, or create the balancer "
+                "afresh"
+            )
+        self.tensors = [t.to(m.device) for t, m in zip(self.tensors, matrices)]
+        return self.tensors
+
+    def state(self) -> list[Tensor]:
+        """A copy for the state dict (empty before the first step)."""
+        return [t.clone() for t in self.tensors] if self.tensors is not None else []
+
+    def load(self, value: Any) -> None:
+        """Restore a copy made by :meth:`state`."""
+        if not isinstance(value, list) or not all(isinstance(t, Tensor) for t in value):
+            raise ValueError(f"state_dict entry for {self.what} must be a list of tensors")
+        self.tensors = [t.clone() for t in value] if value else None
 
 
 class CoordinateBalancer(Balancer):

@@ -301,3 +301,27 @@ def test_graddrop_refuses_representations_and_a_generator_on_another_device() ->
     assert b.state_dict()["state"]["device"] == "cuda"  # kept until used
     with pytest.raises(ValueError, match="generator is on cuda, the parameters on cpu"):
         b.backward(p.losses(), p.shared())
+
+
+# ---------------------------------------------------------------------- per-coordinate state
+def test_coordinate_buffers_start_at_zero_round_trip_and_refuse_other_coordinates() -> None:
+    from moo_opt.balancers.coordinatewise import CoordinateBuffers
+
+    buffers = CoordinateBuffers("the gradients' average")
+    assert buffers.state() == []
+    matrices = [torch.ones(2, 3), torch.ones(2, 1, dtype=torch.float64)]
+    held = buffers.like(matrices)
+    assert [t.dtype for t in held] == [torch.float32, torch.float64]
+    assert all(torch.equal(t, torch.zeros_like(m)) for t, m in zip(held, matrices))
+    held[0] += 2.0  # the caller updates them in place
+    saved = buffers.state()
+    held[0] += 1.0  # a copy: later updates do not reach the saved state
+    again = CoordinateBuffers("the gradients' average")
+    again.load(saved)
+    assert torch.equal(again.like(matrices)[0], torch.full((2, 3), 2.0))
+    with pytest.raises(ValueError, match="balanced coordinates changed"):
+        again.like(matrices[:1])
+    with pytest.raises(ValueError, match="list of tensors"):
+        again.load({"x": 1})
+    again.load([])
+    assert again.tensors is None
