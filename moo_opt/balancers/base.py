@@ -316,9 +316,16 @@ class Balancer(ABC):
     ) -> BalanceInfo: ...
 
     # ------------------------------------------------------------------ helpers for subclasses
-    def _finite_or_skip(self, values: Tensor, gram: Tensor | None = None) -> bool:
+    def _finite_or_skip(
+        self,
+        values: Tensor,
+        gram: Tensor | None = None,
+        *,
+        what: str = "the Gramian of the gradients",
+    ) -> bool:
         """True to go on; False to skip. One host synchronisation unless
-        ``nonfinite="unchecked"``."""
+        ``nonfinite="unchecked"``. ``gram``: a further tensor to check, named ``what`` in the
+        error."""
         if self.nonfinite == "unchecked":
             return True
         ok = torch.isfinite(values).all()
@@ -327,13 +334,9 @@ class Balancer(ABC):
         if bool(ok):
             return True
         if self.nonfinite == "raise":
-            what = (
-                "a loss"
-                if not bool(torch.isfinite(values).all())
-                else "the Gramian of the gradients"
-            )
+            culprit = "a loss" if not bool(torch.isfinite(values).all()) else what
             raise NonFiniteLossError(
-                f"{what} is NaN or Inf (losses {values.tolist()}); fix the loss, "
+                f"{culprit} is NaN or Inf (losses {values.tolist()}); fix the loss, "
                 "lower the learning rate, or pass nonfinite='skip' to skip such steps"
             )
         self.skips += 1

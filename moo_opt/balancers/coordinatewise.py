@@ -93,7 +93,7 @@ class CoordinateBalancer(Balancer):
                 for i in range(self.num_objectives)
             ]
         )
-        if not self._finite_or_skip(values, sums):
+        if not self._finite_or_skip(values, sums, what="a gradient"):
             return self._skipped(values)
         directions, weights, extras = self._combine(matrices, values)
         for p, d in zip(reached, directions):

@@ -325,3 +325,15 @@ def test_coordinate_buffers_start_at_zero_round_trip_and_refuse_other_coordinate
         again.load({"x": 1})
     again.load([])
     assert again.tensors is None
+
+
+@pytest.mark.parametrize("name", ["trimmed-mean", "graddrop"])
+def test_a_coordinate_wise_balancer_names_a_nonfinite_gradient_not_a_gramian(name: str) -> None:
+    from moo_opt import NonFiniteLossError
+
+    p = toy_problem(num_objectives=3)
+    losses = p.losses()
+    # finite values, infinite gradient: sqrt at 0 has an infinite derivative
+    losses[0] = losses[0] + torch.sqrt(p.shared()[0].reshape(-1)[0] * 0.0)
+    with pytest.raises(NonFiniteLossError, match="a gradient is NaN or Inf"):
+        create(name, 3).backward(losses, p.shared())
