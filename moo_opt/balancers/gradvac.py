@@ -120,8 +120,8 @@ class GradVacBalancer(GramianBalancer):
 
     Args:
         num_objectives: N.
-        beta: the EMA's weight on the new cosine, in (0, 1] (the paper's and TorchJD's 0.5 by
-            default; 1: the target is the last step's cosine).
+        beta: the EMA's weight on the new cosine, in (0, 1] (default 0.5, TorchJD's and LibMTL's;
+            1: the target is the last step's cosine).
         seed: seed of the order generator.
         gramian: ``"parameters"`` (exact) or ``"representation"`` (the shared trunk's
             output; see :class:`~moo_opt.balancers.base.GramianBalancer`).
