@@ -16,6 +16,11 @@ against ``DualProjWeighting()``. ConFIG (:func:`~moo_opt.solvers.solve_config`) 
 column: TorchJD's ConFIG takes the gradients, not their Gramian (tests/balancers/test_zoo2.py
 compares the directions). FairGrad (:func:`~moo_opt.solvers.solve_fairgrad`, α = 2) against
 ``FairGradWeighting(alpha=2)`` (``scipy.optimize.least_squares`` at its default tolerances).
+GradVac (:func:`~moo_opt.balancers.gradvac.gradvac`, β = 0.5: no solver, a stateful surgery, so
+no status or residual) against ``GradVacWeighting()``: both go through the Gramians in turn from
+zero targets, the targets evolving, with the same orders (ours from a generator, TorchJD's from
+the global RNG, both seeded alike); the difference is at TorchJD's default ``eps=1e-8`` (added to
+two denominators), then at ``eps=0``.
 
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from solvers import gramians, time_per_call  # benchmarks/solvers.py: the same Gramians and timing
 
+from moo_opt.balancers.gradvac import gradvac
 from moo_opt.solvers import (
     SolveResult,
     balance_transform,
@@ -115,6 +121,58 @@ def max_diff(name: str, qs: list[torch.Tensor], rs: list[SolveResult], ref: Weig
     return max(diffs)
 
 
+def gradvac_run(seed: int) -> Weighting:
+    """GradVac's weights for one Gramian after another (β = 0.5), its targets carried along."""
+    generator = torch.Generator().manual_seed(seed)
+    targets: list[torch.Tensor] = []
+
+    def weights(q: torch.Tensor) -> torch.Tensor:
+        start = targets[0] if targets else torch.zeros_like(q)
+        step = gradvac(q, start, 0.5, generator)
+        targets[:] = [step.targets]
+        return step.weights
+
+    return weights
+
+
+def gradvac_diff(qs: list[torch.Tensor], seed: int, eps: float) -> float:
+    """The largest difference of TorchJD's GradVac weights to ours along the same run, relative to
+    our largest weight."""
+    from torchjd.aggregation import GradVacWeighting
+
+    ours_run = gradvac_run(seed)
+    torch.manual_seed(seed)  # TorchJD's orders come from the global RNG
+    theirs = GradVacWeighting(beta=0.5, eps=eps)
+    diffs = []
+    for q in qs:
+        w = ours_run(q)
+        diffs.append(float((w - theirs(q)).abs().max() / w.abs().max()))
+    return max(diffs)
+
+
+def gradvac_row(n: int, qs: list[torch.Tensor], args: argparse.Namespace, base: float) -> str:
+    """The table's row of GradVac."""
+    run = gradvac_run(args.seed)
+    t = statistics.median(time_per_call(lambda q=q: run(q), args.repeats) for q in qs)
+    jd_time, jd_diff = "—", "—"
+    try:
+        from torchjd.aggregation import GradVacWeighting
+    except ImportError:  # pragma: no cover - dev dependency
+        pass
+    else:
+        theirs = GradVacWeighting(beta=0.5)
+        t_jd = statistics.median(time_per_call(lambda q=q: theirs(q), args.repeats) for q in qs)
+        jd_time = f"{1e6 * t_jd:.0f}"
+        jd_diff = (
+            f"{gradvac_diff(qs, args.seed, 1e-8):.1e} "
+            f"(eps=0: {gradvac_diff(qs, args.seed, 0.0):.1e})"
+        )
+    return (
+        f"| {n} | gradvac (GradVac, beta=0.5) | {1e6 * t:.0f} | {t / base:.2f}× | — | — "
+        f"| {jd_time} | {jd_diff} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -158,6 +216,8 @@ def main() -> None:
                 f"| {n} | {name} | {1e6 * t:.0f} | {t / base:.2f}× | {worst} | {kkt:.1e} "
                 f"| {jd_time} | {jd_diff} |"
             )
+        assert base is not None
+        print(gradvac_row(n, qs, args, base))
 
 
 if __name__ == "__main__":

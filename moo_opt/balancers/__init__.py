@@ -13,6 +13,7 @@ from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
 from moo_opt.balancers.graddrop import GradDropBalancer
 from moo_opt.balancers.gradnorm import GradNormBalancer
+from moo_opt.balancers.gradvac import GradVacBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.krum import KrumBalancer
 from moo_opt.balancers.mgda import MGDABalancer
@@ -38,6 +39,7 @@ __all__ = [
     "FixedWeights",
     "GradDropBalancer",
     "GradNormBalancer",
+    "GradVacBalancer",
     "GramianBalancer",
     "IMTLGBalancer",
     "KrumBalancer",
