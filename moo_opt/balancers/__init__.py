@@ -6,6 +6,7 @@ from moo_opt.balancers.base import BalanceInfo, Balancer, GramianBalancer, NonFi
 from moo_opt.balancers.cagrad import CAGradBalancer
 from moo_opt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moo_opt.balancers.config import ConFIGBalancer
+from moo_opt.balancers.dbmtl import DBMTLBalancer
 from moo_opt.balancers.dualproj import DualProjBalancer
 from moo_opt.balancers.dwa import DWABalancer
 from moo_opt.balancers.fairgrad import FairGradBalancer
@@ -32,6 +33,7 @@ __all__ = [
     "CAGradBalancer",
     "CoarseToFineBalancer",
     "ConFIGBalancer",
+    "DBMTLBalancer",
     "DualProjBalancer",
     "DWABalancer",
     "FairGradBalancer",

@@ -102,11 +102,15 @@ class CoordinateBalancer(Balancer):
         others.accumulate(self._plain(values))
         return BalanceInfo(weights=weights, losses=values, extras=extras, skips=self.skips)
 
-    def combine(self, matrix: Tensor) -> Tensor:
+    def combine(self, matrix: Tensor, values: Tensor | None = None) -> Tensor:
         """The rule on an (N, P) matrix of the N gradients' values: the (P,) combined direction,
         as :meth:`backward` gives it over the concatenated balanced parameters (a stochastic rule
-        draws from the balancer's generator: for inspection and tests)."""
-        directions, _, _ = self._combine([matrix], matrix.new_zeros(self.num_objectives))
+        draws from the balancer's generator, a rule with running averages updates them: for
+        inspection and tests). ``values``: the N losses' values, for a rule that reads them
+        (DB-MTL); zeros when not given."""
+        if values is None:
+            values = matrix.new_zeros(self.num_objectives, dtype=torch.float64)
+        directions, _, _ = self._combine([matrix], values.to(torch.float64))
         return directions[0]
 
     @abstractmethod
