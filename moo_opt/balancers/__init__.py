@@ -18,6 +18,7 @@ from moo_opt.balancers.gradvac import GradVacBalancer
 from moo_opt.balancers.imtl import IMTLGBalancer
 from moo_opt.balancers.krum import KrumBalancer
 from moo_opt.balancers.mgda import MGDABalancer
+from moo_opt.balancers.moco import MoCoBalancer
 from moo_opt.balancers.nash import NashMTLBalancer
 from moo_opt.balancers.pcgrad import PCGradBalancer
 from moo_opt.balancers.qp import QPBalancer
@@ -46,6 +47,7 @@ __all__ = [
     "IMTLGBalancer",
     "KrumBalancer",
     "MGDABalancer",
+    "MoCoBalancer",
     "NashMTLBalancer",
     "NonFiniteLossError",
     "PCGradBalancer",

@@ -91,3 +91,24 @@ def solve_simplex_qp_cvxpy(
     """:func:`~moo_opt.solvers.solve_simplex_qp`'s problem in cvxpy (default: Clarabel, tight
     tolerances)."""
     return _solve(q, "simplex", solver, options)
+
+
+def project_to_simplex_cvxpy(
+    v: Tensor | np.ndarray, *, solver: str | None = None, options: dict[str, Any] | None = None
+) -> np.ndarray:
+    """:func:`~moo_opt.solvers.project_to_simplex`'s problem, ``minimise |w − v|²`` over the
+    simplex, in cvxpy (default: Clarabel, tight tolerances); the (N,) float64 answer, or a
+    :class:`SolverError` unless the solver reports it optimal."""
+    cp = _cvxpy()
+    point = np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v, dtype=np.float64)
+    w = cp.Variable(point.shape[0])
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(w - point)), [w >= 0, cp.sum(w) == 1])
+    name = solver or DEFAULT_SOLVER
+    opts = dict(DEFAULT_OPTIONS) if solver is None and options is None else dict(options or {})
+    try:
+        prob.solve(solver=name, **opts)
+    except cp.error.SolverError as exc:
+        raise SolverError(f"cvxpy/{name} failed on the simplex projection: {exc}") from exc
+    if prob.status != cp.OPTIMAL:
+        raise SolverError(f"cvxpy/{name} returned status {prob.status!r} on the projection")
+    return np.asarray(w.value, dtype=np.float64)
