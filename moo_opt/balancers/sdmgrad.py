@@ -53,7 +53,8 @@ class SDMGradBalancer(GramianBalancer):
     forward passes per step.
 
     Objective sampling (SDMGrad-OS, ``sampled=K``): every step K of the N objectives are drawn
-    uniformly without replacement, only their gradients are computed, the others count as zero
+    uniformly without replacement, only their gradients are computed (an unsampled objective's
+    own parameters, e.g. its head, get no gradient that step), the others count as zero
     gradients (in the inner simplex, a zero vertex), and the sampled ones get the weights
     :math:`\tfrac NK (w^*_i + \lambda p_i)/(1 + \lambda)` (the paper's :math:`N/K` factor, which
     makes the preference part an unbiased estimate of :math:`\lambda g_0`); the unsampled get 0.
