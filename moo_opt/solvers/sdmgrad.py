@@ -33,23 +33,13 @@ def solve_sdmgrad(
     :math:`d = (Gw^* + \lambda g_0)/(1 + \lambda)`. λ = 0 is MGDA's problem
     (:func:`~moo_opt.solvers.solve_simplex_qp`); as λ → ∞, :math:`d \to g_0`.
 
-    Solved exactly: because :math:`\mathbf 1^\top w = 1`,
-    :math:`Gw + \lambda g_0 = \sum_i w_i (g_i + \lambda g_0)`, so the problem *is* MGDA's
-    min-norm problem on the shifted gradients :math:`x_i = g_i + \lambda g_0`, whose Gramian is
-    :math:`Q' = T^\top Q T`, :math:`T = I + \lambda p\mathbf 1^\top`:
-
-    .. math:: Q'_{ij} = Q_{ij} + \lambda\big((Qp)_i + (Qp)_j\big) + \lambda^2\, p^\top Qp,
-
-    handed to :func:`~moo_opt.solvers.solve_simplex_qp` (closed form for N = 2, active set, then
-    Wolfe's algorithm; its statuses, including ``DEGENERATE`` with the minimum-norm tie-break
-    when the shifted gradients are affinely dependent, e.g. duplicated gradients). Forming
-    :math:`Q'` costs the relative accuracy :math:`\epsilon\,(1+\lambda)^2|g_0|^2/|g|^2` on the
-    differences of the shifted gradients: nothing at the paper's λ = 0.3, and at large λ the
-    weights :math:`(w + \lambda p)/(1 + \lambda)` depend on :math:`w` only through a factor
-    :math:`1/(1+\lambda)`. The optimum is invariant to :math:`Q \to cQ`, so no scale
-    normalisation is needed (the paper's code divides Q by its mean root diagonal to make its
-    inner SGD's step size scale-free).
-
+    Solved exactly: as :math:`\mathbf 1^\top w = 1`, :math:`Gw + \lambda g_0 = \sum_i w_i
+    (g_i + \lambda g_0)`, so this is MGDA's problem on the shifted gradients, whose Gramian
+    :math:`Q' = T^\top QT`, :math:`T = I + \lambda p\mathbf 1^\top` (``shifted_gramian``),
+    goes to :func:`~moo_opt.solvers.solve_simplex_qp` (its methods and statuses; ``DEGENERATE``
+    when the shifted gradients are affinely dependent, e.g. duplicated). Forming :math:`Q'` costs
+    a relative accuracy :math:`\epsilon(1+\lambda)^2|g_0|^2/|g|^2`: nothing at the paper's
+    λ = 0.3. The optimum is invariant to :math:`Q \to cQ` (no scale normalisation needed).
     Certificate (:func:`sdmgrad_kkt`), on the original Q: with :math:`v = w + \lambda p`,
     :math:`\nu = Qv - (w^\top Qv)\mathbf 1` must be ≥ 0 with :math:`w_i\nu_i = 0`, each term
     relative to :math:`T(s_i + T)`, :math:`s_i = \sqrt{Q_{ii}}`, :math:`T = \sum_j s_j|v_j|`.
@@ -62,9 +52,8 @@ def solve_sdmgrad(
         validate: ``None``/``True`` check ``q``; ``False`` skips the checks.
 
     Returns:
-        A :class:`SolveResult` with ``problem="sdmgrad"``, the simplex solver's ``method``, the
-        inner weights :math:`w^*` (float64, on ``q``'s device) and ``gram`` :math:`Q'` (whose
-        ``objective`` is :math:`\tfrac12|Gw + \lambda g_0|^2`).
+        :class:`SolveResult`, ``problem="sdmgrad"``, the simplex solver's ``method``, weights
+        :math:`w^*` (float64, on ``q``'s device), ``gram`` :math:`Q'` (``objective``: the above).
     """
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
