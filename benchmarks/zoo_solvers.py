@@ -21,6 +21,10 @@ no status or residual) against ``GradVacWeighting()``: both go through the Grami
 zero targets, the targets evolving, with the same orders (ours from a generator, TorchJD's from
 the global RNG, both seeded alike); the difference is at TorchJD's default ``eps=1e-8`` (added to
 two denominators), then at ``eps=0``.
+SDMGrad (:func:`~moo_opt.solvers.solve_sdmgrad`, λ = 0.3, applied weights ``(w + λ/N)/(1 + λ)``)
+against ``SDMGradWeighting(lambda_=0.3)`` on ``A = Q`` (20 projected SGD steps at step 10,
+warm-started from its previous call, as in training), and, after it, against 20000 steps at step 1
+(its default step 10 can oscillate without converging on some Gramians).
 
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
@@ -45,11 +49,13 @@ from moo_opt.solvers import (
     solve_config,
     solve_fairgrad,
     solve_nash,
+    solve_sdmgrad,
     solve_simplex_qp,
 )
 from moo_opt.weightings import dualproj_weights, upgrad_weights
 
 C = 0.5
+LAM = 0.3
 
 
 def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
@@ -62,6 +68,7 @@ def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
         "balance transform (Aligned-MTL)": balance_transform,
         "pseudo-inverse (ConFIG)": solve_config,
         "fairgrad (FairGrad, alpha=2)": lambda q: solve_fairgrad(q, 2.0),
+        "sdmgrad (SDMGrad, lam=0.3)": lambda q: solve_sdmgrad(q, LAM),
     }
 
 
@@ -73,6 +80,8 @@ def direction_weights(name: str, q: torch.Tensor, result: SolveResult) -> np.nda
         return result.weights.numpy().reshape(-1, q.shape[0]).sum(0)
     if name.startswith("fairgrad"):
         return result.weights.numpy()
+    if name.startswith("sdmgrad"):
+        return (result.weights.numpy() + LAM / q.shape[0]) / (1.0 + LAM)
     if name.startswith("balance"):
         n = q.shape[0]
         return result.weights.numpy() @ np.full(n, 1.0 / n)
@@ -82,19 +91,30 @@ def direction_weights(name: str, q: torch.Tensor, result: SolveResult) -> np.nda
 Weighting = Callable[[torch.Tensor], torch.Tensor]
 
 
-def torchjd_weightings() -> tuple[dict[str, Weighting], dict[str, Weighting]]:
+def torchjd_weightings() -> tuple[dict[str, Weighting], dict[str, tuple[str, Weighting]]]:
     """TorchJD's weightings by our row names, and the exact variants their diffs are also shown
-    against (UPGrad without its ridge)."""
+    against, with a label (UPGrad and DualProj without their ridge, SDMGrad run to convergence)."""
     try:
-        from torchjd.aggregation import AlignedMTLWeighting, CAGradWeighting, FairGradWeighting
+        from torchjd.aggregation import (
+            AlignedMTLWeighting,
+            CAGradWeighting,
+            FairGradWeighting,
+            SDMGradWeighting,
+        )
     except ImportError:  # pragma: no cover - dev dependency
         return {}, {}
     timed: dict[str, Weighting] = {
         "cagrad (CAGrad, c=0.5)": CAGradWeighting(c=C),
         "fairgrad (FairGrad, alpha=2)": FairGradWeighting(alpha=2.0),
         "balance transform (Aligned-MTL)": AlignedMTLWeighting(),
+        "sdmgrad (SDMGrad, lam=0.3)": SDMGradWeighting(lambda_=LAM),
     }
-    exact: dict[str, Weighting] = {}
+    exact: dict[str, tuple[str, Weighting]] = {
+        "sdmgrad (SDMGrad, lam=0.3)": (
+            "lr=1, 20000 steps",
+            SDMGradWeighting(lr=1.0, n_iter=20000, lambda_=LAM),
+        )
+    }
     try:
         import qpsolvers  # noqa: F401  (TorchJD's UPGrad imports them only when called)
         import quadprog  # noqa: F401
@@ -103,10 +123,14 @@ def torchjd_weightings() -> tuple[dict[str, Weighting], dict[str, Weighting]]:
     except ImportError:  # pragma: no cover - dev dependencies
         return timed, exact
     timed["dual cone, N rows (UPGrad)"] = UPGradWeighting()
-    exact["dual cone, N rows (UPGrad)"] = UPGradWeighting(projector=QuadprogProjector(reg_eps=0.0))
+    exact["dual cone, N rows (UPGrad)"] = (
+        "reg_eps=0",
+        UPGradWeighting(projector=QuadprogProjector(reg_eps=0.0)),
+    )
     timed["dual cone, 1 row (DualProj)"] = DualProjWeighting()
-    exact["dual cone, 1 row (DualProj)"] = DualProjWeighting(
-        projector=QuadprogProjector(reg_eps=0.0)
+    exact["dual cone, 1 row (DualProj)"] = (
+        "reg_eps=0",
+        DualProjWeighting(projector=QuadprogProjector(reg_eps=0.0)),
     )
     return timed, exact
 
@@ -211,7 +235,8 @@ def main() -> None:
                 jd_time = f"{1e6 * t_jd:.0f}"
                 jd_diff = f"{max_diff(name, qs, results, ref):.1e}"
                 if name in exact:
-                    jd_diff += f" (reg_eps=0: {max_diff(name, qs, results, exact[name]):.1e})"
+                    label, variant = exact[name]
+                    jd_diff += f" ({label}: {max_diff(name, qs, results, variant):.1e})"
             print(
                 f"| {n} | {name} | {1e6 * t:.0f} | {t / base:.2f}× | {worst} | {kkt:.1e} "
                 f"| {jd_time} | {jd_diff} |"

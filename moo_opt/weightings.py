@@ -33,6 +33,7 @@ from moo_opt.solvers import (
     solve_equality_qp,
     solve_fairgrad,
     solve_nash,
+    solve_sdmgrad,
     solve_simplex_qp,
 )
 from moo_opt.solvers.alignment import AlignmentScale, balance_transform
@@ -57,6 +58,7 @@ __all__ = [
     "qp_coefficients",
     "qp_weights",
     "renormalized",
+    "sdmgrad_weights",
     "upgrad_weights",
     "within_trust_region",
 ]
@@ -281,6 +283,48 @@ def fairgrad_weights(
     w = result.weights
     _put(extras, improvement=gram.to(torch.float64) @ w.to(gram.device))
     return w, result
+
+
+def sdmgrad_weights(
+    gram: Tensor,
+    *,
+    lam: float = 0.3,
+    task_weights: Sequence[float] | None = None,
+    sampled: Sequence[int] | None = None,
+    rcond: float | None = None,
+    tol: float = 1e-12,
+    extras: Extras | None = None,
+) -> tuple[Tensor, SolveResult]:
+    r"""SDMGrad: the inner weights :math:`w^* = \arg\min_{w\in\Delta}\tfrac12|Gw + \lambda Gp|^2`
+    (:func:`~moo_opt.solvers.solve_sdmgrad`; p the ``task_weights``, 1/N each by default) and the
+    weights :math:`(w^* + \lambda p)/(1 + \lambda)` on the raw losses.
+
+    ``sampled`` (SDMGrad-OS): the K objectives drawn this step. Only their block of ``gram`` is
+    read; the others count as zero gradients, which enter the inner simplex as one zero vertex
+    (when K < N) and get weight 0; the sampled ones get :math:`\tfrac NK (w^*_i + \lambda
+    p_i)/(1 + \lambda)`. ``extras`` gets ``inner`` (:math:`w^*` per objective, 0 where
+    unsampled)."""
+    n = gram.shape[0]
+    p = preference_vector(task_weights, n)
+    if sampled is None:
+        result = solve_sdmgrad(gram, lam, p, rcond=rcond, tol=tol)
+        inner = result.weights.cpu()
+        coeff = (inner + lam * p) / (1.0 + lam)
+    else:
+        idx = torch.tensor(list(sampled), dtype=torch.long)
+        k = idx.numel()
+        q = gram.detach().to("cpu", torch.float64)[idx[:, None], idx]
+        ps = p[idx]
+        if k < n:  # the unsampled objectives' zero gradients: one zero vertex
+            q = torch.nn.functional.pad(q, (0, 1, 0, 1))
+            ps = torch.cat((ps, torch.zeros(1, dtype=torch.float64)))
+        result = solve_sdmgrad(q, lam, ps, rcond=rcond, tol=tol)
+        inner = torch.zeros(n, dtype=torch.float64)
+        inner[idx] = result.weights.cpu()[:k]
+        coeff = torch.zeros(n, dtype=torch.float64)
+        coeff[idx] = (n / k) * (inner[idx] + lam * p[idx]) / (1.0 + lam)
+    _put(extras, inner=inner.to(gram.device))
+    return coeff.to(gram.device), result
 
 
 def cagrad_weights(

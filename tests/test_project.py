@@ -195,6 +195,7 @@ def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
         "| 3 | fairgrad (FairGrad, alpha=2) |",
         "| 3 | cagrad (CAGrad, c=0.5) |",
         "| 3 | gradvac (GradVac, beta=0.5) |",
+        "| 3 | sdmgrad (SDMGrad, lam=0.3) |",
     ):
         assert row in proc.stdout
     assert "×" in proc.stdout and "| optimal |" in proc.stdout

@@ -23,6 +23,7 @@ from moo_opt.balancers.nash import NashMTLBalancer
 from moo_opt.balancers.pcgrad import PCGradBalancer
 from moo_opt.balancers.qp import QPBalancer
 from moo_opt.balancers.rlw import RLWBalancer
+from moo_opt.balancers.sdmgrad import SDMGradBalancer
 from moo_opt.balancers.trimmed_mean import TrimmedMeanBalancer
 from moo_opt.balancers.uncertainty import UncertaintyWeighting
 from moo_opt.balancers.upgrad import UPGradBalancer
@@ -53,6 +54,7 @@ __all__ = [
     "PCGradBalancer",
     "QPBalancer",
     "RLWBalancer",
+    "SDMGradBalancer",
     "TrimmedMeanBalancer",
     "UncertaintyWeighting",
     "UPGradBalancer",

@@ -1,7 +1,7 @@
 """Pure math on Gram matrices: the equality-constrained QP (Solution 2), the simplex QP (MGDA),
 Nash-MTL's bargaining weights, UPGrad's projections, CAGrad's inner problem, Aligned-MTL's
-transform, ConFIG's direction, FairGrad's α-fair weights; and the Euclidean projection onto the
-simplex (MoCo's step on its weights).
+transform, ConFIG's direction, FairGrad's α-fair weights, SDMGrad's inner problem; and the
+Euclidean projection onto the simplex (MoCo's step on its weights).
 
 No autograd here: a solver takes ``Q = GᵀG`` (N×N) and returns a :class:`SolveResult` whose
 weights, status and KKT certificate say exactly what was solved (the projection, exact and
@@ -17,6 +17,7 @@ from moo_opt.solvers.fairgrad import solve_fairgrad
 from moo_opt.solvers.nash import solve_nash
 from moo_opt.solvers.projection import project_to_simplex
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
+from moo_opt.solvers.sdmgrad import solve_sdmgrad
 from moo_opt.solvers.simplex import solve_simplex_qp
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "solve_box_qp",
     "solve_config",
     "solve_fairgrad",
+    "solve_sdmgrad",
 ]

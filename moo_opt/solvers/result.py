@@ -18,8 +18,11 @@ from torch import Tensor
 
 #: "equality" (Solution 2), "simplex" (MGDA), "box" (UPGrad's projections), "nash" (Nash-MTL),
 #: "cagrad" (CAGrad's inner problem), "alignment" (Aligned-MTL's balance transform), "config"
-#: (ConFIG's least-squares direction), "fairgrad" (FairGrad's α-fair weights)
-Problem = Literal["equality", "simplex", "box", "nash", "cagrad", "alignment", "config", "fairgrad"]
+#: (ConFIG's least-squares direction), "fairgrad" (FairGrad's α-fair weights), "sdmgrad"
+#: (SDMGrad's inner problem: MGDA's on the shifted gradients, ``gram`` their Gramian)
+Problem = Literal[
+    "equality", "simplex", "box", "nash", "cagrad", "alignment", "config", "fairgrad", "sdmgrad"
+]
 
 
 class SolveStatus(enum.Enum):
@@ -214,17 +217,17 @@ class SolveResult:
         """Condition number of the Jacobi-equilibrated reduced Hessian ``H = Zᵀ C Z``.
 
         ``C = S⁻¹QS⁻¹`` has a unit diagonal and ``Z`` spans the feasible directions (of the
-        support, on the simplex). Reported as ``max(1, λmax(H)) / λmin(H)``: scale-free, ``inf``
-        when the problem is degenerate.
+        support, on the simplex and SDMGrad's shifted Gramian). Reported as
+        ``max(1, λmax(H)) / λmin(H)``: scale-free, ``inf`` when the problem is degenerate.
         """
         if self._condition is not None:
             return self._condition
         from moo_opt.solvers._core import equality_condition, gram_condition
 
         gram = _host(self.gram)
-        if self.problem not in ("equality", "simplex"):
+        if self.problem not in ("equality", "simplex", "sdmgrad"):
             return gram_condition(gram)
-        if self.problem == "simplex":
+        if self.problem in ("simplex", "sdmgrad"):
             support = self._w > 0.0
             gram = gram[np.ix_(support, support)]
         return equality_condition(gram)
