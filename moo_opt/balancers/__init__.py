@@ -9,6 +9,7 @@ from moo_opt.balancers.config import ConFIGBalancer
 from moo_opt.balancers.dbmtl import DBMTLBalancer
 from moo_opt.balancers.dualproj import DualProjBalancer
 from moo_opt.balancers.dwa import DWABalancer
+from moo_opt.balancers.excessmtl import ExcessMTLBalancer
 from moo_opt.balancers.fairgrad import FairGradBalancer
 from moo_opt.balancers.famo import FAMOBalancer
 from moo_opt.balancers.fixed import FixedWeights
@@ -38,6 +39,7 @@ __all__ = [
     "DBMTLBalancer",
     "DualProjBalancer",
     "DWABalancer",
+    "ExcessMTLBalancer",
     "FairGradBalancer",
     "FAMOBalancer",
     "FixedWeights",
