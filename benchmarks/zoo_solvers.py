@@ -26,6 +26,14 @@ against ``SDMGradWeighting(lambda_=0.3)`` on ``A = Q`` (20 projected SGD steps a
 warm-started from its previous call, as in training), and, after it, against 20000 steps at step 1
 (its default step 10 can oscillate without converging on some Gramians).
 
+ExcessMTL has no Gramian and is stateful, so a second table: for each N, a sequence of
+``EXCESS_STEPS`` float64 gradient matrices (N × ``EXCESS_WIDTH``, rows scaled by 10^U(−1, 1)), run
+from a fresh state at every repeat by :meth:`ExcessMTLBalancer.combine` (the sums of squares, the
+exponentiated-gradient step, ``Gw``) and by TorchJD's ``ExcessMTL(n_warmup_steps=1)`` aggregator
+(the rule of our ``n_warmup_steps=0``: tests/balancers/test_excessmtl.py); time per call (the
+sequence's time over its length) and the largest difference of the directions, relative to the
+matrix's largest value.
+
     python benchmarks/zoo_solvers.py [--sizes 2 4 8 16] [--gramians 20] [--repeats 30]
 """
 
@@ -40,6 +48,7 @@ import numpy as np
 import torch
 from solvers import gramians, time_per_call  # benchmarks/solvers.py: the same Gramians and timing
 
+from moo_opt import ExcessMTLBalancer
 from moo_opt.balancers.gradvac import gradvac
 from moo_opt.solvers import (
     SolveResult,
@@ -56,6 +65,7 @@ from moo_opt.weightings import dualproj_weights, upgrad_weights
 
 C = 0.5
 LAM = 0.3
+EXCESS_STEPS, EXCESS_WIDTH = 20, 1000
 
 
 def ours() -> dict[str, Callable[[torch.Tensor], SolveResult]]:
@@ -243,6 +253,49 @@ def main() -> None:
             )
         assert base is not None
         print(gradvac_row(n, qs, args, base))
+    excessmtl_table(args.sizes, args.repeats, args.seed)
+
+
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def run_sequence(make: Callable[[], Step], matrices: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The directions of a fresh stateful rule ``make()`` over the sequence ``matrices``."""
+    step = make()
+    return [step(m) for m in matrices]
+
+
+def excessmtl_table(sizes: list[int], repeats: int, seed: int) -> None:
+    """ExcessMTL on sequences of gradient matrices, against TorchJD's (module docstring)."""
+    try:
+        from torchjd.aggregation import ExcessMTL
+    except ImportError:  # pragma: no cover - dev dependency
+        return
+    print("\n| N | rule | µs per call | TorchJD µs | max direction diff to TorchJD |")
+    print("|---|---|---|---|---|")
+    for n in sizes:
+        gen = torch.Generator().manual_seed(seed + n)
+        scales = 10.0 ** (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1)
+        matrices = [
+            scales * torch.randn(n, EXCESS_WIDTH, generator=gen, dtype=torch.float64)
+            for _ in range(EXCESS_STEPS)
+        ]
+        makers: list[Callable[[], Step]] = [
+            lambda n=n: ExcessMTLBalancer(n).combine,
+            lambda: ExcessMTL(n_warmup_steps=1),
+        ]
+        t, t_jd = (
+            time_per_call(lambda f=f, ms=matrices: run_sequence(f, ms), repeats) / EXCESS_STEPS
+            for f in makers
+        )
+        ours, theirs = (run_sequence(f, matrices) for f in makers)
+        diff = max(
+            float((a - b).abs().max() / m.abs().max()) for a, b, m in zip(ours, theirs, matrices)
+        )
+        print(
+            f"| {n} | excessmtl ({EXCESS_STEPS} steps, P={EXCESS_WIDTH}) | {1e6 * t:.0f} "
+            f"| {1e6 * t_jd:.0f} | {diff:.1e} |"
+        )
 
 
 if __name__ == "__main__":

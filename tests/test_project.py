@@ -196,6 +196,7 @@ def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
         "| 3 | cagrad (CAGrad, c=0.5) |",
         "| 3 | gradvac (GradVac, beta=0.5) |",
         "| 3 | sdmgrad (SDMGrad, lam=0.3) |",
+        "| 3 | excessmtl (20 steps, P=1000) |",
     ):
         assert row in proc.stdout
     assert "×" in proc.stdout and "| optimal |" in proc.stdout
