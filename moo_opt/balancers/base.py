@@ -108,6 +108,30 @@ def positive_int(name: str, value: int, minimum: int = 1) -> int:
     return value
 
 
+def finite_number(
+    name: str,
+    value: float,
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    above: bool = False,
+    below: bool = False,
+) -> float:
+    """``value`` as a float if it is a finite int or float (not a bool) at least ``low`` (more
+    than it if ``above``) and at most ``high`` (less than it if ``below``), else a ``ValueError``
+    naming ``name`` and the range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if above else value >= low)
+    ok = ok and (value < high if below else value <= high)
+    if not ok:
+        if math.isinf(high):
+            bounds = f"{'>' if above else '>='} {low:g}"
+        else:
+            bounds = f"in {'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return float(value)
+
+
 def preferences(task_weights: Sequence[float] | None, n: int) -> tuple[float, ...] | None:
     """Validated task preferences ``u``: None (the default, 1/N each) or N finite numbers ≥ 0."""
     if task_weights is None:

@@ -3,14 +3,13 @@ gradients rescaled to the largest one's norm for gradient-magnitude balancing.""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import NonFinite
+from moo_opt.balancers.base import NonFinite, finite_number
 from moo_opt.balancers.coordinatewise import CoordinateBalancer, CoordinateBuffers
 from moo_opt.registry import register
 
@@ -97,13 +96,9 @@ class DBMTLBalancer(CoordinateBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
-        if not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"beta must be in [0, 1) (0: no averaging), got {beta!r}")
-        if not (math.isfinite(float(sigma)) and float(sigma) >= 0.0):
-            raise ValueError(f"sigma must be finite and >= 0 (0: a constant beta), got {sigma!r}")
-        if not (math.isfinite(float(epsilon)) and float(epsilon) > 0.0):
-            raise ValueError(f"epsilon must be finite and > 0 (e.g. 1e-8), got {epsilon!r}")
-        self.beta, self.sigma, self.epsilon = float(beta), float(sigma), float(epsilon)
+        self.beta = finite_number("beta", beta, 0.0, 1.0, below=True)
+        self.sigma = finite_number("sigma", sigma)
+        self.epsilon = finite_number("epsilon", epsilon, above=True)
         self.step = 0  # the steps taken, this one included once it is taken
         self.averages = CoordinateBuffers("db-mtl's gradient averages")
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import NonFinite, positive_int
+from moo_opt.balancers.base import NonFinite, finite_number, positive_int
 from moo_opt.balancers.coordinatewise import CoordinateBalancer, CoordinateBuffers
 from moo_opt.registry import register
 
@@ -47,14 +47,6 @@ def excess_risks(matrices: list[Tensor], sums: list[Tensor], eps: float, n: int)
         s.add_(squares)
         risk += (squares / torch.sqrt(s + eps)).sum(dim=1, dtype=torch.float64).to(device)
     return risk
-
-
-def _finite_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 @register
@@ -132,9 +124,9 @@ class ExcessMTLBalancer(CoordinateBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
-        self.robust_step_size = _finite_positive("robust_step_size", robust_step_size)
+        self.robust_step_size = finite_number("robust_step_size", robust_step_size, above=True)
         self.n_warmup_steps = positive_int("n_warmup_steps", n_warmup_steps, minimum=0)
-        self.eps = _finite_positive("eps", eps)
+        self.eps = finite_number("eps", eps, above=True)
         #: the running sums of squared gradients S, per balanced parameter (N, numel)
         self.sums = CoordinateBuffers("excessmtl's sums of squared gradients")
         #: log w (float64, normalised): w = exp(log_weights)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
-from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, positive_int
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, finite_number, positive_int
 from moo_opt.registry import register
 from moo_opt.solvers import SolveResult
 from moo_opt.weightings import fairgrad_weights
@@ -55,13 +53,9 @@ class FairGradBalancer(GramianBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        if not (math.isfinite(alpha) and alpha > 0.0):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         if not (isinstance(tol, (int, float)) and tol > 0.0):
             raise ValueError(f"tol must be > 0, got {tol!r}")
-        self.alpha = float(alpha)
+        self.alpha = finite_number("alpha", alpha, above=True)
         self.rcond = rcond
         self.tol = float(tol)
         self.max_iter = positive_int("max_iter", max_iter)

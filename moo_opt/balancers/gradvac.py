@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite
+from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, finite_number
 from moo_opt.registry import register
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -144,12 +144,7 @@ class GradVacBalancer(GramianBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < beta <= 1.0:
-            raise ValueError(
-                f"beta must be a number in (0, 1] (the EMA's weight on the new cosine), "
-                f"got {beta!r}"
-            )
-        self.beta = float(beta)
+        self.beta = finite_number("beta", beta, 0.0, 1.0, above=True)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.targets = torch.zeros(num_objectives, num_objectives, dtype=torch.float64)

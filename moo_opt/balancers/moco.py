@@ -3,14 +3,13 @@ problem on them per training step."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from moo_opt.balancers.base import NonFinite
+from moo_opt.balancers.base import NonFinite, finite_number
 from moo_opt.balancers.coordinatewise import CoordinateBalancer, CoordinateBuffers
 from moo_opt.registry import register
 from moo_opt.solvers import project_to_simplex
@@ -21,17 +20,6 @@ _VARIANTS = ("paper", "libmtl")
 _LIBMTL_EPS = 1e-8
 
 
-def _number(name: str, value: float, low: float, *, strict: bool, high: float = math.inf) -> float:
-    """``value`` as a float if it is a finite number in ``(low, high]`` (``strict``) or
-    ``[low, high]``, else a ``ValueError`` naming ``name``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > low if strict else value >= low)
-    if not (ok and value <= high):
-        bounds = f"{'(' if strict else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
-    return float(value)
-
-
 def _radii(radius: float | Sequence[float] | None, n: int) -> tuple[float, ...] | None:
     """The validated ball radii L_i (None: no projection of the tracked gradients)."""
     if radius is None:
@@ -39,7 +27,7 @@ def _radii(radius: float | Sequence[float] | None, n: int) -> tuple[float, ...] 
     values = [radius] * n if isinstance(radius, (int, float)) else list(radius)
     if len(values) != n:
         raise ValueError(f"radius needs 1 or {n} values (one per objective), got {len(values)}")
-    return tuple(_number("radius", r, 0.0, strict=True) for r in values)
+    return tuple(finite_number("radius", r, above=True) for r in values)
 
 
 @register
@@ -122,11 +110,11 @@ class MoCoBalancer(CoordinateBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, nonfinite=nonfinite)
-        self.beta = _number("beta", beta, 0.0, strict=True, high=1.0)
-        self.beta_sigma = _number("beta_sigma", beta_sigma, 0.0, strict=False)
-        self.gamma = _number("gamma", gamma, 0.0, strict=True)
-        self.gamma_sigma = _number("gamma_sigma", gamma_sigma, 0.0, strict=False)
-        self.rho = _number("rho", rho, 0.0, strict=False)
+        self.beta = finite_number("beta", beta, 0.0, 1.0, above=True)
+        self.beta_sigma = finite_number("beta_sigma", beta_sigma)
+        self.gamma = finite_number("gamma", gamma, above=True)
+        self.gamma_sigma = finite_number("gamma_sigma", gamma_sigma)
+        self.rho = finite_number("rho", rho)
         self.radius = _radii(radius, num_objectives)
         if variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")

@@ -3,7 +3,6 @@ direction."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from moo_opt.balancers.base import (
     Gramian,
     GramianBalancer,
     NonFinite,
+    finite_number,
     positive_int,
     preferences,
 )
@@ -99,10 +99,6 @@ class SDMGradBalancer(GramianBalancer):
         nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        if not (math.isfinite(lam) and lam >= 0.0):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         if sampled is not None:
             positive_int("sampled", sampled)
             if sampled > num_objectives:
@@ -112,7 +108,7 @@ class SDMGradBalancer(GramianBalancer):
                 )
         if not (isinstance(tol, (int, float)) and tol > 0.0):
             raise ValueError(f"tol must be > 0, got {tol!r}")
-        self.lam = float(lam)
+        self.lam = finite_number("lam", lam)
         self.task_weights = preferences(task_weights, num_objectives)
         self.sampled = None if sampled in (None, num_objectives) else sampled
         self.seed = int(seed)

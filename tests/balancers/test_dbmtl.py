@@ -204,12 +204,13 @@ def test_changed_balanced_coordinates_are_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"beta": 1.0}, r"beta must be in \[0, 1\)"),
-        ({"beta": -0.1}, r"beta must be in \[0, 1\)"),
-        ({"sigma": -1.0}, "sigma must be finite and >= 0"),
-        ({"sigma": float("inf")}, "sigma must be finite and >= 0"),
-        ({"epsilon": 0.0}, "epsilon must be finite and > 0"),
-        ({"epsilon": float("nan")}, "epsilon must be finite and > 0"),
+        ({"beta": 1.0}, r"beta must be a finite number in \[0, 1\)"),
+        ({"beta": -0.1}, r"beta must be a finite number in \[0, 1\)"),
+        ({"beta": "0.5"}, r"beta must be a finite number in \[0, 1\)"),
+        ({"sigma": -1.0}, "sigma must be a finite number >= 0"),
+        ({"sigma": float("inf")}, "sigma must be a finite number >= 0"),
+        ({"epsilon": 0.0}, "epsilon must be a finite number > 0"),
+        ({"epsilon": float("nan")}, "epsilon must be a finite number > 0"),
         ({"gramian": "representation"}, r"unknown option\(s\) gramian"),
     ],
 )

@@ -290,5 +290,5 @@ def test_info_extras() -> None:
 
 @pytest.mark.parametrize("beta", [0.0, -0.1, 1.5, float("nan"), float("inf"), True, "0.5", None])
 def test_bad_beta_is_a_value_error(beta: object) -> None:
-    with pytest.raises(ValueError, match=r"beta must be a number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"beta must be a finite number in \(0, 1\]"):
         GradVacBalancer(2, beta=beta)  # type: ignore[arg-type]

@@ -92,3 +92,25 @@ def test_the_optimizer_binding_survives_a_reload() -> None:
     b.bind_optimizer(opt)
     b.load_state_dict(QPBalancer(2, metric="adam").state_dict())
     assert b._optimizer is opt
+
+
+def test_finite_number_names_the_option_and_its_range() -> None:
+    import math
+
+    from moo_opt.balancers.base import finite_number
+
+    assert finite_number("beta", 1) == 1.0 and isinstance(finite_number("beta", 1), float)
+    assert finite_number("beta", 0.0) == 0.0  # closed at the low end by default
+    cases = [
+        ({"value": -1e-9}, "beta must be a finite number >= 0, got -1e-09"),
+        ({"value": 0.0, "above": True}, "beta must be a finite number > 0, got 0.0"),
+        ({"value": 1.0, "high": 1.0, "below": True}, r"in \[0, 1\), got 1.0"),
+        ({"value": 0.0, "high": 1.0, "above": True}, r"in \(0, 1\], got 0.0"),
+        ({"value": math.nan}, "finite number >= 0, got nan"),
+        ({"value": math.inf}, "finite number >= 0, got inf"),
+        ({"value": True}, "got True"),
+        ({"value": "0.5"}, "got '0.5'"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            finite_number("beta", **kwargs)
