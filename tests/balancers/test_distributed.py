@@ -8,12 +8,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moo_opt import GramianBalancer, available, balanced_step, create
+from moo_opt import Balancer, GramianBalancer, available, balanced_step, create
 from tests.helpers.models import subbatch_step, toy_problem
 
-#: every balancer, and every Gramian balancer again with gramian="representation" ("+rep")
-NAMES = available() + [f"{n}+rep" for n in available() if isinstance(create(n, 2), GramianBalancer)]
+#: every balancer, every Gramian balancer again with gramian="representation" ("+rep"), and
+#: the options that change what a step computes or draws ("name:option=value")
+NAMES = (
+    available()
+    + [f"{n}+rep" for n in available() if isinstance(create(n, 2), GramianBalancer)]
+    + ["sdmgrad:sampled=1", "moco:variant=libmtl", "excessmtl:n_warmup_steps=2"]
+)
 STEPS = 3
+
+
+def build(name: str) -> Balancer:
+    """The balancer a :data:`NAMES` entry names (N = 2)."""
+    base, _, option = name.removesuffix("+rep").partition(":")
+    options: dict[str, object] = {"gramian": "representation"} if name.endswith("+rep") else {}
+    if option:
+        key, value = option.split("=")
+        options[key] = int(value) if value.isdigit() else value
+    return create(base, 2, **options)
 
 
 def run(name: str, rank: int, world: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -23,10 +38,9 @@ def run(name: str, rank: int, world: int) -> tuple[list[torch.Tensor], list[torc
     share = p.x.shape[0] // world
     p.x = p.x[rank * share : (rank + 1) * share]
     p.targets = [t[rank * share : (rank + 1) * share] for t in p.targets]
-    base, rep = name.removesuffix("+rep"), name.endswith("+rep")
-    balancer = create(base, 2, **({"gramian": "representation"} if rep else {}))
+    balancer = build(name)
     opt = torch.optim.SGD(p.all_parameters(), lr=1e-3)
-    trunk = p.trunk if rep else None
+    trunk = p.trunk if name.endswith("+rep") else None
     weights = [
         balanced_step(balancer, opt, p.losses, p.shared(), representation=trunk).weights.clone()
         for _ in range(STEPS)

@@ -31,8 +31,8 @@ def train(out: Path, *extra: str) -> int:
     return main([*TINY, "--out", str(out), *extra])
 
 
-#: every balancer, and Solution 2 with the Gramian at the latent y
-BALANCERS = [*available(), "qp:gramian=representation"]
+#: every balancer, Solution 2 with the Gramian at the latent y, and SDMGrad sampling objectives
+BALANCERS = [*available(), "qp:gramian=representation", "sdmgrad:sampled=1"]
 
 
 def balancer_flags(balancer: str) -> list[str]:
