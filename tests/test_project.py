@@ -183,6 +183,15 @@ def test_toy_example_compares_the_balancers(tmp_path: Path) -> None:
     assert out.stat().st_size > 10_000
 
 
+def test_fairgrad_alpha_benchmark_counts_every_solve() -> None:
+    proc = run("benchmarks/fairgrad_alpha.py", "--gramians", "5", "--alphas", "1", "100")
+    assert proc.returncode == 0, proc.stderr
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("| 1 |") or r.startswith("| 100 |")]
+    assert len(rows) == 2
+    for row in rows:  # the four status counts add up to the Gramians solved
+        assert sum(int(x) for x in row.strip("|").split("|")[1:5]) == 5
+
+
 def test_zoo_solver_benchmark_runs_and_reports_ratios() -> None:
     proc = run(
         "benchmarks/zoo_solvers.py", "--sizes", "2", "3", "--gramians", "2", "--repeats", "2"
