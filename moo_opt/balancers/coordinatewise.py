@@ -1,6 +1,7 @@
-"""The plumbing of the coordinate-wise balancers (trimmed mean, GradDrop): their rule combines
-the N gradients' values coordinate by coordinate, which no weighting of whole gradients gives, so
-they work on the per-objective gradients themselves rather than on a Gramian."""
+"""The plumbing of the coordinate-wise balancers (trimmed mean, GradDrop, DB-MTL, MoCo,
+ExcessMTL): their rule combines the N gradients' values coordinate by coordinate, or keeps running
+statistics per coordinate, which no weighting of the current whole gradients gives, so they work
+on the per-objective gradients themselves rather than on a Gramian."""
 
 from __future__ import annotations
 
