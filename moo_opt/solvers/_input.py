@@ -195,3 +195,18 @@ def iteration_options(g: Gramian, rcond: float | None, tol: float, max_iter: int
     if not rc >= 0.0:
         raise ValueError(f"rcond must be >= 0, got {rcond}")
     return rc
+
+
+def preference_vector(p: Tensor | np.ndarray | None, n: int, default: float) -> np.ndarray:
+    """The (n,) float64 preferences ``p`` on the host, checked: n finite numbers (``default``
+    each when None)."""
+    if p is None:
+        return np.full(n, default)
+    arr = (
+        p.detach().to("cpu", torch.float64).numpy()
+        if isinstance(p, Tensor)
+        else np.asarray(p, dtype=np.float64)
+    )
+    if arr.shape != (n,) or not np.isfinite(arr).all():
+        raise ValueError(f"preferences must be {n} finite numbers, got shape {arr.shape}")
+    return arr

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from moo_opt.solvers._input import host_gramian, iteration_options, to_weights
+from moo_opt.solvers._input import host_gramian, iteration_options, preference_vector, to_weights
 from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 
 
@@ -58,7 +57,7 @@ def solve_config(
     """
     g, host = host_gramian(q, validate)
     rc = iteration_options(g, rcond, 1.0, 1)
-    p = _preferences(preferences, g.n)
+    p = preference_vector(preferences, g.n, 1.0)
     c, v, null = _pinv_solve(host, p, rc)
     status = SolveStatus.OPTIMAL
     if null.shape[1] > 0:
@@ -108,16 +107,3 @@ def config_kkt(c: np.ndarray, p: np.ndarray, v: np.ndarray, null: np.ndarray) ->
     norm = float(np.linalg.norm(v))
     primal = float(np.abs(null.T @ v).max(initial=0.0)) / norm if norm > 0.0 else 0.0
     return KKTReport(stationarity, primal, 0.0, 0.0)
-
-
-def _preferences(p: Tensor | np.ndarray | None, n: int) -> np.ndarray:
-    if p is None:
-        return np.ones(n)
-    arr = (
-        p.detach().to("cpu", torch.float64).numpy()
-        if isinstance(p, Tensor)
-        else np.asarray(p, dtype=np.float64)
-    )
-    if arr.shape != (n,) or not np.isfinite(arr).all():
-        raise ValueError(f"preferences must be {n} finite numbers, got shape {arr.shape}")
-    return arr

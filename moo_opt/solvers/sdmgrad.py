@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from moo_opt.solvers._core import jacobi_scales
-from moo_opt.solvers._input import host_gramian, iteration_options, to_weights
+from moo_opt.solvers._input import host_gramian, iteration_options, preference_vector, to_weights
 from moo_opt.solvers.result import KKTReport, SolveResult
 from moo_opt.solvers.simplex import solve_simplex_qp
 
@@ -61,7 +60,7 @@ def solve_sdmgrad(
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     g, host = host_gramian(q, validate)
     rc = iteration_options(g, rcond, tol, 1 if max_iter is None else max_iter)
-    p = _preferences(preferences, g.n)
+    p = preference_vector(preferences, g.n, 1.0 / g.n)
     shifted = shifted_gramian(host, float(lam), p)
     inner = solve_simplex_qp(shifted, rcond=rc, tol=tol, max_iter=max_iter, validate=False)
     w = inner.weights.numpy()
@@ -103,16 +102,3 @@ def sdmgrad_kkt(q: np.ndarray, w: np.ndarray, lam: float, p: np.ndarray) -> KKTR
         dual_feasibility=float(np.maximum(-nu, 0.0).max()),
         complementarity=float((np.abs(w) * np.abs(nu)).max()),
     )
-
-
-def _preferences(p: Tensor | np.ndarray | None, n: int) -> np.ndarray:
-    if p is None:
-        return np.full(n, 1.0 / n)
-    arr = (
-        p.detach().to("cpu", torch.float64).numpy()
-        if isinstance(p, Tensor)
-        else np.asarray(p, dtype=np.float64)
-    )
-    if arr.shape != (n,) or not np.isfinite(arr).all():
-        raise ValueError(f"preferences must be {n} finite numbers, got shape {arr.shape}")
-    return arr
