@@ -16,6 +16,8 @@ from moo_opt.solvers.result import KKTReport, SolveResult, SolveStatus
 # Armijo's sufficient-decrease fraction and the backtracking cap of the Newton line search.
 _ARMIJO = 0.25
 _HALVINGS = 60
+# The largest change of a log-weight along one line-search step (e^±50).
+_LOG_STEP = 50.0
 # Steps in a row that fail to lower the residual before the floating-point floor is declared.
 _STALLS = 3
 
@@ -37,11 +39,13 @@ def solve_fairgrad(
     condition) in a ball. :math:`w` is the minimiser of the strictly convex
     :math:`f(w) = \tfrac12 w^\top Qw - \sum_i \phi(w_i)`, :math:`\phi'(w) = w^{-1/\alpha}`
     (Hessian :math:`Q + \mathrm{diag}(w^{-1/\alpha-1}/\alpha) \succ 0`), found by Newton with an
-    Armijo line search that keeps :math:`w > 0`, in Jacobi-equilibrated coordinates
-    :math:`\beta = Sw`. A minimiser exists iff no :math:`y \ge 0, y \ne 0` has :math:`Gy = 0`
-    (no objective is *blocked*); as for :func:`~moo_opt.solvers.solve_nash` ([decision]) the
-    blocked objectives (:func:`~moo_opt.solvers.nash.nash_blocked`) get weight exactly 0 and the
-    others their α-fair weights, with status ``INFEASIBLE``.
+    Armijo line search along :math:`w\,e^{t\,\Delta w/w}` (the Newton step to first order, never
+    leaving :math:`w > 0`; weights the root all but leaves out shrink fast), in
+    Jacobi-equilibrated coordinates :math:`\beta = Sw`. A minimiser exists iff no
+    :math:`y \ge 0, y \ne 0` has :math:`Gy = 0` (no objective is *blocked*); as for
+    :func:`~moo_opt.solvers.solve_nash` ([decision]) the blocked objectives
+    (:func:`~moo_opt.solvers.nash.nash_blocked`) get weight exactly 0 and the others their α-fair
+    weights, with status ``INFEASIBLE``.
 
     Certificate: :func:`fairgrad_kkt`. Statuses: ``OPTIMAL`` (certified to ``tol``),
     ``INFEASIBLE`` (blocked objectives, the others certified), ``MAX_ITER``, ``INACCURATE`` (no
@@ -105,15 +109,15 @@ def _newton(
     k = s ** (p - 1.0)
     abs_c = np.abs(c)
     beta = _start(c, k, p)
-    best, best_res, stalls, floor = beta, math.inf, 0, False
+    best, best_res, last_res, stalls, floor = beta, math.inf, math.inf, 0, False
     for it in range(max_iter + 1):
         cb = c @ beta
-        target = k * beta ** (1.0 - p)
-        res = float((np.abs(beta * cb - target) / np.maximum(target, beta * (abs_c @ beta))).max())
+        res = _residual(c, abs_c, k, p, beta)
         if res < best_res:
-            best, best_res, stalls = beta, res, 0
-        elif floor:
-            stalls += 1
+            best, best_res = beta, res
+        # at F's rounding floor, progress is the residual's: stalled when it stops falling
+        stalls = stalls + 1 if floor and res >= last_res else 0
+        last_res = res
         if res <= tol:
             return beta, it, SolveStatus.OPTIMAL
         if stalls >= _STALLS or it == max_iter:
@@ -123,7 +127,7 @@ def _newton(
         _, step, info = lapack.dposv(h, -grad)  # Cholesky solve; H is PD for β > 0
         if info != 0:
             break
-        beta, floor = _line_search(c, k, alpha, beta, step, -float(grad @ step))
+        beta, floor = _line_search(c, k, alpha, beta, step, -float(grad @ step), res)
     status = SolveStatus.MAX_ITER if it == max_iter else SolveStatus.INACCURATE
     return best, it, status
 
@@ -137,22 +141,49 @@ def _start(c: np.ndarray, k: np.ndarray, p: float) -> np.ndarray:
     return b * (t if math.isfinite(t) and t > 0.0 else 1.0)
 
 
+def _residual(c: np.ndarray, abs_c: np.ndarray, k: np.ndarray, p: float, beta: np.ndarray) -> float:
+    """The relative stationarity ``max |βᵢ(Cβ)ᵢ − kᵢβᵢ^(1−p)| / max(kᵢβᵢ^(1−p), βᵢ(|C|β)ᵢ)``
+    (:func:`fairgrad_kkt`'s, in the equilibrated coordinates)."""
+    target = k * beta ** (1.0 - p)
+    scale = np.maximum(target, beta * (abs_c @ beta))
+    return float((np.abs(beta * (c @ beta) - target) / scale).max())
+
+
 def _line_search(
-    c: np.ndarray, k: np.ndarray, alpha: float, beta: np.ndarray, step: np.ndarray, dec: float
+    c: np.ndarray,
+    k: np.ndarray,
+    alpha: float,
+    beta: np.ndarray,
+    step: np.ndarray,
+    dec: float,
+    res: float,
 ) -> tuple[np.ndarray, bool]:
-    """The first of the steps 1, ½, ¼, … that keeps β > 0 and decreases F by Armijo's rule; the
-    full step when the predicted decrease ``dec`` is below F's rounding (the comparison would be
-    noise there, and Newton converges quadratically), and then True: at the floor."""
+    """The first of t = 1, ½, ¼, … whose point decreases F by Armijo's rule, along the
+    multiplicative path ``β·exp(t·step/β)`` (exponents clipped to ±:data:`_LOG_STEP`, each βᵢ
+    kept above :func:`_smallest`): to first order in t it is ``β + t·step``, so the decrease
+    predicted is the Newton step's, but it never leaves β > 0, and a weight the step would take
+    below 0 (large α: an objective the root all but leaves out) shrinks by up to e^50 in one step
+    instead of holding everyone's step back. Where the predicted decrease ``dec`` is below F's
+    rounding (the comparison would be noise there; weights too small to move F), the first t
+    whose point lowers the relative stationarity below ``res`` instead, and then True: at the
+    floor."""
     f0, t = _f(c, k, alpha, beta), 1.0
-    floor = 64.0 * np.finfo(np.float64).eps * (1.0 + abs(f0))
+    at_floor = dec <= 64.0 * np.finfo(np.float64).eps * (1.0 + abs(f0))
+    relative, smallest, abs_c, p = step / beta, _smallest(alpha), np.abs(c), 1.0 / alpha
     for _ in range(_HALVINGS):
-        trial = beta + t * step
-        if bool((trial > 0.0).all()) and (
-            dec <= floor or _f(c, k, alpha, trial) <= f0 - _ARMIJO * t * dec
-        ):
-            return trial, dec <= floor
+        trial = np.maximum(beta * np.exp(np.clip(t * relative, -_LOG_STEP, _LOG_STEP)), smallest)
+        if at_floor:
+            if _residual(c, abs_c, k, p, trial) < res:
+                return trial, True
+        elif _f(c, k, alpha, trial) <= f0 - _ARMIJO * t * dec:
+            return trial, False
         t *= 0.5
-    return beta, False
+    return beta, at_floor
+
+
+def _smallest(alpha: float) -> float:
+    """The least β kept: the Hessian's ``β^(−1/α−1)`` stays finite above it."""
+    return float(np.finfo(np.float64).tiny ** (1.0 / (1.0 + 1.0 / alpha)))
 
 
 def _f(c: np.ndarray, k: np.ndarray, alpha: float, beta: np.ndarray) -> float:
