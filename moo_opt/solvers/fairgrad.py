@@ -38,13 +38,11 @@ def solve_fairgrad(
     (g_i\cdot d)^{1-\alpha}/(1-\alpha)` (:math:`\sum_i\log g_i\cdot d` at α = 1, Nash-MTL's
     condition) in a ball. :math:`w` is the minimiser of the strictly convex
     :math:`f(w) = \tfrac12 w^\top Qw - \sum_i \phi(w_i)`, :math:`\phi'(w) = w^{-1/\alpha}`
-    (Hessian :math:`Q + \mathrm{diag}(w^{-1/\alpha-1}/\alpha) \succ 0`), found by Newton with an
-    Armijo line search along :math:`w\,e^{t\,\Delta w/w}` (the Newton step to first order, never
-    leaving :math:`w > 0`; weights the root all but leaves out shrink fast), in
-    Jacobi-equilibrated coordinates :math:`\beta = Sw`. A minimiser exists iff no
-    :math:`y \ge 0, y \ne 0` has :math:`Gy = 0` (no objective is *blocked*); as for
-    :func:`~moo_opt.solvers.solve_nash` ([decision]) the blocked objectives
-    (:func:`~moo_opt.solvers.nash.nash_blocked`) get weight exactly 0 and the others their α-fair
+    (Hessian :math:`Q + \mathrm{diag}(w^{-1/\alpha-1}/\alpha) \succ 0`), found by Newton along
+    :math:`w\,e^{t\,\Delta w/w}` (Armijo; ``_line_search``) in Jacobi-equilibrated coordinates
+    :math:`\beta = Sw`. It exists iff no :math:`y \ge 0, y \ne 0` has :math:`Gy = 0` (no
+    objective *blocked*); as for :func:`~moo_opt.solvers.solve_nash` ([decision]) the blocked
+    ones (:func:`~moo_opt.solvers.nash.nash_blocked`) get weight 0, the others their α-fair
     weights, with status ``INFEASIBLE``.
 
     Certificate: :func:`fairgrad_kkt`. Statuses: ``OPTIMAL`` (certified to ``tol``),
