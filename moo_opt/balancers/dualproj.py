@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import Tensor
-
-from moo_opt.balancers.base import Gramian, GramianBalancer, NonFinite, preferences
+from moo_opt.balancers.upgrad import DualConeBalancer
 from moo_opt.registry import register
-from moo_opt.solvers import SolveResult
 from moo_opt.weightings import dualproj_weights
 
 
 @register
-class DualProjBalancer(GramianBalancer):
+class DualProjBalancer(DualConeBalancer):
     r"""The preference-weighted mean of the gradients, :math:`Gu`, projected onto the dual cone
     :math:`\{x : G^\top x \ge 0\}` of the gradients.
 
@@ -42,27 +37,4 @@ class DualProjBalancer(GramianBalancer):
     """
 
     name = "dualproj"
-    reads_host = True
-
-    def __init__(
-        self,
-        num_objectives: int,
-        *,
-        task_weights: Sequence[float] | None = None,
-        rcond: float | None = None,
-        tol: float = 1e-12,
-        gramian: Gramian = "parameters",
-        nonfinite: NonFinite = "raise",
-    ) -> None:
-        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
-        self.task_weights = preferences(task_weights, num_objectives)
-        self.rcond = rcond
-        self.tol = float(tol)
-
-    def _weights(
-        self, values: Tensor, gram: Tensor
-    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        w, result = dualproj_weights(
-            gram, task_weights=self.task_weights, rcond=self.rcond, tol=self.tol
-        )
-        return w.to(values.device), result, {}
+    rule = staticmethod(dualproj_weights)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -12,8 +13,39 @@ from moo_opt.solvers import SolveResult
 from moo_opt.weightings import upgrad_weights
 
 
+class DualConeBalancer(GramianBalancer):
+    """The balancers that project onto the gradients' dual cone with the box solver (UPGrad,
+    DualProj): the same options (preferences u, ``rcond``, ``tol``), and weights from the class's
+    :attr:`rule`, a weighting of :mod:`moo_opt.weightings`."""
+
+    reads_host = True
+    #: ``rule(gram, task_weights=, rcond=, tol=) -> (w, SolveResult)``
+    rule: ClassVar[Callable[..., tuple[Tensor, SolveResult]]]
+
+    def __init__(
+        self,
+        num_objectives: int,
+        *,
+        task_weights: Sequence[float] | None = None,
+        rcond: float | None = None,
+        tol: float = 1e-12,
+        gramian: Gramian = "parameters",
+        nonfinite: NonFinite = "raise",
+    ) -> None:
+        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
+        self.task_weights = preferences(task_weights, num_objectives)
+        self.rcond = rcond
+        self.tol = float(tol)
+
+    def _weights(
+        self, values: Tensor, gram: Tensor
+    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
+        w, result = self.rule(gram, task_weights=self.task_weights, rcond=self.rcond, tol=self.tol)
+        return w.to(values.device), result, {}
+
+
 @register
-class UPGradBalancer(GramianBalancer):
+class UPGradBalancer(DualConeBalancer):
     r"""Unconflicting projection of gradients: every gradient (scaled by its preference
     :math:`u_i`) is projected onto the dual cone :math:`\{x : G^\top x \ge 0\}` of the gradients,
     and the projections are summed.
@@ -37,27 +69,4 @@ class UPGradBalancer(GramianBalancer):
     """
 
     name = "upgrad"
-    reads_host = True
-
-    def __init__(
-        self,
-        num_objectives: int,
-        *,
-        task_weights: Sequence[float] | None = None,
-        rcond: float | None = None,
-        tol: float = 1e-12,
-        gramian: Gramian = "parameters",
-        nonfinite: NonFinite = "raise",
-    ) -> None:
-        super().__init__(num_objectives, gramian=gramian, nonfinite=nonfinite)
-        self.task_weights = preferences(task_weights, num_objectives)
-        self.rcond = rcond
-        self.tol = float(tol)
-
-    def _weights(
-        self, values: Tensor, gram: Tensor
-    ) -> tuple[Tensor, SolveResult, dict[str, Tensor]]:
-        w, result = upgrad_weights(
-            gram, task_weights=self.task_weights, rcond=self.rcond, tol=self.tol
-        )
-        return w.to(values.device), result, {}
+    rule = staticmethod(upgrad_weights)
